@@ -1,0 +1,71 @@
+import pytest
+import yaml
+
+from clip4vla.config import ConfigError, PretrainConfig, load_config, save_config
+
+
+def test_defaults_follow_the_paper():
+    cfg = load_config(PretrainConfig)
+    assert cfg.audio.frontend == "kaldi"
+    assert cfg.audio.max_segments == 10
+    assert cfg.model.train_clip is False
+    assert cfg.loss.init_scale == 100.0
+    assert cfg.optim.betas == (0.9, 0.98)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-7\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 3\n")
+    cfg = load_config(PretrainConfig, path, ["train.epochs=5", "audio.frontend=reference", "model.clip_checkpoint=/x/ViT-B-32.pt"])
+    assert cfg.optim.lr == pytest.approx(1e-7)
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.train.epochs == 5
+    assert cfg.audio.frontend == "reference"
+    assert cfg.model.clip_checkpoint == "/x/ViT-B-32.pt"
+    override_sci = load_config(PretrainConfig, None, ["optim.lr=5e-4"])
+    assert override_sci.optim.lr == pytest.approx(5e-4)
+
+
+def test_unknown_key_in_yaml_lists_valid_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PretrainConfig, path)
+    msg = str(err.value)
+    assert "optim.lr_rate" in msg and "'lr'" in msg and "c.yaml" in msg
+
+
+def test_unknown_section_and_override_key():
+    with pytest.raises(ConfigError, match="valid keys"):
+        load_config(PretrainConfig, None, ["optimiser.lr=0.1"])
+    with pytest.raises(ConfigError, match="lr_rate"):
+        load_config(PretrainConfig, None, ["optim.lr_rate=0.1"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(PretrainConfig, None, ["optim.lr.x=0.1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(PretrainConfig, None, ["optim.lr"])
+
+
+def test_wrong_types_and_choices():
+    with pytest.raises(ConfigError, match="audio.frontend"):
+        load_config(PretrainConfig, None, ["audio.frontend=librosa"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(PretrainConfig, None, ["train.epochs=ten"])
+    with pytest.raises(ConfigError, match="model.train_clip"):
+        load_config(PretrainConfig, None, ["model.train_clip=3"])
+
+
+def test_missing_and_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(PretrainConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(PretrainConfig, bad)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(PretrainConfig, None, ["train.epochs=2", "optim.lr=0.001"])
+    out = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert yaml.safe_load(out.read_text())["train"]["epochs"] == 2
+    assert load_config(PretrainConfig, out) == cfg
