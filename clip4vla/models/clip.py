@@ -1,0 +1,475 @@
+"""OpenAI CLIP (ViT variants): vision and text towers with OpenAI's state-dict layout.
+
+Parameter names follow OpenAI's checkpoints exactly (``visual.conv1.weight``,
+``transformer.resblocks.N.attn.in_proj_weight``, ``ln_final``, ``text_projection``, ...) so that
+released weights load with ``strict=True`` and no renaming. The computation is our own:
+batch-first ``[N, L, W]`` activations and ``F.scaled_dot_product_attention`` instead of
+``nn.MultiheadAttention``, LayerNorm in float32 (as OpenAI, so fp16/bf16 runs stay stable).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from clip4vla.models.loading import (
+    CheckpointError,
+    check_state_dict,
+    read_state_dict,
+    to_float32_state_dict,
+)
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CheckpointError",
+    "LayerNorm",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "TextTransformer",
+    "Transformer",
+    "VisionTransformer",
+    "load_openai_clip",
+]
+
+# OpenAI's rule: every attention head is 64 wide.
+HEAD_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """The numbers that define a ViT CLIP; everything else follows from them."""
+
+    embed_dim: int
+    image_resolution: int
+    vision_layers: int
+    vision_width: int
+    vision_heads: int
+    vision_patch_size: int
+    context_length: int
+    vocab_size: int
+    transformer_width: int
+    transformer_heads: int
+    transformer_layers: int
+
+    @classmethod
+    def vit_b_32(cls) -> CLIPConfig:
+        return cls(512, 224, 12, 768, 12, 32, 77, 49408, 512, 8, 12)
+
+    @classmethod
+    def vit_b_16(cls) -> CLIPConfig:
+        return cls(512, 224, 12, 768, 12, 16, 77, 49408, 512, 8, 12)
+
+    @classmethod
+    def tiny(cls) -> CLIPConfig:
+        """A CPU-trainable model with the real input geometry (224 px, 32 px patches, 77 tokens).
+
+        Keeping 224/32 means frames and 224x224 audio segments go through exactly the code path
+        of ViT-B/32 (49 patches + CLS + type token); only width and depth shrink. Heads follow
+        the 64-wide rule so ``from_state_dict`` recovers this config from its own checkpoints.
+        """
+        return cls(
+            embed_dim=128,
+            image_resolution=224,
+            vision_layers=3,
+            vision_width=256,
+            vision_heads=256 // HEAD_WIDTH,
+            vision_patch_size=32,
+            context_length=77,
+            vocab_size=49408,
+            transformer_width=256,
+            transformer_heads=256 // HEAD_WIDTH,
+            transformer_layers=3,
+        )
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "state dict") -> CLIPConfig:
+        """Infer the architecture from tensor shapes, as OpenAI's ``build_model`` does.
+
+        Raises :class:`CheckpointError` (naming ``source`` and the key) when a tensor the
+        inference needs is missing or has an impossible shape, e.g. a ResNet CLIP or an
+        unrelated model.
+        """
+        if "visual.layer1.0.conv1.weight" in state:
+            raise CheckpointError(f"{source}: ResNet CLIP checkpoints are not supported (ViT only)")
+        vision = infer_vision_shape(state, "visual.", extra_positions=0, source=source)
+        text_width = _shape(state, "ln_final.weight", source, ndim=1)[0]
+        context_length, pos_width = _shape(state, "positional_embedding", source, ndim=2)
+        vocab_size, tok_width = _shape(state, "token_embedding.weight", source, ndim=2)
+        proj_in, embed_dim = _shape(state, "text_projection", source, ndim=2)
+        for key, width in (("positional_embedding", pos_width), ("token_embedding.weight", tok_width),
+                           ("text_projection", proj_in)):
+            if width != text_width:
+                raise CheckpointError(
+                    f"{source}: {key} has width {width} but ln_final.weight has {text_width}"
+                )
+        if vision["output_dim"] != embed_dim:
+            raise CheckpointError(
+                f"{source}: visual.proj outputs {vision['output_dim']} but text_projection {embed_dim}"
+            )
+        return cls(
+            embed_dim=embed_dim,
+            image_resolution=vision["image_resolution"],
+            vision_layers=vision["layers"],
+            vision_width=vision["width"],
+            vision_heads=vision["heads"],
+            vision_patch_size=vision["patch_size"],
+            context_length=context_length,
+            vocab_size=vocab_size,
+            transformer_width=text_width,
+            transformer_heads=max(1, text_width // HEAD_WIDTH),
+            transformer_layers=_count_blocks(state, "transformer.resblocks.", source),
+        )
+
+
+def infer_vision_shape(
+    state: Mapping[str, torch.Tensor], prefix: str, extra_positions: int, source: str
+) -> dict[str, int]:
+    """Vision-tower numbers from ``{prefix}conv1.weight``, positional table and projection.
+
+    ``extra_positions`` is the number of positional rows beyond CLS + patches (1 for the audio
+    encoder's type token), needed to recover the patch grid.
+    """
+    width, in_ch, patch, patch_w = _shape(state, f"{prefix}conv1.weight", source, ndim=4)
+    if in_ch != 3 or patch != patch_w:
+        raise CheckpointError(
+            f"{source}: {prefix}conv1.weight has shape {(width, in_ch, patch, patch_w)}; "
+            "expected [width, 3, patch, patch]"
+        )
+    rows = _shape(state, f"{prefix}positional_embedding", source, ndim=2)[0]
+    grid = round(math.sqrt(max(rows - 1 - extra_positions, 0)))
+    if grid < 1 or grid * grid + 1 + extra_positions != rows:
+        raise CheckpointError(
+            f"{source}: {prefix}positional_embedding has {rows} rows, which is not "
+            f"1 + grid**2{f' + {extra_positions}' if extra_positions else ''}"
+        )
+    proj_in, output_dim = _shape(state, f"{prefix}proj", source, ndim=2)
+    if proj_in != width:
+        raise CheckpointError(f"{source}: {prefix}proj has {proj_in} input rows, conv1 width {width}")
+    return {
+        "width": width,
+        "patch_size": patch,
+        "image_resolution": patch * grid,
+        "layers": _count_blocks(state, f"{prefix}transformer.resblocks.", source),
+        "heads": max(1, width // HEAD_WIDTH),
+        "output_dim": output_dim,
+    }
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, source: str, ndim: int) -> tuple[int, ...]:
+    if key not in state:
+        raise CheckpointError(f"{source}: missing key {key!r} (not an OpenAI ViT CLIP state dict?)")
+    value = state[key]
+    if not isinstance(value, torch.Tensor) or value.dim() != ndim:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise CheckpointError(f"{source}: {key} has shape {shape}, expected {ndim} dimensions")
+    return tuple(value.shape)
+
+
+def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str, source: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    if not indices:
+        raise CheckpointError(f"{source}: no transformer blocks under {prefix!r}")
+    if indices != set(range(len(indices))):
+        raise CheckpointError(f"{source}: blocks under {prefix!r} are not numbered 0..N-1: {sorted(indices)}")
+    return len(indices)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the activation dtype (fp16/bf16 stability)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        )
+        return out.to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's sigmoid approximation of GELU; the released weights were trained with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
+
+    Keeping ``in_proj_weight`` / ``in_proj_bias`` / ``out_proj`` lets OpenAI weights load as
+    they are, while the math goes through ``scaled_dot_product_attention`` (fused kernels).
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        # nn.MultiheadAttention's default init, so random towers start like the reference's
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        n, length, width = x.shape  # [N, L, W]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
+        q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [N, H, L, W/H]
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.attn = SelfAttention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
+        self.mlp.add_module("gelu", QuickGELU())
+        self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
+        self.ln_2 = LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=self.causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual blocks with optional activation checkpointing."""
+
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.Sequential(
+            *[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)]
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                # recompute activations in backward: memory per block instead of per model
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+# --------------------------------------------------------------------------- towers
+
+
+class VisionTransformer(nn.Module):
+    """CLIP's ViT image tower, split into patch embedding and token encoding.
+
+    The split is what the audio encoder needs: it embeds spectrogram patches with
+    :meth:`embed_patches`, appends its audio type token, and runs :meth:`encode_tokens`.
+    ``extra_positions`` adds positional rows after CLS + patches (the type token's position);
+    :meth:`embed_patches` only uses the first ``1 + num_patches`` rows.
+    """
+
+    def __init__(
+        self,
+        input_resolution: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        extra_positions: int = 0,
+    ) -> None:
+        super().__init__()
+        if input_resolution % patch_size:
+            raise ValueError(f"resolution {input_resolution} is not a multiple of patch {patch_size}")
+        self.input_resolution = input_resolution
+        self.patch_size = patch_size
+        self.width = width
+        self.layers = layers
+        self.heads = heads
+        self.output_dim = output_dim
+        self.num_patches = (input_resolution // patch_size) ** 2
+        self.extra_positions = extra_positions
+
+        scale = width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(
+            scale * torch.randn(1 + self.num_patches + extra_positions, width)
+        )
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, R, R]`` -> ``[N, 1 + P, W]``: patches, CLS prepended, positions added."""
+        if images.dim() != 4 or images.shape[1:] != (3, self.input_resolution, self.input_resolution):
+            raise ValueError(
+                f"expected images [N, 3, {self.input_resolution}, {self.input_resolution}], "
+                f"got {tuple(images.shape)}"
+            )
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # [N, W, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [N, P, W]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)  # [N, 1 + P, W]
+        return x + self.positional_embedding[: 1 + self.num_patches].to(x.dtype)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, S, W]`` token sequence (CLS first) -> ``[N, D]`` projected CLS."""
+        x = self.ln_pre(tokens)
+        x = self.transformer(x)
+        x = self.ln_post(x[:, 0, :])  # [N, W]
+        return x @ self.proj.to(x.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_tokens(self.embed_patches(images))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+
+class TextTransformer(nn.Module):
+    """CLIP's causal text tower; the feature is ``ln_final`` at the first EOT, projected.
+
+    Attribute names are OpenAI's top-level keys, so :class:`CLIP` subclasses this tower instead
+    of nesting it (nesting would add a ``text.`` prefix to every checkpoint key).
+    """
+
+    def __init__(
+        self, context_length: int, vocab_size: int, width: int, layers: int, heads: int, output_dim: int
+    ) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.transformer = Transformer(width, layers, heads, causal=True)
+        self.ln_final = LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, output_dim))
+        self._init_text_parameters()
+
+    def _init_text_parameters(self) -> None:
+        """OpenAI's initialisation of the text tower (used only for random models)."""
+        width, layers = self.transformer.width, self.transformer.layers
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        attn_std = width**-0.5
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, S]`` token ids (S <= context_length) -> ``[N, D]`` unnormalised feature.
+
+        Positions use rows ``[:S]`` so shorter sequences (max_words 32) work; pooling is at
+        ``argmax`` = the first EOT (49407 is the largest id), as OpenAI.
+        """
+        context_length = self.positional_embedding.shape[0]
+        if tokens.dim() != 2 or tokens.shape[1] > context_length:
+            raise ValueError(f"expected tokens [N, S] with S <= {context_length}, got {tuple(tokens.shape)}")
+        tokens = tokens.long()
+        x = self.token_embedding(tokens)  # [N, S, W]
+        x = x + self.positional_embedding[: tokens.shape[1]].to(x.dtype)
+        x = self.transformer(x)
+        x = self.ln_final(x)
+        eot = tokens.argmax(dim=-1)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]  # [N, W]
+        return x @ self.text_projection.to(x.dtype)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode_text(tokens)
+
+
+class CLIP(TextTransformer):
+    """Image-text CLIP: the text tower (top-level keys) plus ``visual`` and ``logit_scale``."""
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__(
+            context_length=config.context_length,
+            vocab_size=config.vocab_size,
+            width=config.transformer_width,
+            layers=config.transformer_layers,
+            heads=config.transformer_heads,
+            output_dim=config.embed_dim,
+        )
+        self.config = config
+        self.visual = VisionTransformer(
+            input_resolution=config.image_resolution,
+            patch_size=config.vision_patch_size,
+            width=config.vision_width,
+            layers=config.vision_layers,
+            heads=config.vision_heads,
+            output_dim=config.embed_dim,
+        )
+        self.logit_scale = nn.Parameter(torch.full((), math.log(1 / 0.07)))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, R, R]`` normalised images -> ``[N, D]`` unnormalised projected CLS."""
+        return self.visual(images)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(logits_per_image [N_img, N_txt], logits_per_text [N_txt, N_img])``."""
+        image = F.normalize(self.encode_image(images), dim=-1)
+        text = F.normalize(self.encode_text(tokens), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image @ text.t()
+        return logits_per_image, logits_per_image.t()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+        self.visual.set_grad_checkpointing(enable)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_openai_clip(
+    path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> CLIP:
+    """Build a float32, eval-mode :class:`CLIP` from an OpenAI checkpoint.
+
+    Accepts OpenAI's TorchScript archives (only their state dict is read), plain ``torch.save``
+    state dicts (read with ``weights_only=True``) or an in-memory state dict. Unlike OpenAI's
+    ``clip.load`` the weights are not rounded to fp16 first: fp32 files load exactly, fp16
+    archives are widened. The model is built on the ``meta`` device and the checkpoint tensors
+    are assigned to it (fp16 entries are widened one by one), so a file-loaded checkpoint never
+    exists twice: peak RSS growth ~1.2x the fp32 weight size for fp32, fp16 and archive files
+    (``benchmarks/clip_load_memory.py``). An in-memory dict is copied (the model must not alias
+    the caller's tensors). Any mismatch raises :class:`CheckpointError`; nothing loads partially.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source = "state dict"
+        state = to_float32_state_dict(path_or_state_dict, source, owned=False)
+    else:
+        source = str(path_or_state_dict)
+        state = to_float32_state_dict(read_state_dict(path_or_state_dict), source, owned=True)
+
+    config = CLIPConfig.from_state_dict(state, source)
+    try:
+        with torch.device("meta"):
+            model = CLIP(config)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: inferred architecture {config} is invalid: {err}") from err
+    check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, source)
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
+    return model.to(device).eval()
