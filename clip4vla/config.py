@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     # OpenAI CLIP checkpoint (e.g. ViT-B-32.pt). None builds `arch` with random weights.
     clip_checkpoint: str | None = None
-    arch: Literal["tiny", "vit_b_32", "vit_b_16"] = "tiny"
+    arch: Literal["micro", "tiny", "vit_b_32", "vit_b_16"] = "tiny"
     # Paper Table 5 "+Initial": the audio ViT starts from the vision weights.
     audio_init: Literal["vision", "scratch"] = "vision"
     audio_type_token: bool = True
@@ -54,7 +54,8 @@ class DataConfig:
     # "synthetic" generates the built-in dataset under `root` on first use.
     dataset: Literal["synthetic", "msrvtt", "howto100m", "audioset", "howto_audioset"] = "synthetic"
     root: str = "data/synthetic"
-    # Extra reader arguments (annotation file names etc.), passed through to the reader.
+    # Reader keyword arguments per corpus, e.g. {howto100m: {caption_path: ..., prepared_dir: ...},
+    # audioset: {...}, val: {reader: msrvtt, annotation_dir: ..., split: test}} (see configs/).
     reader_args: dict = dataclasses.field(default_factory=dict)
     media: Literal["raw", "prepared"] = "raw"
     max_frames: int = 12
@@ -62,14 +63,18 @@ class DataConfig:
     frame_order: Literal["normal", "reversed", "shuffled"] = "normal"
     max_words: int = 32
     num_workers: int = 2
+    # Keep decoded frames/spectrograms in memory across epochs (small sets, num_workers 0).
+    cache_decoded: bool = False
     synthetic_clips: int = 300
+    synthetic_seed: int = 0
 
 
 @dataclasses.dataclass
 class LossConfig:
     intra_modal: bool = True
     learnable_scale: bool = False
-    init_scale: float = 100.0
+    # None: fixed 100 (REF), or CLIP's 1/0.07 when learnable.
+    init_scale: float | None = None
     ref_extras: bool = False
 
 

@@ -91,6 +91,23 @@ class CLIPConfig:
         )
 
     @classmethod
+    def micro(cls) -> CLIPConfig:
+        """The smallest model with the real input geometry: for tests of the training machinery."""
+        return cls(
+            embed_dim=32,
+            image_resolution=224,
+            vision_layers=1,
+            vision_width=64,
+            vision_heads=1,
+            vision_patch_size=32,
+            context_length=77,
+            vocab_size=49408,
+            transformer_width=64,
+            transformer_heads=1,
+            transformer_layers=1,
+        )
+
+    @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "state dict") -> CLIPConfig:
         """Infer the architecture from tensor shapes, as OpenAI's ``build_model`` does.
 

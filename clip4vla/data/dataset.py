@@ -1,0 +1,244 @@
+"""One sample format for every corpus: records in, tri-modal tensors out.
+
+Readers (``clip4vla.data.readers``) only parse annotations into ``ClipRecord`` lists. This module
+turns a record into tensors (text tokens, frames, audio segments, optional masked copy) with the
+same decoders for every dataset, so pre-training, fine-tuning and evaluation see identical inputs.
+
+Unreadable media never kill a run and are never replaced by another clip's media: the sample is
+returned as a placeholder with ``valid=False`` and a reason, the collate function keeps the batch
+shape (so all ranks gather equal-sized batches) and reports the skipped ids upwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from clip4vla.audio import (
+    MediaError,
+    NoAudioError,
+    empty_segments,
+    load_audio,
+    log_mel,
+    segments_with_masked_copy,
+    to_segments,
+)
+from clip4vla.data.records import ClipRecord
+from clip4vla.text import tokenize
+from clip4vla.video import load_prepared_frames, load_video_frames
+
+log = logging.getLogger(__name__)
+
+AUDIO_TYPE_IDS = {"vb": 0, "nb": 1}
+SEGMENT_SIZE = 224
+
+
+@dataclasses.dataclass
+class SampleOptions:
+    """How a record becomes tensors (a subset of the run config, so workers pickle little)."""
+
+    max_words: int = 32
+    max_frames: int = 12
+    frame_sampling: str = "uniform"
+    frame_order: str = "normal"
+    image_size: int = 224
+    frontend: str = "kaldi"
+    max_segments: int = 10
+    selection: str = "centre"
+    max_seconds: float = 60.0
+    media: str = "raw"
+    masked_audio: bool = False
+    mask_mode: str = "paper"
+    # Training picks one caption at random per visit; evaluation always takes the first.
+    random_caption: bool = True
+    # Keep decoded frames and the (unmasked) spectrogram in memory after the first visit. Only for
+    # small sets with num_workers=0 (a worker's cache dies with the worker at the epoch's end).
+    cache_decoded: bool = False
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """RNG for one sample visit, independent of worker count and order, so augmentation replays exactly."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class TriModalDataset(torch.utils.data.Dataset):
+    """Map-style dataset over ``ClipRecord``s producing the one sample dict of ``docs/INTERFACES.md``."""
+
+    def __init__(self, records: Sequence[ClipRecord], options: SampleOptions, seed: int = 0) -> None:
+        if len(records) == 0:
+            raise ValueError("dataset has no records: check the annotation files and split")
+        self.records = list(records)
+        self.options = options
+        self.seed = seed
+        self.epoch = 0
+        if options.cache_decoded and options.frame_order == "shuffled":
+            raise ValueError("cache_decoded needs a deterministic frame order (frame_order != 'shuffled')")
+        self._cache: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch (non-persistent workers pick it up when they are re-created)."""
+        self.epoch = epoch
+
+    # -- modalities ---------------------------------------------------------------------------
+
+    def _text(self, record: ClipRecord, generator: torch.Generator) -> torch.Tensor:
+        captions = list(record.captions)
+        pick = 0
+        if self.options.random_caption and len(captions) > 1:
+            pick = int(torch.randint(len(captions), (1,), generator=generator))
+        return tokenize(captions[pick], context_length=self.options.max_words, truncate=True)[0]
+
+    def _frames(self, record: ClipRecord, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        opts = self.options
+        kwargs = dict(
+            max_frames=opts.max_frames,
+            sampling=opts.frame_sampling,
+            order=opts.frame_order,
+            size=opts.image_size,
+            generator=generator,
+        )
+        if opts.media == "prepared" and record.frames_dir is not None:
+            return load_prepared_frames(record.frames_dir, start=record.start, end=record.end, **kwargs)
+        if record.video_path is None:  # audio-only corpora (ESC-50)
+            return (
+                torch.zeros(opts.max_frames, 3, opts.image_size, opts.image_size),
+                torch.zeros(opts.max_frames, dtype=torch.bool),
+            )
+        return load_video_frames(record.video_path, start=record.start, end=record.end, **kwargs)
+
+    def _spectrogram(self, record: ClipRecord) -> torch.Tensor | None:
+        """dB spectrogram ``[3, T, 224]`` of the record's span, or None for a clip without audio."""
+        opts = self.options
+        use_prepared = opts.media == "prepared" or record.video_path is None
+        path = record.audio_path if use_prepared and record.audio_path is not None else record.video_path
+        if path is None:
+            return None
+        try:
+            waveform = load_audio(path, start=record.start, end=record.end, max_seconds=opts.max_seconds)
+        except NoAudioError:
+            return None
+        return log_mel(waveform, frontend=opts.frontend)
+
+    def _audio(self, spectrogram: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        opts = self.options
+        out: dict[str, torch.Tensor] = {}
+        if spectrogram is None:
+            # A silent clip is data, not an error: empty mask, fusion falls back to vision (SPEC §6).
+            segments, mask = empty_segments(opts.max_segments)
+            out["audio"], out["audio_mask"] = segments, mask
+            if opts.masked_audio:
+                out["masked_audio"] = segments.clone()
+            return out
+        if opts.masked_audio:
+            segments, mask, masked = segments_with_masked_copy(
+                spectrogram, opts.max_segments, opts.selection, generator, opts.mask_mode
+            )
+            out["masked_audio"] = masked
+        else:
+            segments, mask = to_segments(spectrogram, opts.max_segments, opts.selection)
+        out["audio"], out["audio_mask"] = segments, mask
+        return out
+
+    # -- sample -------------------------------------------------------------------------------
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        generator = sample_generator(self.seed, self.epoch, index)
+        try:
+            text = self._text(record, generator)
+            if index in self._cache:
+                frames, frame_mask, spectrogram = self._cache[index]
+            else:
+                frames, frame_mask = self._frames(record, generator)
+                spectrogram = self._spectrogram(record)  # [3, T, 224] dB
+                if self.options.cache_decoded:
+                    self._cache[index] = (frames, frame_mask, spectrogram)
+            audio = self._audio(spectrogram, generator)
+        except (MediaError, OSError, RuntimeError, ValueError) as err:
+            reason = f"{type(err).__name__}: {err}"
+            log.warning("skipping sample %d (%s): %s", index, record.video_id, reason)
+            return self.placeholder(index, record, reason)
+        sample = {
+            "text": text,
+            "frames": frames,
+            "frame_mask": frame_mask,
+            "audio_type": torch.tensor(AUDIO_TYPE_IDS[record.audio_type]),
+            "index": index,
+            "video_id": record.video_id,
+            "valid": True,
+            "skip_reason": "",
+        }
+        sample.update(audio)
+        return sample
+
+    def placeholder(self, index: int, record: ClipRecord, reason: str) -> dict[str, Any]:
+        """All-zero sample with empty masks: keeps batch shapes, contributes nothing to the loss."""
+        opts = self.options
+        segments, mask = empty_segments(opts.max_segments)
+        sample = {
+            "text": torch.zeros(opts.max_words, dtype=torch.long),
+            "frames": torch.zeros(opts.max_frames, 3, opts.image_size, opts.image_size),
+            "frame_mask": torch.zeros(opts.max_frames, dtype=torch.bool),
+            "audio": segments,
+            "audio_mask": mask,
+            "audio_type": torch.tensor(AUDIO_TYPE_IDS.get(record.audio_type, 0)),
+            "index": index,
+            "video_id": record.video_id,
+            "valid": False,
+            "skip_reason": reason,
+        }
+        if opts.masked_audio:
+            sample["masked_audio"] = segments.clone()
+        return sample
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack one batch; ids and skip reasons stay Python lists for logging."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif key == "valid":
+            batch[key] = torch.tensor(values, dtype=torch.bool)
+        elif key == "index":
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            batch[key] = values
+    return batch
+
+
+class SkipReport:
+    """Counts skipped samples and their reasons over a run, for the log and the final summary."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.reasons: Counter[str] = Counter()
+        self.examples: list[str] = []
+
+    def update(self, batch: dict[str, Any]) -> int:
+        skipped = 0
+        for vid, valid, reason in zip(batch["video_id"], batch["valid"].tolist(), batch["skip_reason"]):
+            if valid:
+                continue
+            skipped += 1
+            self.reasons[reason.split(":")[0]] += 1
+            if len(self.examples) < 20:
+                self.examples.append(f"{vid}: {reason}")
+        self.count += skipped
+        return skipped
+
+    def summary(self) -> str:
+        if not self.count:
+            return "no samples skipped"
+        kinds = ", ".join(f"{k} x{n}" for k, n in self.reasons.most_common())
+        return f"{self.count} samples skipped ({kinds}); e.g. " + "; ".join(self.examples[:3])

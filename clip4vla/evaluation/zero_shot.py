@@ -1,0 +1,68 @@
+"""Zero-shot tri-modal retrieval: text->audio, video->audio, text->video on a held-out split.
+
+Used for validation during pre-training and for the final report. Every task is scored on the
+same clips (those with readable frames and an audio track), so one chance level applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clip4vla.data.dataset import TriModalDataset, collate_samples
+from clip4vla.evaluation.retrieval import retrieval_metrics
+
+TASKS = {"t2a": ("text", "audio"), "v2a": ("video", "audio"), "t2v": ("text", "video")}
+
+
+def chance_level(n: int) -> dict[str, float]:
+    """Expected R@K (percent) and median rank of a random ranking over n candidates."""
+    return {"R1": 100.0 / n, "R5": 100.0 * min(5, n) / n, "R10": 100.0 * min(10, n) / n, "MedR": (n + 1) / 2}
+
+
+@torch.no_grad()
+def encode_dataset(
+    model: torch.nn.Module, dataset: TriModalDataset, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, torch.Tensor]:
+    """Unit-norm global text/video/audio features of every clip, plus which clips are usable."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    parts: dict[str, list[torch.Tensor]] = {"text": [], "video": [], "audio": [], "usable": []}
+    for batch in loader:
+        with autocast:
+            text = model.encode_text(batch["text"].to(device))
+            _, video = model.encode_video(batch["frames"].to(device), batch["frame_mask"].to(device))
+            _, audio = model.encode_audio(
+                batch["audio"].to(device), batch["audio_mask"].to(device), batch["audio_type"].to(device)
+            )
+        parts["text"].append(F.normalize(text.float(), dim=-1).cpu())
+        parts["video"].append(F.normalize(video.float(), dim=-1).cpu())
+        parts["audio"].append(F.normalize(audio.float(), dim=-1).cpu())
+        parts["usable"].append(batch["valid"] & batch["frame_mask"].any(1) & batch["audio_mask"].any(1))
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def zero_shot_retrieval(
+    model: torch.nn.Module, dataset: TriModalDataset, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, Any]:
+    """R@1/5/10, MedR and MeanR for t2a, v2a, t2v, next to the chance level of the same pool."""
+    features = encode_dataset(model, dataset, batch_size, device, precision)
+    usable = features["usable"]
+    n = int(usable.sum())
+    if n == 0:
+        raise ValueError("no clip of the evaluation split has both frames and audio")
+    retrieval = {}
+    for task, (query, target) in TASKS.items():
+        sim = features[query][usable] @ features[target][usable].T  # [n, n]
+        metrics = retrieval_metrics(sim)
+        retrieval[task] = {k: float(metrics[k]) for k in ("R1", "R5", "R10", "MedR", "MeanR")}
+    return {
+        "retrieval": retrieval,
+        "chance": chance_level(n),
+        "n_clips": n,
+        "n_skipped": int(len(usable) - n),
+    }

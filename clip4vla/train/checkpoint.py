@@ -1,0 +1,239 @@
+"""Atomic training checkpoints, keep-last-N rotation, fallback past corrupt files, RNG capture.
+
+A checkpoint is untrusted input (SPEC §12), so it is read with ``torch.load(weights_only=True)``;
+everything we write must survive that: tensors, numbers, strings, bytes, None and
+dict/list/tuple containers only. RNG states are therefore stored as tensors and plain tuples.
+
+Writes are atomic: the file is written under a hidden temporary name in the target directory,
+flushed and fsynced, then ``os.replace``d over the final name. A crash mid-write leaves the
+previous checkpoint untouched and no partial file that looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointManager",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+_CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+_TMP_PREFIX = ".tmp-"  # hidden, and never matches _CKPT_RE
+
+# leaf types torch.load(weights_only=True) reads back
+_SAFE_LEAVES = (torch.Tensor, int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read (missing, truncated, corrupt or holding unsafe types)."""
+
+
+def _check_safe(obj: Any, where: str) -> None:
+    """Reject what ``weights_only`` loading would refuse, at save time and with the key path."""
+    if isinstance(obj, _SAFE_LEAVES):
+        return
+    if type(obj) in (dict, OrderedDict):  # exact types: e.g. defaultdict is refused by the loader
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"checkpoint key {where}[{key!r}] has type {type(key).__name__}; use str or int keys")
+            _check_safe(value, f"{where}.{key}" if where else str(key))
+        return
+    if type(obj) in (list, tuple, torch.Size):
+        for i, value in enumerate(obj):
+            _check_safe(value, f"{where}[{i}]")
+        return
+    hint = " (convert it with torch.from_numpy)" if isinstance(obj, (np.ndarray, np.generic)) else ""
+    raise TypeError(
+        f"checkpoint entry {where or '<root>'} has type {type(obj).__module__}.{type(obj).__qualname__}, "
+        f"which torch.load(weights_only=True) cannot read{hint}"
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); not possible on every platform."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, os.replace)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    _check_safe(state, "")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; any failure is a :class:`CheckpointError`
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip/pickle/IO errors all mean "unreadable"
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+class CheckpointManager:
+    """``ckpt_<step:06d>.pt`` files in one directory, keeping the newest ``keep_last``.
+
+    The latest checkpoint is found by listing (highest step), so there is no pointer file that
+    could disagree with the directory. Only one process (the main rank) should save.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int | None = 3):
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or None (keep all), got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """Leftovers of a writer that was killed mid-save (never valid checkpoints)."""
+        for tmp in self.directory.glob(f"{_TMP_PREFIX}ckpt_*"):
+            logger.warning("removing incomplete checkpoint write %s", tmp)
+            tmp.unlink(missing_ok=True)
+
+    def path_for(self, step: int) -> Path:
+        if step < 0:
+            raise ValueError(f"checkpoint step must be >= 0, got {step}")
+        return self.directory / f"ckpt_{step:06d}.pt"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every checkpoint in the directory, oldest first."""
+        found = []
+        for p in self.directory.iterdir():
+            match = _CKPT_RE.match(p.name)
+            if match and p.is_file():
+                found.append((int(match.group(1)), p))
+        return sorted(found)
+
+    def save(self, step: int, state: dict) -> Path:
+        path = save_checkpoint(self.path_for(step), state)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        if self.keep_last is None:
+            return
+        for _, old in self.checkpoints()[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:
+        """The newest readable checkpoint as ``(state, path)``; ``None`` if there is none.
+
+        A newest file that is truncated or corrupt is skipped with a warning and the previous one
+        is tried; if every checkpoint is unreadable a :class:`CheckpointError` lists them.
+        """
+        failures = []
+        for _, path in reversed(self.checkpoints()):
+            try:
+                return load_checkpoint(path, map_location), path
+            except CheckpointError as err:
+                warnings.warn(f"{err}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
+                failures.append(str(err))
+        if failures:
+            raise CheckpointError("no readable checkpoint in {}:\n  {}".format(self.directory, "\n  ".join(failures)))
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state in weights_only-safe form
+# ----------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """Python ``random``, NumPy's global generator, torch CPU and (if initialised) CUDA states,
+    as tensors and plain tuples/numbers so that ``weights_only`` loading accepts them."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next): plain types
+        "numpy": {
+            "algorithm": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states are restored only if present and CUDA is
+    available with the same number of devices)."""
+    try:
+        version, internal, gauss_next = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
+        np_s = state["numpy"]
+        np.random.set_state(
+            (
+                np_s["algorithm"],
+                np_s["keys"].cpu().numpy().astype(np.uint32),
+                int(np_s["pos"]),
+                int(np_s["has_gauss"]),
+                float(np_s["cached_gaussian"]),
+            )
+        )
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"malformed RNG state in checkpoint: {type(err).__name__}: {err}") from err
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
+        else:
+            warnings.warn(
+                f"checkpoint has CUDA RNG states for {len(cuda)} devices, this machine has "
+                f"{torch.cuda.device_count()}; CUDA RNG not restored",
+                RuntimeWarning,
+                stacklevel=2,
+            )

@@ -1,0 +1,189 @@
+"""torch.distributed plumbing: process-group setup from torchrun's environment, small collectives,
+and DDP wrapping.
+
+Single-process runs (``WORLD_SIZE`` unset or 1) create no process group at all, so every helper
+here degrades to a no-op and the same training code runs with or without torchrun.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = [
+    "DistInfo",
+    "DistributedSetupError",
+    "init_distributed",
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "barrier",
+    "all_reduce_mean",
+    "all_reduce_grads_mean",
+    "broadcast_object",
+    "cleanup",
+    "wrap_ddp",
+    "unwrap_model",
+    "no_sync_factory",
+]
+
+
+class DistributedSetupError(RuntimeError):
+    """torchrun's environment is incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    is_main: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int | None = None) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as err:
+        raise DistributedSetupError(f"environment variable {name}={value!r} is not an integer") from err
+
+
+def init_distributed(
+    backend: str | None = None, timeout_s: float = 1800.0, device: str | torch.device | None = None
+) -> DistInfo:
+    """Set up the default process group from torchrun's env vars (RANK, LOCAL_RANK, WORLD_SIZE).
+
+    Backend: NCCL when CUDA is available, gloo otherwise (override with ``backend``). With
+    ``WORLD_SIZE`` unset or 1 no process group is created. ``device`` forces a device type
+    (e.g. "cpu" to run gloo on a CUDA machine); by default ``cuda:LOCAL_RANK`` if CUDA exists.
+    Calling it again when a group already exists just reports the current state.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank if world_size > 1 else 0)
+    if world_size < 1 or not (0 <= rank < world_size):
+        raise DistributedSetupError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world_size}")
+
+    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise DistributedSetupError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+
+    if world_size > 1 and not dist.is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise DistributedSetupError(f"WORLD_SIZE={world_size} but {var} is not set (launch with torchrun)")
+        dist.init_process_group(
+            backend=backend or ("nccl" if use_cuda else "gloo"),
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, is_main=rank == 0)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of ``tensor`` over ranks, as a new tensor (a detached copy when not distributed)."""
+    out = tensor.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= dist.get_world_size()
+    return out
+
+
+def all_reduce_grads_mean(params: Iterable[nn.Parameter]) -> None:
+    """Average ``.grad`` of parameters that DDP does not manage (e.g. a learnable logit scale that
+    lives in the loss, outside the DDP-wrapped model). Parameters without a grad are skipped;
+    every rank must pass the same list."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled; meant for small things like configs)."""
+    if not is_distributed():
+        return obj
+    holder = [obj if dist.get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def cleanup() -> None:
+    """Destroy the process group. Drop every DDP-wrapped model first: a DDP reducer that
+    outlives its process group can abort the interpreter at exit ("terminate called without an
+    active exception", seen with gloo in about a third of runs)."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # collect unreachable DDP wrappers (reference cycles) while the group exists
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs: Any) -> nn.Module:
+    """Wrap ``model`` in DDP when ``info.world_size > 1`` (otherwise return it unchanged).
+
+    ``find_unused_parameters=False``: frozen towers have ``requires_grad=False`` so DDP ignores
+    them, and every trainable parameter takes part in every step. A model with nothing to train
+    is returned unwrapped (DDP refuses it).
+    """
+    if not info.distributed or not any(p.requires_grad for p in model.parameters()):
+        return model
+    ddp_kwargs.setdefault("find_unused_parameters", False)
+    if info.device.type == "cuda":
+        ddp_kwargs.setdefault("device_ids", [info.device.index])
+        ddp_kwargs.setdefault("output_device", info.device.index)
+    return DistributedDataParallel(model, **ddp_kwargs)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (for state dicts and parameter names without ``module.``)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def no_sync_factory(model: nn.Module) -> Callable[[], AbstractContextManager] | None:
+    """``model.no_sync`` for a DDP model (skip the gradient all-reduce on accumulation micro-steps),
+    ``None`` otherwise — the form :func:`clip4vla.train.grad_cache.cached_accumulation_step` takes."""
+    return model.no_sync if isinstance(model, DistributedDataParallel) else None
