@@ -1,4 +1,4 @@
-"""Annotation reader throughput: HowTo100M span growth and the full reader, and the mixture sampler.
+"""Annotation reader throughput: HowTo100M span growth and the full reader, and the mixture order.
 
 Run: python benchmarks/bench_readers.py [--videos 5000] [--spans 100]
 Prints seconds and spans/s. Synthetic transcripts with HowTo-like statistics (spans ~4 s, ~8 words).
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip4vla.data.readers import MixtureSampler, read_howto100m
+from clip4vla.data.readers import read_howto100m
+from clip4vla.data.sampler import MixtureOrder
 from clip4vla.data.readers.howto100m import extend_spans
 
 
@@ -66,12 +67,11 @@ def main() -> None:
         f"({len(records) / dt / 1e3:.0f} k records/s, JSON parse included)"
     )
 
-    sampler = MixtureSampler([1_000_000, 2_000_000], weights=[0.5, 0.5], num_samples=1_000_000, seed=0)
+    sampler = MixtureOrder([1_000_000, 2_000_000], weights=[0.5, 0.5], num_samples=1_000_000, seed=0)
     t0 = time.perf_counter()
-    sampler.set_epoch(3)
-    order = sampler.epoch_indices()
+    order = sampler.epoch_indices(3)
     dt = time.perf_counter() - t0
-    print(f"MixtureSampler.epoch_indices: {len(order)} indices over 3 M records in {dt:.2f} s")
+    print(f"MixtureOrder.epoch_indices: {len(order)} indices over 3 M records in {dt:.2f} s")
 
 
 if __name__ == "__main__":

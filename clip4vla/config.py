@@ -57,6 +57,8 @@ class DataConfig:
     # Reader keyword arguments per corpus, e.g. {howto100m: {caption_path: ..., prepared_dir: ...},
     # audioset: {...}, val: {reader: msrvtt, annotation_dir: ..., split: test}} (see configs/).
     reader_args: dict = dataclasses.field(default_factory=dict)
+    # howto_audioset: per-corpus share of an epoch (e.g. [0.5, 0.5]); None = in proportion to size.
+    mixture_weights: tuple | None = None
     media: Literal["raw", "prepared"] = "raw"
     max_frames: int = 12
     frame_sampling: Literal["uniform", "head", "tail"] = "uniform"

@@ -9,7 +9,7 @@ def test_defaults_follow_the_paper():
     assert cfg.audio.frontend == "kaldi"
     assert cfg.audio.max_segments == 10
     assert cfg.model.train_clip is False
-    assert cfg.loss.init_scale == 100.0
+    assert cfg.loss.init_scale is None and cfg.loss.learnable_scale is False  # fixed scale 100 (REF)
     assert cfg.optim.betas == (0.9, 0.98)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from clip4vla.data.sampler import ResumableShardedSampler
+from clip4vla.data.sampler import MixtureOrder, ResumableShardedSampler
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():
@@ -38,3 +38,11 @@ def test_resume_skips_exactly_the_batches_already_seen():
 def test_too_few_samples_is_a_clear_error():
     with pytest.raises(ValueError, match="global batch"):
         ResumableShardedSampler(5, 4, world_size=2)
+
+
+def test_an_int_means_one_dataset_and_equals_its_mixture_order():
+    a = ResumableShardedSampler(20, 4, seed=5)
+    b = ResumableShardedSampler(MixtureOrder([20], seed=5), 4)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b)

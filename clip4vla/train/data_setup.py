@@ -11,6 +11,7 @@ from clip4vla.config import PretrainConfig
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.records import ClipRecord, check_media, missing_media_reason
 from clip4vla.data.readers import READERS
+from clip4vla.data.sampler import MixtureOrder
 from clip4vla.data.synthetic import make_synthetic_dataset
 from clip4vla.train.distributed import DistInfo, barrier
 
@@ -42,6 +43,15 @@ def _read(name: str, args: dict[str, Any]) -> list[ClipRecord]:
     return READERS[name](**args)
 
 
+@dataclasses.dataclass
+class PretrainData:
+    train: TriModalDataset
+    val: TriModalDataset | None
+    test: TriModalDataset | None
+    # epoch order over the training records (the corpus mixture for howto_audioset)
+    train_order: MixtureOrder
+
+
 def _synthetic_records(config: PretrainConfig, dist: DistInfo) -> tuple[list, list, list]:
     dc = config.data
     root = Path(dc.root)
@@ -49,23 +59,24 @@ def _synthetic_records(config: PretrainConfig, dist: DistInfo) -> tuple[list, li
         make_synthetic_dataset(root, num_clips=dc.synthetic_clips, seed=dc.synthetic_seed)
     barrier()
     common = dict(task="captioning", video_dir=root / "videos", unfold_captions=False)
-    return tuple(_read("msrvtt", {"annotation_dir": root, "split": split, **common}) for split in ("train", "val", "test"))
+    train, val, test = (_read("msrvtt", {"annotation_dir": root, "split": s, **common}) for s in ("train", "val", "test"))
+    return train, val, test, [len(train)]
 
 
-def _corpus_records(config: PretrainConfig) -> tuple[list, list | None, list | None]:
+def _corpus_records(config: PretrainConfig) -> tuple[list, list | None, list | None, list[int]]:
     dc = config.data
     args = dict(dc.reader_args)
     eval_args = {split: args.pop(split, None) for split in ("val", "test")}
     names = ["howto100m", "audioset"] if dc.dataset == "howto_audioset" else [dc.dataset]
     train: list[ClipRecord] = []
+    sizes: list[int] = []
     for name in names:
         if name not in args:
             raise ValueError(f"data.reader_args.{name} is required for data.dataset={dc.dataset} (reader keyword arguments)")
         records = _read(name, args.pop(name))
         log.info("%s: %d training records", name, len(records))
-        # Concatenation + uniform shuffling samples each corpus in proportion to its size,
-        # over its full length (REF's fixed HowTo100M slice is not copied).
         train.extend(records)
+        sizes.append(len(records))
     if args:
         raise ValueError(f"data.reader_args has unused entries {sorted(args)} for data.dataset={dc.dataset}")
     evals = []
@@ -75,17 +86,18 @@ def _corpus_records(config: PretrainConfig) -> tuple[list, list | None, list | N
             continue
         spec = dict(spec)
         evals.append(_read(spec.pop("reader"), spec))
-    return train, evals[0], evals[1]
+    return train, evals[0], evals[1], sizes
 
 
-def build_pretrain_datasets(
-    config: PretrainConfig, dist: DistInfo
-) -> tuple[TriModalDataset, TriModalDataset | None, TriModalDataset | None]:
-    """Train/val/test datasets; fails at start-up when the training set has no usable media."""
+def build_pretrain_datasets(config: PretrainConfig, dist: DistInfo) -> PretrainData:
+    """Train/val/test datasets and the training order; fails at start-up without usable media."""
     if config.data.dataset == "synthetic":
-        train, val, test = _synthetic_records(config, dist)
+        train, val, test, sizes = _synthetic_records(config, dist)
     else:
-        train, val, test = _corpus_records(config)
+        train, val, test, sizes = _corpus_records(config)
+    weights = config.data.mixture_weights
+    if weights is not None and len(weights) != len(sizes):
+        raise ValueError(f"data.mixture_weights has {len(weights)} entries for {len(sizes)} corpora")
     present, missing = check_media(train, require_audio=False)
     if missing:
         log.warning(
@@ -97,8 +109,9 @@ def build_pretrain_datasets(
     options = sample_options(config)
     eval_options = dataclasses.replace(options, masked_audio=False, random_caption=False, frame_order="normal")
     seed = config.train.seed
-    return (
-        TriModalDataset(train, options, seed=seed),
-        TriModalDataset(val, eval_options, seed=seed) if val else None,
-        TriModalDataset(test, eval_options, seed=seed) if test else None,
+    return PretrainData(
+        train=TriModalDataset(train, options, seed=seed),
+        val=TriModalDataset(val, eval_options, seed=seed) if val else None,
+        test=TriModalDataset(test, eval_options, seed=seed) if test else None,
+        train_order=MixtureOrder(sizes, weights=weights, seed=seed),
     )

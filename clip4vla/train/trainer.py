@@ -109,7 +109,8 @@ class Pretrainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out_dir / "config.yaml")
-        self.train_set, self.val_set, self.test_set = build_pretrain_datasets(config, self.dist)
+        data = build_pretrain_datasets(config, self.dist)
+        self.train_set, self.val_set, self.test_set = data.train, data.val, data.test
 
         self.model = build_model(config.model).to(self.device)
         self.loss_fn = PretrainLoss(
@@ -121,9 +122,7 @@ class Pretrainer:
         self.forward_module = PretrainForward(self.model, config.model.train_clip)
         self.ddp = wrap_ddp(self.forward_module, self.dist)
 
-        self.sampler = ResumableShardedSampler(
-            len(self.train_set), self.local_batch, self.dist.rank, self.dist.world_size, seed=tc.seed
-        )
+        self.sampler = ResumableShardedSampler(data.train_order, self.local_batch, self.dist.rank, self.dist.world_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch // tc.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(

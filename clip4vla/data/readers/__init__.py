@@ -11,7 +11,6 @@ from clip4vla.data.readers.audiocaps import read_audiocaps
 from clip4vla.data.readers.audioset import read_audioset
 from clip4vla.data.readers.esc50 import read_esc50
 from clip4vla.data.readers.howto100m import read_howto100m
-from clip4vla.data.readers.mixture import MixtureSampler, concat_records
 from clip4vla.data.readers.msrvtt import read_msrvtt
 from clip4vla.data.readers.ucf101 import read_ucf101
 from clip4vla.data.readers.vatex import read_vatex
@@ -29,8 +28,6 @@ READERS: dict[str, Callable[..., list[ClipRecord]]] = {
 
 __all__ = [
     "READERS",
-    "MixtureSampler",
-    "concat_records",
     "read_audiocaps",
     "read_audioset",
     "read_esc50",
