@@ -165,13 +165,17 @@ def cleanup() -> None:
 def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs: Any) -> nn.Module:
     """Wrap ``model`` in DDP when ``info.world_size > 1`` (otherwise return it unchanged).
 
-    ``find_unused_parameters=False``: frozen towers have ``requires_grad=False`` so DDP ignores
-    them, and every trainable parameter takes part in every step. A model with nothing to train
-    is returned unwrapped (DDP refuses it).
+    ``find_unused_parameters=True`` by default: not every trainable parameter takes part in every
+    step (``clip.logit_scale`` is never used, the loss owns the temperature; a rank whose local
+    batch has no valid frame or audio segment never runs that tower). With DDP's ``False`` the
+    bucket holding such a parameter is never all-reduced, each rank silently steps on its own
+    gradients, and the next step fails with "Expected to have finished reduction". Frozen towers
+    have ``requires_grad=False`` and are ignored either way. A model with nothing to train is
+    returned unwrapped (DDP refuses it).
     """
     if not info.distributed or not any(p.requires_grad for p in model.parameters()):
         return model
-    ddp_kwargs.setdefault("find_unused_parameters", False)
+    ddp_kwargs.setdefault("find_unused_parameters", True)
     if info.device.type == "cuda":
         ddp_kwargs.setdefault("device_ids", [info.device.index])
         ddp_kwargs.setdefault("output_device", info.device.index)

@@ -261,7 +261,11 @@ class Pretrainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        out = {k: float(v) for k, v in parts.items()}
+        # Each rank's loss is its share of the global-batch loss (scaled so that the mean over
+        # ranks is the global value): log that mean, so the numbers do not depend on world size.
+        names = list(parts)
+        values = torch.stack([torch.as_tensor(parts[k], dtype=torch.float32, device=self.device).reshape(()) for k in names])
+        out = dict(zip(names, all_reduce_mean(values).tolist()))
         out["grad_norm"] = float(grad_norm)
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         return out
