@@ -78,6 +78,9 @@ class LossConfig:
     # None: fixed 100 (REF), or CLIP's 1/0.07 when learnable.
     init_scale: float | None = None
     ref_extras: bool = False
+    # Also train text<->video (not in the paper, whose CLIP towers come aligned): for towers
+    # trained from scratch, e.g. the synthetic quick start without a CLIP checkpoint.
+    text_video: bool = False
 
 
 @dataclasses.dataclass

@@ -292,7 +292,10 @@ class PretrainLoss(nn.Module):
     ``ref_extras=True`` reproduces REF's ``loss_func=tav_nce``: the video–audio term counted twice
     and, only when the intra-modal loss is on (REF computes them only then), a text–text and a
     video–video term — :func:`self_similarity_nce` on ``s·t tᵀ`` and ``s·v vᵀ`` (each sample its
-    own positive). The text–video NCE is reported in ``parts`` but never trained on (as REF).
+    own positive). The text–video NCE is reported in ``parts`` and trained on only with
+    ``text_video=True`` (our addition, off by default: the paper starts from CLIP, whose towers are
+    already aligned; towers trained from scratch, as in the synthetic quick start, have no other
+    source of that alignment).
 
     ``forward`` returns ``(total, parts)``; ``parts`` holds detached scalars for logging. Under
     torch.distributed every rank passes its local rows; see the module docstring. ``valid``
@@ -308,10 +311,12 @@ class PretrainLoss(nn.Module):
         init_scale: float | None = None,
         ref_extras: bool = False,
         max_scale: float = 100.0,
+        text_video: bool = False,
     ):
         super().__init__()
         self.intra_modal = intra_modal
         self.ref_extras = ref_extras
+        self.text_video = text_video
         self.logit_scale = LogitScale(init_scale, learnable=learnable_scale, max_scale=max_scale)
 
     def forward(
@@ -349,8 +354,12 @@ class PretrainLoss(nn.Module):
         va = nce(v, a, v_all, a_all)
         total_loss = ta + (2.0 * va if self.ref_extras else va)
         parts["ta"], parts["va"] = ta, va
-        with torch.no_grad():  # monitored only (the text/vision alignment CLIP already has)
+        if self.text_video:
             parts["tv"] = nce(t, v, t_all, v_all)
+            total_loss = total_loss + parts["tv"]
+        else:
+            with torch.no_grad():  # monitored only (the text/vision alignment CLIP already has)
+                parts["tv"] = nce(t, v, t_all, v_all)
 
         if m is not None:
             aa = _intra_local_rows(a, m, a_all, gathered[3], lay, scale)

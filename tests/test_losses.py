@@ -208,6 +208,19 @@ def test_pretrain_loss_without_intra_modal():
     assert "aa" not in parts
 
 
+def test_pretrain_loss_text_video_option_adds_the_tv_term_with_gradients():
+    t, v, a, m = _features(seed=2)
+    t.requires_grad_(True)
+    off, parts_off = PretrainLoss(intra_modal=True)(t, v, a, m)
+    on, parts_on = PretrainLoss(intra_modal=True, text_video=True)(t, v, a, m)
+    tv = inter_modal_nce(F.normalize(t, dim=-1), F.normalize(v, dim=-1), 100.0)
+    assert parts_on["tv"].item() == pytest.approx(tv.item(), rel=1e-10)
+    assert on.item() == pytest.approx((off + tv).item(), rel=1e-10)
+    (g_on,) = torch.autograd.grad(on, t)
+    (g_off,) = torch.autograd.grad(off, t)
+    assert not torch.allclose(g_on, g_off)
+
+
 def test_pretrain_loss_ref_extras():
     t, v, a, m = _features(seed=2)
     total, parts = PretrainLoss(intra_modal=True, ref_extras=True)(t, v, a, m)

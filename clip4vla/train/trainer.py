@@ -118,6 +118,7 @@ class Pretrainer:
             learnable_scale=config.loss.learnable_scale,
             init_scale=config.loss.init_scale,
             ref_extras=config.loss.ref_extras,
+            text_video=config.loss.text_video,
         ).to(self.device)
         self.forward_module = PretrainForward(self.model, config.model.train_clip)
         self.ddp = wrap_ddp(self.forward_module, self.dist)
