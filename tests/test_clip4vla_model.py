@@ -11,19 +11,7 @@ import torch.nn.functional as F
 from clip4vla.models import CLIP4VLA, CLIPConfig, masked_mean_normalised
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SMALL = CLIPConfig(
-    embed_dim=32,
-    image_resolution=224,
-    vision_layers=1,
-    vision_width=64,
-    vision_heads=1,
-    vision_patch_size=32,
-    context_length=77,
-    vocab_size=49408,
-    transformer_width=64,
-    transformer_heads=1,
-    transformer_layers=1,
-)
+SMALL = CLIPConfig.micro()
 
 
 @pytest.fixture()
