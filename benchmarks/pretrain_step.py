@@ -1,0 +1,517 @@
+"""Pre-training step benchmark at ViT-B/32 size on CPU: speed, peak memory and MFU.
+
+One step = what ``Pretrainer.train_step`` does with frozen CLIP towers (paper default):
+text ``[B, 32]`` and ``B x F`` frames through the frozen towers (no grad), ``2 x B x L`` audio
+segments (clean + masked copy, one pass) through the trainable audio encoder, ``PretrainLoss``
+(intra-modal on), backward, grad-norm clipping, AdamW. Random weights and inputs (speed does
+not depend on the values; all masks full so every frame and segment is encoded).
+
+Each configuration (fp32 / bf16 autocast x activation checkpointing off / on) runs in a fresh
+subprocess, so its peak RSS (``VmHWM``) is its own. The parent measures the machine's matmul peak
+(large square ``torch.mm``, fp32 and bf16, same thread count) and reports model FLOP utilisation
+= analytic model FLOPs per step / step time / peak of the same dtype (``benchmarks/flops.py``;
+cross-checked once against ``torch.utils.flop_counter.FlopCounterMode``).
+
+    PYTHONPATH=. python benchmarks/pretrain_step.py [--batch 8 --frames 12 --segments 10
+        --steps 2 --warmup 1 --threads T --configs fp32,fp32+ckpt,bf16,bf16+ckpt]
+        [--wait-idle 600 --retries 3] [--json-out run.json] [--from-json run.json]
+
+On a shared machine contention distorts everything (at half the cores a bf16 step took 3x as
+long, not 2x): ``--wait-idle`` waits for idle CPUs before each configuration and ``--retries``
+re-runs a configuration whose timed steps got < 93 % of the cores. Every step reports its
+"cpu share" (CPU time / (wall x threads)); only rows near 1.00 are clean measurements.
+
+``--prototypes`` applies speed-up experiments as monkeypatches (see PROTOTYPES); without it the
+package code is measured as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from flops import TowerShape, pretrain_step_flops, tower_backward_flops, tower_forward_flops, vit_shape  # noqa: E402
+
+ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt")
+WORDS = 32  # max_words of the pre-training configs
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+# ---------------------------------------------------------------------------------- machine
+
+
+def cpu_description() -> dict:
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("?", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS}}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def idle_fraction(window: float = 3.0) -> float:
+    """Fraction of all CPUs' time spent idle over ``window`` seconds (from ``/proc/stat``)."""
+
+    def read() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields[:8])  # idle + iowait, total (without guest time)
+
+    idle0, total0 = read()
+    time.sleep(window)
+    idle1, total1 = read()
+    return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.9) -> float:
+    """On a shared machine: wait (up to ``max_wait`` s) until the CPUs are ``threshold`` idle."""
+    deadline = time.monotonic() + max_wait
+    idle = idle_fraction()
+    while idle < threshold and time.monotonic() < deadline:
+        idle = idle_fraction()
+    return idle
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> dict:
+    """Best and median GFLOP/s of ``torch.mm`` on ``n x n`` matrices (one warm-up first)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    times, cpu_times = [], []
+    for _ in range(reps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+        cpu_times.append((time.process_time() - c0) / torch.get_num_threads())
+    flops = 2 * n**3
+    return {
+        "best": flops / min(times) / 1e9,
+        "median": flops / statistics.median(times) / 1e9,
+        # per CPU second the process got (divided by threads): comparable with the steps' "cpu" column
+        "cpu": flops / min(cpu_times) / 1e9,
+    }
+
+
+def onednn_fp32_peak(n: int = 4096, reps: int = 5) -> dict | None:
+    """fp32 GFLOP/s of the same product through oneDNN (a private op; None where it is missing).
+
+    Reference only: torch's fp32 ``mm`` goes to MKL's sgemm, which on non-Intel CPUs does not
+    take its AVX-512 path, so the MKL number can sit well below what the vector units do.
+    """
+    a, b, bias = torch.randn(n, n), torch.randn(n, n), torch.zeros(n)
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        op(a, b, bias, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return None
+    times, cpu_times = [], []
+    for _ in range(reps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        op(a, b, bias, "none", [], "")
+        times.append(time.perf_counter() - t0)
+        cpu_times.append((time.process_time() - c0) / torch.get_num_threads())
+    return {"best": 2 * n**3 / min(times) / 1e9, "cpu": 2 * n**3 / min(cpu_times) / 1e9}
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def rss_gib() -> dict:
+    """Current and peak resident set size of this process (``/proc/self/status``)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(line.split()[1]) / 2**20  # kB -> GiB
+    out["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+# ---------------------------------------------------------------------------------- the step
+
+
+def build(args, precision: str, ckpt: bool):
+    from torch import nn
+
+    from clip4vla.losses import PretrainLoss
+    from clip4vla.models.clip import CLIPConfig
+    from clip4vla.models.clip4vla import CLIP4VLA
+    from clip4vla.train.optim import build_optimizer
+    from clip4vla.train.trainer import PretrainForward
+
+    torch.manual_seed(0)
+    model = CLIP4VLA.from_config(CLIPConfig.vit_b_32(), audio_init="vision", use_type_token=True)
+    model.freeze_clip(True)
+    model.set_grad_checkpointing(ckpt)
+    forward = PretrainForward(model, train_clip=False).train()
+    loss_fn = PretrainLoss(intra_modal=True)
+    trainable = nn.ModuleDict({"clip": model.clip, "audio": model.audio, "loss": loss_fn})
+    optimizer = build_optimizer(trainable, lr=1e-7, coef_lr=1.0)
+
+    b, f, seg = args.batch, args.frames, args.segments
+    g = torch.Generator().manual_seed(1)
+    text = torch.randint(1, 49406, (b, WORDS), generator=g)
+    text[:, -1] = 49407  # EOT (the largest id: the text tower pools at argmax)
+    inputs = {
+        "text": text,
+        "frames": torch.randn(b, f, 3, 224, 224, generator=g),
+        "frame_mask": torch.ones(b, f, dtype=torch.bool),
+        "audio": torch.randn(b, seg, 3, 224, 224, generator=g),
+        "audio_mask": torch.ones(b, seg, dtype=torch.bool),
+        "audio_type": torch.randint(0, 2, (b,), generator=g),
+        "masked_audio": torch.randn(b, seg, 3, 224, 224, generator=g),
+    }
+    return forward, loss_fn, optimizer, inputs
+
+
+def one_step(forward, loss_fn, optimizer, inputs, precision: str) -> dict:
+    """One optimiser step as ``Pretrainer.train_step`` does it; returns the phase times (s)."""
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    if precision == "bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = forward(**inputs)
+    else:
+        features = forward(**inputs)
+    features = {k: v.float() for k, v in features.items()}
+    loss, _ = loss_fn(features["text"], features["video"], features["audio"], features["masked_audio"])
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    t3 = time.perf_counter()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "step": t3 - t0, "loss": loss.item()}
+
+
+# ---------------------------------------------------------------------------------- prototypes
+# Speed-up experiments, applied only with --prototypes (monkeypatches; the package is untouched).
+# The default run measures the package code as it is.
+
+PROTOTYPES = ("attn-matmul", "frozen-bf16", "fused-adamw")
+
+
+def _attention_by_matmul(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """SelfAttention.forward with explicit ``softmax(q k^T / sqrt(d)) v`` instead of SDPA.
+
+    For 51-token sequences the CPU flash-attention kernel's backward is slow (bf16 especially);
+    two batched matmuls + softmax are faster there.
+    """
+    import torch.nn.functional as F
+
+    n, length, width = x.shape
+    qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+    q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+    scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)  # [N, H, L, L]
+    if causal:
+        scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    out = scores.softmax(dim=-1) @ v
+    return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+
+
+def apply_prototypes(names: list[str], forward, optimizer, precision: str):
+    from clip4vla.models.clip import SelfAttention
+
+    applied = [n for n in names if not (n == "frozen-bf16" and precision != "bf16")]
+    if "attn-matmul" in names:
+        SelfAttention.forward = _attention_by_matmul
+    if "frozen-bf16" in names and precision == "bf16":
+        # frozen towers never update: cast their weights once instead of on every autocast call
+        forward.model.clip.to(torch.bfloat16)
+    if "fused-adamw" in names:
+        keep = ("name", "params", "lr", "weight_decay", "betas", "eps")
+        groups = [{k: g[k] for k in keep} for g in optimizer.param_groups]
+        optimizer = torch.optim.AdamW(groups, fused=True)
+    return optimizer, applied
+
+
+def run_config(args) -> None:
+    """Child process: build, warm up, time ``args.steps`` steps, print one JSON line."""
+    torch.set_num_threads(args.threads)
+    precision, _, ckpt = args.config.partition("+")
+    rss_start = rss_gib()
+    forward, loss_fn, optimizer, inputs = build(args, precision, bool(ckpt))
+    prototypes = [p for p in args.prototypes.split(",") if p]
+    if prototypes:
+        optimizer, prototypes = apply_prototypes(prototypes, forward, optimizer, precision)
+    rss_built = rss_gib()
+    # the matmul peak of this dtype once more, right before the steps: on a shared machine the
+    # parent keeps the best of all measurements
+    peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, args.peak_size, reps=3)
+    steps = []
+    for i in range(args.warmup + args.steps):
+        use0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+        phases = one_step(forward, loss_fn, optimizer, inputs, precision)
+        phases["cpu_share"] = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * args.threads)
+        use1 = resource.getrusage(resource.RUSAGE_SELF)
+        # page faults and kernel time: fresh activation memory is mmapped and zeroed by the kernel
+        phases["minor_faults"] = use1.ru_minflt - use0.ru_minflt
+        phases["sys_s"] = use1.ru_stime - use0.ru_stime
+        phases["warmup"] = i < args.warmup
+        steps.append(phases)
+        print(f"  [{args.config}] step {i} ({'warm-up' if i < args.warmup else 'timed'}): "
+              f"{phases['step']:.1f} s (fwd {phases['forward']:.1f}, bwd {phases['backward']:.1f}, "
+              f"opt {phases['optimizer']:.2f}), cpu share {phases['cpu_share']:.2f}, "
+              f"{phases['minor_faults'] / 1e6:.2f} M page faults, {phases['sys_s']:.1f} s system time",
+              file=sys.stderr, flush=True)
+    result = {
+        "config": args.config + "".join(f" [{p}]" for p in prototypes),
+        "matmul_peak": peak,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "rss_start_gib": rss_start["VmRSS"],
+        "rss_after_build_gib": rss_built["VmRSS"],
+        "peak_rss_gib": rss_gib()["VmHWM"],
+        "ru_maxrss_gib": rss_gib()["ru_maxrss"],
+        "load_after": load_average(),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------------- FLOP check
+
+
+def flop_check(args) -> None:
+    """Child process: FlopCounterMode vs the analytic count, per item, at ViT-B/32 size.
+
+    SDPA is forced to the math backend: the counter has no formula for the CPU flash kernel
+    (``_scaled_dot_product_flash_attention_for_cpu``) and would miss the attention products.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clip4vla.models.clip import CLIPConfig
+    from clip4vla.models.clip4vla import CLIP4VLA
+
+    torch.set_num_threads(args.threads)
+    cfg = CLIPConfig.vit_b_32()
+    model = CLIP4VLA.from_config(cfg, audio_init="vision", use_type_token=True)
+    model.freeze_clip(True)
+    n = 2
+    text = torch.randint(1, 49406, (n, WORDS))
+    text[:, -1] = 49407
+    frames = torch.randn(1, n, 3, 224, 224)
+    segments = torch.randn(1, n, 3, 224, 224)
+    fmask = torch.ones(1, n, dtype=torch.bool)
+    vision = vit_shape(cfg.vision_width, cfg.vision_layers, cfg.image_resolution, cfg.vision_patch_size,
+                       cfg.embed_dim, 0)
+    audio = vit_shape(cfg.vision_width, cfg.vision_layers, cfg.image_resolution, cfg.vision_patch_size,
+                      cfg.embed_dim, 1)
+    text_shape = TowerShape(cfg.transformer_width, cfg.transformer_layers, WORDS, output_dim=cfg.embed_dim)
+
+    def counted(fn) -> int:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    rows = []
+    rows.append(("text forward (per caption)", counted(lambda: model.encode_text(text)) / n,
+                 sum(tower_forward_flops(text_shape).values())))
+    rows.append(("frame forward (per frame)", counted(lambda: model.encode_video(frames, fmask)) / n,
+                 sum(tower_forward_flops(vision).values())))
+    holder = {}
+
+    def audio_forward():
+        holder["out"] = model.encode_audio(segments, fmask, "nb")[1].sum()
+
+    rows.append(("audio forward (per segment)", counted(audio_forward) / n, sum(tower_forward_flops(audio).values())))
+    rows.append(("audio backward (per segment)", counted(lambda: holder["out"].backward()) / n,
+                 tower_backward_flops(audio)))
+    out = [{"what": w, "counter": c, "analytic": a} for w, c, a in rows]
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# ---------------------------------------------------------------------------------- parent
+
+
+def child(args, extra: list[str]) -> dict | list:
+    cmd = [sys.executable, __file__, *extra, "--batch", str(args.batch), "--frames", str(args.frames),
+           "--segments", str(args.segments), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--prototypes", args.prototypes, "--peak-size", str(args.peak_size)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"child {' '.join(extra)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--segments", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--configs", default=",".join(ALL_CONFIGS), help=f"subset of {','.join(ALL_CONFIGS)}")
+    parser.add_argument("--peak-size", type=int, default=4096, help="square matmul size for the peak")
+    parser.add_argument("--skip-flop-check", action="store_true")
+    parser.add_argument("--prototypes", default="",
+                        help=f"speed-up experiments (monkeypatches, not package code): {','.join(PROTOTYPES)}")
+    parser.add_argument("--wait-idle", type=float, default=0.0,
+                        help="shared machine: wait up to this many seconds for >= 90%% idle CPUs before each config")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="shared machine: re-run a config whose timed steps got < 93%% of the cores, keep the best")
+    parser.add_argument("--json-out", help="also write the raw measurements here")
+    parser.add_argument("--from-json", help="print the report of a saved run (no measuring)")
+    parser.add_argument("--role", choices=("parent", "step", "flops"), default="parent", help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "step":
+        return run_config(args)
+    if args.role == "flops":
+        return flop_check(args)
+    if args.from_json:
+        return report(json.loads(Path(args.from_json).read_text()))
+
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in ALL_CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; choose from {ALL_CONFIGS}")
+    unknown = [p for p in args.prototypes.split(",") if p and p not in PROTOTYPES]
+    if unknown:
+        parser.error(f"unknown prototypes {unknown}; choose from {PROTOTYPES}")
+    torch.set_num_threads(args.threads)
+    cpu = cpu_description()
+    print(f"CPU: {cpu['model']}, {cpu['cpus']} logical CPUs; torch {torch.__version__}, threads {args.threads}")
+    print("ISA flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items()))
+    print(f"load average at start: {load_average()}")
+    print(f"step: batch {args.batch}, {args.frames} frames, {args.segments} audio segments (x2: clean + masked), "
+          f"{WORDS} words; {args.warmup} warm-up + {args.steps} timed steps per configuration\n")
+
+    if not args.skip_flop_check:
+        print("FLOP count cross-check (FlopCounterMode, SDPA math backend, vs benchmarks/flops.py), GFLOP per item:")
+        for row in child(args, ["--role", "flops"]):
+            print(f"  {row['what']:<30} counter {row['counter'] / 1e9:8.4f}   analytic {row['analytic'] / 1e9:8.4f}"
+                  f"   ratio {row['counter'] / row['analytic']:.4f}")
+        print()
+
+    if args.wait_idle:
+        wait_for_idle(args.wait_idle)
+    peaks = {name: matmul_peak(dt, args.peak_size) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    onednn = onednn_fp32_peak(args.peak_size)
+    results = []
+    for c in configs:
+        best = None
+        for attempt in range(1 + args.retries):
+            if args.wait_idle:
+                idle = wait_for_idle(args.wait_idle)
+                print(f"  (machine {100 * idle:.0f} % idle before {c})", file=sys.stderr, flush=True)
+            res = child(args, ["--role", "step", "--config", c])
+            res["share"] = min(s["cpu_share"] for s in res["steps"] if not s["warmup"])
+            if best is None or res["share"] > best["share"]:
+                best = res
+            if best["share"] >= 0.93:
+                break
+            print(f"  ({c}: contended, cpu share {res['share']:.2f}; attempt {attempt + 1} of {1 + args.retries})",
+                  file=sys.stderr, flush=True)
+        results.append(best)
+    # the peak again after the runs: the machine is shared, keep the better of the two measurements
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        again = matmul_peak(dt, args.peak_size)
+        peaks[name] = {k: max(peaks[name][k], again[k]) for k in again}
+    for res in results:
+        name = res["config"].split("+")[0].split(" ")[0]
+        peaks[name] = {k: max(peaks[name][k], res["matmul_peak"][k]) for k in peaks[name]}
+    again = onednn_fp32_peak(args.peak_size)
+    if onednn and again:
+        onednn = {k: max(onednn[k], again[k]) for k in again}
+    run = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("role", "config", "json_out", "from_json")},
+        "cpu": cpu,
+        "env": {k: v for k, v in os.environ.items()
+                if k == "LD_PRELOAD" or k.startswith(("MALLOC_", "GLIBC_TUNABLES", "MKL_", "OMP_", "KMP_"))},
+        "peaks": peaks,
+        "onednn_fp32_peak": onednn,
+        "results": results,
+        "load_end": load_average(),
+    }
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(run, indent=1))
+    report(run)
+
+
+def report(run: dict) -> None:
+    """Print the peak, the FLOP budget and one table row per configuration."""
+    from clip4vla.models.clip import CLIPConfig
+
+    args, peaks = argparse.Namespace(**run["args"]), run["peaks"]
+    cfg = CLIPConfig.vit_b_32()
+    print(f"matmul peak ({args.peak_size}x{args.peak_size} torch.mm, {args.threads} threads, best over the run): "
+          + ", ".join(f"{k} {v['best']:.0f} GFLOP/s wall (median {v['median']:.0f}), {v['cpu']:.0f} per CPU-s"
+                      for k, v in peaks.items()))
+    if run.get("onednn_fp32_peak"):
+        ref = run["onednn_fp32_peak"]
+        print(f"  reference: fp32 through oneDNN {ref['best']:.0f} GFLOP/s wall, {ref['cpu']:.0f} per CPU-s "
+              "(torch's fp32 mm uses MKL sgemm; MFU below is against the torch.mm peak)")
+    for key, value in run.get("env", {}).items():
+        print(f"  environment: {key}={value}")
+    flop_parts = pretrain_step_flops(cfg, args.batch, args.frames, args.segments, WORDS)
+    print("model FLOPs per step: " + ", ".join(
+        f"{k.replace('_', ' ')} {v / 1e12:.3f} T" for k, v in flop_parts.items() if k not in ("recompute", "hardware")))
+    print("\nwall = measured wall clock (MFU vs the wall peak); cpu = CPU seconds / threads, an estimate of the "
+          "unloaded time on a shared machine (MFU vs the per-CPU-s peak); cpu share = CPU time / (wall x threads), "
+          "1.00 = the process had all its cores")
+    print("\n| config | s/step wall (min) | s/step cpu | samples/s wall / cpu | peak RSS GiB (after build) "
+          "| fwd / bwd / opt s (wall) | cpu share | model GFLOP/s wall / cpu | MFU % wall / cpu | HFU % cpu |")
+    print("|" + "---|" * 10)
+    summary = {}
+    for res in run["results"]:
+        precision, _, ckpt = res["config"].split(" ")[0].partition("+")
+        flops = pretrain_step_flops(cfg, args.batch, args.frames, args.segments, WORDS, grad_checkpointing=bool(ckpt))
+        timed = [s for s in res["steps"] if not s["warmup"]]
+        wall = statistics.mean(s["step"] for s in timed)
+        best = min(s["step"] for s in timed)
+        cpu = statistics.mean(s["step"] * s["cpu_share"] for s in timed)
+        phase = {k: statistics.mean(s[k] for s in timed) for k in ("forward", "backward", "optimizer")}
+        share = statistics.mean(s["cpu_share"] for s in timed)
+        peak, peak_cpu = peaks[precision]["best"], peaks[precision]["cpu"]
+        gf_wall, gf_cpu = flops["model"] / wall / 1e9, flops["model"] / cpu / 1e9
+        mfu_wall, mfu_cpu = 100 * gf_wall / peak, 100 * gf_cpu / peak_cpu
+        hfu_cpu = 100 * flops["hardware"] / cpu / 1e9 / peak_cpu
+        summary[res["config"].split(" ")[0]] = {"wall": args.batch / wall, "cpu": args.batch / cpu, "mfu_wall": mfu_wall,
+                                  "mfu_cpu": mfu_cpu}
+        print(f"| {res['config']} | {wall:.1f} ({best:.1f}) | {cpu:.1f} | {args.batch / wall:.3f} / "
+              f"{args.batch / cpu:.3f} | {res['peak_rss_gib']:.2f} ({res['rss_after_build_gib']:.2f}) | "
+              f"{phase['forward']:.1f} / {phase['backward']:.1f} / {phase['optimizer']:.2f} | {share:.2f} | "
+              f"{gf_wall:.0f} / {gf_cpu:.0f} | {mfu_wall:.1f} / {mfu_cpu:.1f} | {hfu_cpu:.1f} |")
+
+    print(f"\nload average at end: {run['load_end']}")
+    for ck in ("", "+ckpt"):
+        if f"fp32{ck}" in summary and f"bf16{ck}" in summary:
+            w = summary[f"bf16{ck}"]["wall"] / summary[f"fp32{ck}"]["wall"]
+            c = summary[f"bf16{ck}"]["cpu"] / summary[f"fp32{ck}"]["cpu"]
+            print(f"bf16 / fp32 samples/s{' (checkpointing)' if ck else ''}: {w:.2f}x wall, {c:.2f}x cpu "
+                  "(target >= 2x)")
+    for key in ("mfu_wall", "mfu_cpu"):
+        name, value = max(((k, v[key]) for k, v in summary.items()), key=lambda kv: kv[1])
+        print(f"best MFU ({key[4:]}): {value:.1f} % ({name}; target >= 35 %)")
+
+
+if __name__ == "__main__":
+    main()
