@@ -217,6 +217,14 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def usable_rows(batch: dict[str, Any]) -> torch.Tensor:
+    """``[B]`` bool: rows that can carry a tri-modal pair (readable media, some frames, some audio).
+
+    The one definition shared by the training loss and zero-shot evaluation.
+    """
+    return batch["valid"] & batch["frame_mask"].any(1) & batch["audio_mask"].any(1)
+
+
 class SkipReport:
     """Counts skipped samples and their reasons over a run, for the log and the final summary."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip4vla.data.dataset import TriModalDataset, collate_samples
+from clip4vla.data.dataset import TriModalDataset, collate_samples, usable_rows
 from clip4vla.evaluation.retrieval import retrieval_metrics
 
 TASKS = {"t2a": ("text", "audio"), "v2a": ("video", "audio"), "t2v": ("text", "video")}
@@ -42,7 +42,7 @@ def encode_dataset(
         parts["text"].append(F.normalize(text.float(), dim=-1).cpu())
         parts["video"].append(F.normalize(video.float(), dim=-1).cpu())
         parts["audio"].append(F.normalize(audio.float(), dim=-1).cpu())
-        parts["usable"].append(batch["valid"] & batch["frame_mask"].any(1) & batch["audio_mask"].any(1))
+        parts["usable"].append(usable_rows(batch))
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from clip4vla.config import PretrainConfig, config_to_dict, save_config
-from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples
+from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples, usable_rows
 from clip4vla.data.sampler import ResumableShardedSampler
 from clip4vla.evaluation.zero_shot import zero_shot_retrieval
 from clip4vla.losses import PretrainLoss
@@ -257,7 +257,7 @@ class Pretrainer:
         tc = self.config.train
         self.optimizer.zero_grad(set_to_none=True)
         ids = [vid for b in micro_batches for vid in b["video_id"]]
-        valid = torch.cat([self._usable(b) for b in micro_batches]).to(self.device)
+        valid = torch.cat([usable_rows(b) for b in micro_batches]).to(self.device)
         inputs = [self._to_inputs(b) for b in micro_batches]
 
         def encode(batch_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -297,11 +297,6 @@ class Pretrainer:
         """Release the process group; the DDP wrapper must go first or gloo may abort at exit."""
         self.ddp = None
         cleanup()
-
-    @staticmethod
-    def _usable(batch: dict[str, Any]) -> torch.Tensor:
-        """Rows that can carry a tri-modal pair: readable media, some frames and some audio."""
-        return batch["valid"] & batch["frame_mask"].any(1) & batch["audio_mask"].any(1)
 
     # -- the run -------------------------------------------------------------------------------
 
