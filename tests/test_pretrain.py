@@ -14,37 +14,15 @@ import pytest
 import torch
 
 from clip4vla.config import PretrainConfig, load_config
-from clip4vla.data.synthetic import make_synthetic_dataset
+from conftest import micro_pretrain_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "pretrain.py"
-NUM_CLIPS = 24
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(root, num_clips=NUM_CLIPS, seed=0, workers=2, progress=False)
-    return root
 
 
 def micro_overrides(root: Path, out: Path, **extra: object) -> list[str]:
-    settings = {
-        "model.arch": "micro",
-        "model.train_clip": True,
-        "audio.max_segments": 3,
-        "data.root": str(root),
-        "data.synthetic_clips": NUM_CLIPS,
-        "data.max_frames": 4,
-        "data.num_workers": 0,
-        "optim.lr": 1e-3,
-        "train.output_dir": str(out),
-        "train.epochs": 2,
-        "train.batch_size": 4,
-        "train.log_every": 1,
-        "train.checkpoint_every_steps": 1,
-        "train.keep_last": 10,
-    }
+    settings = micro_pretrain_settings(root, out)
+    settings.update({"optim.lr": 1e-3, "train.epochs": 2, "train.batch_size": 4, "train.keep_last": 10})
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
 

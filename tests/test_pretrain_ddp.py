@@ -25,11 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip4vla.data.synthetic import make_synthetic_dataset
+from conftest import micro_pretrain_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "pretrain.py"
-NUM_CLIPS = 24
 GLOBAL_BATCH = 4
 ATOL = 1e-5
 
@@ -67,35 +66,19 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(root, num_clips=NUM_CLIPS, seed=0, workers=2, progress=False)
-    return root
-
-
 def overrides(root: Path, out: Path) -> list[str]:
-    settings = {
-        "model.arch": "micro",
-        "model.train_clip": True,
-        "audio.max_segments": 3,
-        "data.root": str(root),
-        "data.synthetic_clips": NUM_CLIPS,
-        "data.max_frames": 4,
-        "data.num_workers": 0,
+    settings = micro_pretrain_settings(root, out)
+    settings.update({
         # Adam moves every parameter by ~lr on its first step whatever the gradient's size, so
         # fp32 summation-order noise in near-zero gradients (2 ranks vs 1) can show up as weight
         # differences of a few percent of lr: 1e-3 gave 1.7e-5. The gradient equivalence itself
         # is checked to 1e-14 (float64) in test_distributed.py.
         "optim.lr": 2e-4,
         "train.device": "cpu",  # gloo: also on a CI machine that happens to have one GPU
-        "train.output_dir": str(out),
         "train.epochs": 1,
         "train.batch_size": GLOBAL_BATCH,  # global: 2 per rank under torchrun
-        "train.log_every": 1,
-        "train.checkpoint_every_steps": 1,
         "train.keep_last": 100,
-    }
+    })
     return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
 
 

@@ -1,0 +1,35 @@
+"""Shared by the end-to-end pre-training tests: one small synthetic set and the micro-run settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clip4vla.data.synthetic import make_synthetic_dataset
+
+PRETRAIN_CLIPS = 24
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A 24-clip synthetic dataset, generated once per session; tests only read it."""
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root, num_clips=PRETRAIN_CLIPS, seed=0, workers=2, progress=False)
+    return root
+
+
+def micro_pretrain_settings(root: Path, out: Path) -> dict[str, object]:
+    """Config overrides for a seconds-long run of the micro model on ``synthetic_root``."""
+    return {
+        "model.arch": "micro",
+        "model.train_clip": True,
+        "audio.max_segments": 3,
+        "data.root": str(root),
+        "data.synthetic_clips": PRETRAIN_CLIPS,
+        "data.max_frames": 4,
+        "data.num_workers": 0,
+        "train.output_dir": str(out),
+        "train.log_every": 1,
+        "train.checkpoint_every_steps": 1,
+    }
