@@ -178,7 +178,7 @@ def test_decoded_frames_show_the_shape_in_its_colour(dataset):
 def _spec(**changes) -> syn.ClipSpec:
     base = syn.sample_clip_specs(1, seed=0)[0]
     defaults = dict(sound="hum", shape="circle", noise="quiet", size="small", radius=10.0, speed=40.0,
-                    start_xy=(40.0, 50.0), duration=5.0, pitch_jitter=1.0)
+                    start_xy=(40.0, 50.0), duration=5.0)
     defaults.update(changes)
     return dataclasses.replace(base, **defaults)
 

@@ -19,7 +19,8 @@ Captions name attributes of both modalities (4 shapes x 6 colours x 2 sizes x 4 
 voice/event x 5 backgrounds), so retrieval on ~100 test clips needs both senses and is not
 saturated by class matching. No attribute is a continuous per-clip value visible in both
 modalities but unrelated across them (no colour or pitch jitter): such a value would let
-video<->audio training memorise its training clips instead of learning the shared structure. About 30 % of the sounding clips are voices (``audio_type`` "vb"),
+video<->audio training memorise its training clips instead of learning the shared structure.
+About 30 % of the sounding clips are voices (``audio_type`` "vb"),
 the rest event sounds ("nb"); 8 % of the clips have no audio stream at all.
 
 Layout written under ``out_dir``::
@@ -118,7 +119,6 @@ class ClipSpec:
     shape: str
     colour: str
     rgb: tuple[int, int, int]
-    background: tuple[int, int, int]
     size: str
     radius: float
     direction: str
@@ -126,7 +126,6 @@ class ClipSpec:
     start_xy: tuple[float, float]
     sound: str  # one of SOUND_CATEGORIES
     noise: str  # one of NOISES ("quiet" for silent clips too, unused there)
-    pitch_jitter: float
 
     @property
     def has_audio(self) -> bool:
@@ -179,7 +178,6 @@ def sample_clip_specs(num_clips: int, seed: int) -> list[ClipSpec]:
         # kept so the other attributes of a clip do not depend on this choice.
         rng.integers(-12, 13, 3), rng.integers(18, 50), rng.integers(-8, 9, 3)
         rgb = COLOURS[colour]
-        background = BACKGROUND
         size = list(SIZES)[rng.integers(len(SIZES))]
         radius = float(rng.uniform(*SIZES[size]))
         direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
@@ -193,15 +191,14 @@ def sample_clip_specs(num_clips: int, seed: int) -> list[ClipSpec]:
         rng.integers(len(EVENT_SOUNDS))
         event = SHAPE_EVENTS[shape]
         noise = NOISES[rng.integers(len(NOISES))]
-        rng.uniform(0.97, 1.03)
-        pitch_jitter = 1.0
+        rng.uniform(0.97, 1.03)  # was a pitch jitter
         sound = {"silent": "silent", "voice": "voice"}.get(str(kinds[i]), event)
         specs.append(
             ClipSpec(
                 index=i, video_id=f"video{i}", seed=seed, split=_split_of(int(position[i]), num_clips),
-                duration=duration, shape=shape, colour=colour, rgb=rgb, background=background, size=size,
+                duration=duration, shape=shape, colour=colour, rgb=rgb, size=size,
                 radius=radius, direction=direction, speed=speed, start_xy=start_xy, sound=sound,
-                noise="quiet" if sound == "silent" else noise, pitch_jitter=pitch_jitter,
+                noise="quiet" if sound == "silent" else noise,
             )
         )
     return specs
@@ -252,7 +249,7 @@ def render_frames(spec: ClipSpec) -> np.ndarray:
     else:  # equilateral triangle pointing up, centred on its centroid
         mask = (ddy <= 0.5 * r) & (np.abs(ddx) * math.sqrt(3.0) <= ddy + r)
     shade = np.linspace(0.8, 1.2, FRAME_SIZE, dtype=np.float32)[:, None, None]  # vertical gradient
-    background = np.clip(np.array(spec.background, np.float32)[None, None, :] * shade, 0, 255).astype(np.uint8)
+    background = np.clip(np.array(BACKGROUND, np.float32)[None, None, :] * shade, 0, 255).astype(np.uint8)
     frames = np.broadcast_to(background, (n, FRAME_SIZE, FRAME_SIZE, 3)).copy()
     frames[mask] = np.array(spec.rgb, np.uint8)
     return frames
@@ -305,7 +302,7 @@ def _filtered_noise(rng: np.random.Generator, shape: tuple[int, ...], lowpass: f
 
 
 def _event_sound(spec: ClipSpec, t: np.ndarray, height: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    freq = EVENT_PITCH[spec.size] * spec.pitch_jitter * 2.0 ** (height - 0.5)  # one octave over the height
+    freq = EVENT_PITCH[spec.size] * 2.0 ** (height - 0.5)  # one octave over the height
     k = np.arange(1, 25, dtype=np.float32)
     weights = _harmonic_weights(spec.shape, k)
     if spec.sound == "hum":
@@ -327,7 +324,7 @@ def _event_sound(spec: ClipSpec, t: np.ndarray, height: np.ndarray, rng: np.rand
 
 def _voice(spec: ClipSpec, t: np.ndarray, height: np.ndarray) -> np.ndarray:
     """Formant synthesis: a harmonic source shaped by the current vowel's three resonances."""
-    f0 = VOICE_PITCH[spec.size] * spec.pitch_jitter * 2.0 ** ((height - 0.5) * 0.5)
+    f0 = VOICE_PITCH[spec.size] * 2.0 ** ((height - 0.5) * 0.5)
     f0 = f0 * (1.0 + 0.01 * np.sin(2 * np.pi * 5.0 * t))  # light vibrato
     period, on = 0.42, 0.32  # syllables
     vowels = SHAPE_VOWELS[spec.shape]
