@@ -93,6 +93,21 @@ def test_encode_video_batches_valid_frames(model):
     torch.testing.assert_close(global_, masked_mean_normalised(frame_features, mask))
 
 
+def test_encode_video_without_padding_encodes_a_view(model):
+    """All frames valid: the tower sees the batch itself (no copy), with the same features."""
+    frames = torch.randn(2, 3, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    seen: list[torch.Tensor] = []
+    handle = model.clip.visual.conv1.register_forward_hook(lambda _m, i, _o: seen.append(i[0]))
+    with torch.no_grad():
+        frame_features, global_ = model.encode_video(frames, mask)
+        per_clip = torch.stack([model.clip.encode_image(clip) for clip in frames])
+    handle.remove()
+    assert seen[0].data_ptr() == frames.data_ptr()
+    torch.testing.assert_close(frame_features, per_clip, atol=1e-5, rtol=0)
+    torch.testing.assert_close(global_, masked_mean_normalised(per_clip, mask))
+
+
 def test_encode_audio_is_the_audio_encoder(model):
     segments = torch.randn(2, 2, 3, 224, 224)
     mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)

@@ -230,10 +230,22 @@ def test_clicks_at_wall_bounces():
 
 def test_modality_exclusive_attributes():
     spec = _spec(direction="down", sound="beeps", noise="rain")
-    # colour is only in the picture, the sound pattern and background only in the sound
-    recoloured = dataclasses.replace(spec, colour="blue", rgb=(55, 95, 235))
+    # the shape is only in the picture, the sound pattern and background only in the sound
+    reshaped = dataclasses.replace(spec, shape="triangle")
     resounded = dataclasses.replace(spec, sound="siren", noise="wind")
-    assert np.array_equal(syn.render_audio(spec), syn.render_audio(recoloured))
+    assert np.array_equal(syn.render_audio(spec), syn.render_audio(reshaped))
     assert np.array_equal(syn.render_frames(spec), syn.render_frames(resounded))
-    assert not np.array_equal(syn.render_frames(spec), syn.render_frames(recoloured))
+    assert not np.array_equal(syn.render_frames(spec), syn.render_frames(reshaped))
     assert not np.array_equal(syn.render_audio(spec), syn.render_audio(resounded))
+
+
+def test_colour_chooses_the_sound():
+    """What is heard follows the colour: the event pattern, or the vowels of a voice."""
+    specs = syn.sample_clip_specs(300, seed=0)
+    events = [s for s in specs if s.sound not in ("voice", "silent")]
+    assert events and all(s.sound == syn.COLOUR_EVENTS[s.colour] for s in events)
+    assert len(set(syn.COLOUR_EVENTS.values())) == len(syn.COLOURS)  # one pattern per colour
+    assert len(set(syn.COLOUR_VOWELS.values())) == len(syn.COLOURS)
+    voice = _spec(sound="voice", colour="red")
+    assert not np.array_equal(syn.render_audio(voice), syn.render_audio(dataclasses.replace(voice, colour="green")))
+    assert syn.COLOUR_VOWELS["red"][0] in " ".join(syn.captions_for(voice))
