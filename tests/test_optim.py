@@ -108,6 +108,29 @@ def test_only_decay_group_is_shrunk_by_weight_decay():
     assert torch.equal(model.head.weight, torch.ones(2, 4))
 
 
+def test_fused_update_equals_the_reference_adamw():
+    """The fused kernel (used where torch has one) takes the same steps as the loop version."""
+    torch.manual_seed(0)
+    model = Model()
+    reference = Model()
+    reference.load_state_dict(model.state_dict())
+    fused = build_optimizer(model, lr=1e-2, coef_lr=0.5)
+    loop = build_optimizer(reference, lr=1e-2, coef_lr=0.5)
+    for group in loop.param_groups:
+        group["fused"] = None
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert all(g["fused"] for g in fused.param_groups)  # CPU has a fused AdamW from torch 2.4
+    for _ in range(5):
+        for a, b in zip(model.parameters(), reference.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn_like(a)
+                b.grad = a.grad.clone()
+        fused.step()
+        loop.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_pretraining_audio_only_is_all_backbone():
     model = Model()
     model.clip.requires_grad_(False)
