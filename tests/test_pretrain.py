@@ -137,6 +137,20 @@ def test_non_finite_loss_names_the_batch_and_writes_no_checkpoint(synthetic_root
     assert not list((out / "checkpoints").glob("ckpt_*.pt"))
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(synthetic_root, tmp_path, monkeypatch, caplog):
+    from clip4vla.train import trainer as trainer_module
+
+    ratio = trainer_module.cpu_bf16_slowdown()
+    assert ratio > 0 and ratio == ratio  # a real timing ratio (>> 1 on AVX2-only CPUs, < 1 with AMX)
+    overrides = micro_overrides(synthetic_root, tmp_path / "bf16", **{"train.precision": "bf16"})
+    for slowdown, warned in ((100.0, True), (0.5, False)):
+        monkeypatch.setattr(trainer_module, "cpu_bf16_slowdown", lambda: slowdown)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="clip4vla.train.trainer"):
+            trainer_module.Pretrainer(load_config(PretrainConfig, None, overrides)).close()
+        assert ("100x slower than fp32" in caplog.text) is warned, caplog.text
+
+
 def test_config_files_in_repo_are_valid():
     paths = sorted((REPO / "configs").glob("*.yaml"))
     assert len(paths) >= 2
