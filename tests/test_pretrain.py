@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -141,7 +142,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(synthetic_root, tmp_path,
     from clip4vla.train import trainer as trainer_module
 
     ratio = trainer_module.cpu_bf16_slowdown()
-    assert ratio > 0 and ratio == ratio  # a real timing ratio (>> 1 on AVX2-only CPUs, < 1 with AMX)
+    assert ratio > 0 and math.isfinite(ratio)  # a timing ratio (~50 on an AVX2-only EPYC)
     overrides = micro_overrides(synthetic_root, tmp_path / "bf16", **{"train.precision": "bf16"})
     for slowdown, warned in ((100.0, True), (0.5, False)):
         monkeypatch.setattr(trainer_module, "cpu_bf16_slowdown", lambda: slowdown)
