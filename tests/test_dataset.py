@@ -296,6 +296,24 @@ def test_cache_decoded_is_bit_identical_and_really_cached(media, tmp_path):
     assert not fresh[0]["valid"]  # (without the cache the file is really gone)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fill_cache_decodes_in_workers_and_changes_no_sample(media, records, samples, tmp_path, workers):
+    copy = tmp_path / "long.mp4"
+    shutil.copy(media / "long.mp4", copy)
+    recs = [dataclasses.replace(r, video_path=copy) if r.video_id == "long" else r for r in records]
+    ds = TriModalDataset(recs, dataclasses.replace(OPTIONS, cache_decoded=True))
+    rng_before = torch.get_rng_state()
+    ds.fill_cache(workers, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the run's global RNG is untouched
+    good = [i for i, vid in enumerate(GOOD + BAD) if vid in GOOD]
+    assert sorted(ds._cache) == good  # unreadable records are not cached
+    copy.unlink()  # served from the cache now
+    for i in range(len(ds)):
+        assert_samples_equal(ds[i], samples[i])  # bad ones fail again on visit, with their reason
+    with pytest.raises(ValueError, match="cache_decoded"):
+        TriModalDataset(records, OPTIONS).fill_cache(workers)
+
+
 def test_cache_decoded_rejects_shuffled_frames(records):
     with pytest.raises(ValueError, match="cache_decoded"):
         TriModalDataset(records, dataclasses.replace(OPTIONS, cache_decoded=True, frame_order="shuffled"))

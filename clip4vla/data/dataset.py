@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from clip4vla.audio import (
     MediaError,
@@ -56,8 +57,9 @@ class SampleOptions:
     mask_mode: str = "paper"
     # Training picks one caption at random per visit; evaluation always takes the first.
     random_caption: bool = True
-    # Keep decoded frames and the (unmasked) spectrogram in memory after the first visit. Only for
-    # small sets with num_workers=0 (a worker's cache dies with the worker at the epoch's end).
+    # Keep decoded frames and the (unmasked) spectrogram in memory after the first visit (or after
+    # TriModalDataset.fill_cache). Only for small sets with num_workers=0 (a worker's cache dies
+    # with the worker at the epoch's end).
     cache_decoded: bool = False
 
 
@@ -148,6 +150,32 @@ class TriModalDataset(torch.utils.data.Dataset):
         out["audio"], out["audio_mask"] = segments, mask
         return out
 
+    def _decoded(self, record: ClipRecord, generator: torch.Generator) -> tuple:
+        """``(frames, frame_mask, spectrogram)``: the part of a sample worth caching."""
+        frames, frame_mask = self._frames(record, generator)
+        return frames, frame_mask, self._spectrogram(record)  # [3, T, 224] dB
+
+    def fill_cache(self, num_workers: int, progress: bool = True) -> None:
+        """Decode every record not cached yet in ``num_workers`` processes (``cache_decoded``).
+
+        Otherwise the first epoch decodes one clip at a time in the training process while the
+        model waits. The cached values are what ``__getitem__`` would have stored (decoding draws
+        no random numbers when the cache is allowed), so training is unchanged bit for bit. A
+        record that fails to decode is left out and fails again, with its reason, when visited.
+        """
+        if not self.options.cache_decoded:
+            raise ValueError("fill_cache needs SampleOptions(cache_decoded=True)")
+        todo = [i for i in range(len(self)) if i not in self._cache]
+        if not todo:
+            return
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(_DecodeOnly(self), todo), batch_size=None, num_workers=num_workers,
+            generator=torch.Generator(),  # workers' seeds must not come from (and move) the global RNG
+        )
+        for index, decoded in tqdm(loader, total=len(todo), desc="decode", unit="clip", disable=not progress):
+            if decoded is not None:
+                self._cache[index] = decoded
+
     # -- sample -------------------------------------------------------------------------------
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -158,8 +186,7 @@ class TriModalDataset(torch.utils.data.Dataset):
             if index in self._cache:
                 frames, frame_mask, spectrogram = self._cache[index]
             else:
-                frames, frame_mask = self._frames(record, generator)
-                spectrogram = self._spectrogram(record)  # [3, T, 224] dB
+                frames, frame_mask, spectrogram = self._decoded(record, generator)
                 if self.options.cache_decoded:
                     self._cache[index] = (frames, frame_mask, spectrogram)
             audio = self._audio(spectrogram, generator)
@@ -199,6 +226,23 @@ class TriModalDataset(torch.utils.data.Dataset):
         if opts.masked_audio:
             sample["masked_audio"] = segments.clone()
         return sample
+
+
+class _DecodeOnly(torch.utils.data.Dataset):
+    """``index -> (index, decoded media or None)`` of a :class:`TriModalDataset`, for ``fill_cache``."""
+
+    def __init__(self, dataset: TriModalDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, tuple | None]:
+        ds = self.dataset
+        try:
+            return index, ds._decoded(ds.records[index], sample_generator(ds.seed, ds.epoch, index))
+        except (MediaError, OSError, RuntimeError, ValueError):
+            return index, None  # __getitem__ decodes it again and reports the reason
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -143,6 +144,8 @@ class Pretrainer:
             save_config(config, self.out_dir / "config.yaml")
         data = build_pretrain_datasets(config, self.dist)
         self.train_set, self.val_set, self.test_set = data.train, data.val, data.test
+        if config.data.cache_decoded and config.data.num_workers == 0:
+            self._fill_caches()
 
         self.model = build_model(config.model).to(self.device)
         self.loss_fn = PretrainLoss(
@@ -179,6 +182,17 @@ class Pretrainer:
         self.history: list[dict[str, Any]] = []
         if resume:
             self._resume()
+
+    def _fill_caches(self) -> None:
+        """Decode the cached splits once, in parallel, before the first step (see ``fill_cache``)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = cpus // self.dist.world_size
+        workers = workers if workers > 1 else 0  # a single worker would only add the hand-over
+        self.train_set.fill_cache(workers, progress=self.dist.is_main)
+        if self.dist.is_main:  # only the main rank evaluates
+            for dataset in (self.val_set, self.test_set):
+                if dataset is not None:
+                    dataset.fill_cache(workers)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
