@@ -99,6 +99,20 @@ def test_killed_run_resumes_to_bitwise_identical_weights(synthetic_root, tmp_pat
     assert steps == list(range(1, total + 1))
 
 
+def test_cached_run_with_parallel_decoding_trains_identical_weights(synthetic_root, tmp_path):
+    """data.cache_decoded decodes every split up front in worker processes; the weights must not move."""
+    finals = []
+    for cached in (False, True):
+        out = tmp_path / f"cached_{cached}"
+        args = [a for s in micro_overrides(synthetic_root, out, **{"data.cache_decoded": cached}) for a in ("--set", s)]
+        done = run_script(args, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert ("decode:" in done.stderr) is cached  # the decoding pass ran (its progress bar)
+        finals.append(final_model(out))
+    for key in finals[0]:
+        assert torch.equal(finals[0][key], finals[1][key]), key
+
+
 def test_wrong_config_key_fails_before_any_work(tmp_path):
     out = tmp_path / "never"
     result = run_script(["--set", "train.epoch=3", "--set", f"train.output_dir={out}"], timeout=60)

@@ -36,6 +36,8 @@ from clip4vla.video import load_prepared_frames, load_video_frames
 log = logging.getLogger(__name__)
 
 AUDIO_TYPE_IDS = {"vb": 0, "nb": 1}
+# What unreadable media raise: the sample is skipped with the reason, never the run.
+UNREADABLE = (MediaError, OSError, RuntimeError, ValueError)
 SEGMENT_SIZE = 224
 
 
@@ -190,7 +192,7 @@ class TriModalDataset(torch.utils.data.Dataset):
                 if self.options.cache_decoded:
                     self._cache[index] = (frames, frame_mask, spectrogram)
             audio = self._audio(spectrogram, generator)
-        except (MediaError, OSError, RuntimeError, ValueError) as err:
+        except UNREADABLE as err:
             reason = f"{type(err).__name__}: {err}"
             log.warning("skipping sample %d (%s): %s", index, record.video_id, reason)
             return self.placeholder(index, record, reason)
@@ -241,7 +243,7 @@ class _DecodeOnly(torch.utils.data.Dataset):
         ds = self.dataset
         try:
             return index, ds._decoded(ds.records[index], sample_generator(ds.seed, ds.epoch, index))
-        except (MediaError, OSError, RuntimeError, ValueError):
+        except UNREADABLE:
             return index, None  # __getitem__ decodes it again and reports the reason
 
 

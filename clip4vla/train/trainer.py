@@ -188,11 +188,12 @@ class Pretrainer:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = cpus // self.dist.world_size
         workers = workers if workers > 1 else 0  # a single worker would only add the hand-over
-        self.train_set.fill_cache(workers, progress=self.dist.is_main)
-        if self.dist.is_main:  # only the main rank evaluates
-            for dataset in (self.val_set, self.test_set):
-                if dataset is not None:
-                    dataset.fill_cache(workers)
+        with _torch_threads(1):  # in-process decoding is faster single-threaded (see _batches)
+            self.train_set.fill_cache(workers, progress=self.dist.is_main)
+            if self.dist.is_main:  # only the main rank evaluates
+                for dataset in (self.val_set, self.test_set):
+                    if dataset is not None:
+                        dataset.fill_cache(workers)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
