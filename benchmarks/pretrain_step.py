@@ -49,6 +49,12 @@ from flops import TowerShape, pretrain_step_flops, tower_backward_flops, tower_f
 ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt")
 WORDS = 32  # max_words of the pre-training configs
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def config_precision(config: str) -> str:
+    """``"bf16+ckpt"`` (or a result's ``"bf16+ckpt [prototypes]"``) -> ``"bf16"``."""
+    return config.split(" ")[0].partition("+")[0]
 
 
 # ---------------------------------------------------------------------------------- machine
@@ -261,7 +267,7 @@ def run_config(args) -> None:
     rss_built = rss_gib()
     # the matmul peak of this dtype once more, right before the steps: on a shared machine the
     # parent keeps the best of all measurements
-    peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, args.peak_size, reps=3)
+    peak = matmul_peak(DTYPES[precision], args.peak_size, reps=3)
     steps = []
     for i in range(args.warmup + args.steps):
         use0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
@@ -415,8 +421,7 @@ def main() -> None:
         wait_for_idle(args.wait_idle)
     # only the dtypes the chosen configs use: on a CPU without bf16 instructions one emulated
     # 4096^2 bf16 product takes minutes (~1 GFLOP/s on an AVX2-only EPYC)
-    dtypes = {name: dt for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-              if any(c.split("+")[0].split(" ")[0] == name for c in configs)}
+    dtypes = {name: DTYPES[name] for name in dict.fromkeys(config_precision(c) for c in configs)}
     peaks = {name: matmul_peak(dt, args.peak_size) for name, dt in dtypes.items()}
     onednn = onednn_fp32_peak(args.peak_size)
     results = []
@@ -440,7 +445,7 @@ def main() -> None:
         again = matmul_peak(dt, args.peak_size)
         peaks[name] = {k: max(peaks[name][k], again[k]) for k in again}
     for res in results:
-        name = res["config"].split("+")[0].split(" ")[0]
+        name = config_precision(res["config"])
         peaks[name] = {k: max(peaks[name][k], res["matmul_peak"][k]) for k in peaks[name]}
     again = onednn_fp32_peak(args.peak_size)
     if onednn and again:
