@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="clip4vla",
-    version="0.1.0",
+    version="0.2.0",
     description="CLIP4VLA: CLIP extended with an audio encoder for vision-language-audio pre-training",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

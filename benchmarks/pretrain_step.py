@@ -1,8 +1,9 @@
 """Pre-training step benchmark at ViT-B/32 size on CPU: speed, peak memory and MFU.
 
-One step = what ``Pretrainer.train_step`` does with frozen CLIP towers (paper default):
+One step = ``clip4vla.train.loop.Stepper.train_step`` itself (the code training runs) with frozen
+CLIP towers (paper default):
 text ``[B, 32]`` and ``B x F`` frames through the frozen towers (no grad), ``2 x B x L`` audio
-segments (clean + masked copy, one pass) through the trainable audio encoder, ``PretrainLoss``
+segments (clean + masked copy) through the trainable audio encoder, ``PretrainLoss``
 (intra-modal on), backward, grad-norm clipping, AdamW. Random weights and inputs (speed does
 not depend on the values; all masks full so every frame and segment is encoded).
 
@@ -44,12 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from clip4vla.precision import PRECISION_DTYPES as DTYPES  # noqa: E402
 from flops import TowerShape, pretrain_step_flops, tower_backward_flops, tower_forward_flops, vit_shape  # noqa: E402
 
 ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt")
 WORDS = 32  # max_words of the pre-training configs
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def config_precision(config: str) -> str:
@@ -158,28 +159,31 @@ def rss_gib() -> dict:
 
 
 def build(args, precision: str, ckpt: bool):
-    from torch import nn
-
-    from clip4vla.losses import PretrainLoss
+    """The real pre-training task and optimiser step (``clip4vla.train.loop.Stepper``) at ViT-B/32."""
+    from clip4vla.config import PretrainConfig, load_config
     from clip4vla.models.clip import CLIPConfig
     from clip4vla.models.clip4vla import CLIP4VLA
-    from clip4vla.train.optim import build_optimizer
-    from clip4vla.train.trainer import PretrainForward
+    from clip4vla.train.distributed import init_distributed
+    from clip4vla.train.loop import Stepper
+    from clip4vla.train.pretrain import PretrainTask
 
+    config = load_config(PretrainConfig, None, [
+        f"train.precision={precision}", f"train.batch_size={args.batch}", f"data.max_frames={args.frames}",
+        f"audio.max_segments={args.segments}", "optim.lr=1e-7", "pretrain.intra_modal=true",
+    ])
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.vit_b_32(), audio_init="vision", use_type_token=True)
-    model.freeze_clip(True)
+    model.freeze_clip(True)  # paper default: only the audio encoder trains
     model.set_grad_checkpointing(ckpt)
-    forward = PretrainForward(model, train_clip=False).train()
-    loss_fn = PretrainLoss(intra_modal=True)
-    trainable = nn.ModuleDict({"clip": model.clip, "audio": model.audio, "loss": loss_fn})
-    optimizer = build_optimizer(trainable, lr=1e-7, coef_lr=1.0)
+    task = PretrainTask(config, init_distributed(device="cpu"))
+    task.setup(model)
+    stepper = Stepper(config, task, model, task.dist, total_steps=1000)
 
     b, f, seg = args.batch, args.frames, args.segments
     g = torch.Generator().manual_seed(1)
     text = torch.randint(1, 49406, (b, WORDS), generator=g)
     text[:, -1] = 49407  # EOT (the largest id: the text tower pools at argmax)
-    inputs = {
+    batch = {  # a collated batch as the data loader hands it over
         "text": text,
         "frames": torch.randn(b, f, 3, 224, 224, generator=g),
         "frame_mask": torch.ones(b, f, dtype=torch.bool),
@@ -187,38 +191,24 @@ def build(args, precision: str, ckpt: bool):
         "audio_mask": torch.ones(b, seg, dtype=torch.bool),
         "audio_type": torch.randint(0, 2, (b,), generator=g),
         "masked_audio": torch.randn(b, seg, 3, 224, 224, generator=g),
+        "valid": torch.ones(b, dtype=torch.bool),
+        "video_id": [f"random{i}" for i in range(b)],
     }
-    return forward, loss_fn, optimizer, inputs
+    return stepper, batch
 
 
-def one_step(forward, loss_fn, optimizer, inputs, precision: str) -> dict:
-    """One optimiser step as ``Pretrainer.train_step`` does it; returns the phase times (s)."""
+def one_step(stepper, batch) -> dict:
+    """One optimiser step, exactly as training runs it (``Stepper.train_step``); its time (s)."""
     t0 = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    if precision == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            features = forward(**inputs)
-    else:
-        features = forward(**inputs)
-    features = {k: v.float() for k, v in features.items()}
-    loss, _ = loss_fn(features["text"], features["video"], features["audio"], features["masked_audio"])
-    t1 = time.perf_counter()
-    loss.backward()
-    t2 = time.perf_counter()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    t3 = time.perf_counter()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss.item()}")
-    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "step": t3 - t0, "loss": loss.item()}
+    metrics = stepper.train_step([batch])
+    return {"step": time.perf_counter() - t0, "loss": metrics["loss"]}
 
 
 # ---------------------------------------------------------------------------------- prototypes
 # Speed-up experiments, applied only with --prototypes (monkeypatches; the package is untouched).
 # The default run measures the package code as it is.
 
-PROTOTYPES = ("attn-matmul", "frozen-bf16", "fused-adamw")
+PROTOTYPES = ("attn-matmul", "frozen-bf16")
 
 
 def _attention_by_matmul(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -239,7 +229,7 @@ def _attention_by_matmul(self, x: torch.Tensor, causal: bool = False) -> torch.T
     return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
 
 
-def apply_prototypes(names: list[str], forward, optimizer, precision: str):
+def apply_prototypes(names: list[str], stepper, precision: str) -> list[str]:
     from clip4vla.models.clip import SelfAttention
 
     applied = [n for n in names if not (n == "frozen-bf16" and precision != "bf16")]
@@ -247,12 +237,8 @@ def apply_prototypes(names: list[str], forward, optimizer, precision: str):
         SelfAttention.forward = _attention_by_matmul
     if "frozen-bf16" in names and precision == "bf16":
         # frozen towers never update: cast their weights once instead of on every autocast call
-        forward.model.clip.to(torch.bfloat16)
-    if "fused-adamw" in names:
-        keep = ("name", "params", "lr", "weight_decay", "betas", "eps")
-        groups = [{k: g[k] for k in keep} for g in optimizer.param_groups]
-        optimizer = torch.optim.AdamW(groups, fused=True)
-    return optimizer, applied
+        stepper.model.clip.to(torch.bfloat16)
+    return applied
 
 
 def run_config(args) -> None:
@@ -260,10 +246,10 @@ def run_config(args) -> None:
     torch.set_num_threads(args.threads)
     precision, _, ckpt = args.config.partition("+")
     rss_start = rss_gib()
-    forward, loss_fn, optimizer, inputs = build(args, precision, bool(ckpt))
+    stepper, batch = build(args, precision, bool(ckpt))
     prototypes = [p for p in args.prototypes.split(",") if p]
     if prototypes:
-        optimizer, prototypes = apply_prototypes(prototypes, forward, optimizer, precision)
+        prototypes = apply_prototypes(prototypes, stepper, precision)
     rss_built = rss_gib()
     # the matmul peak of this dtype once more, right before the steps: on a shared machine the
     # parent keeps the best of all measurements
@@ -271,7 +257,7 @@ def run_config(args) -> None:
     steps = []
     for i in range(args.warmup + args.steps):
         use0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
-        phases = one_step(forward, loss_fn, optimizer, inputs, precision)
+        phases = one_step(stepper, batch)
         phases["cpu_share"] = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * args.threads)
         use1 = resource.getrusage(resource.RUSAGE_SELF)
         # page faults and kernel time: fresh activation memory is mmapped and zeroed by the kernel
@@ -280,8 +266,7 @@ def run_config(args) -> None:
         phases["warmup"] = i < args.warmup
         steps.append(phases)
         print(f"  [{args.config}] step {i} ({'warm-up' if i < args.warmup else 'timed'}): "
-              f"{phases['step']:.1f} s (fwd {phases['forward']:.1f}, bwd {phases['backward']:.1f}, "
-              f"opt {phases['optimizer']:.2f}), cpu share {phases['cpu_share']:.2f}, "
+              f"{phases['step']:.1f} s, cpu share {phases['cpu_share']:.2f}, "
               f"{phases['minor_faults'] / 1e6:.2f} M page faults, {phases['sys_s']:.1f} s system time",
               file=sys.stderr, flush=True)
     result = {
@@ -487,8 +472,8 @@ def report(run: dict) -> None:
           "unloaded time on a shared machine (MFU vs the per-CPU-s peak); cpu share = CPU time / (wall x threads), "
           "1.00 = the process had all its cores")
     print("\n| config | s/step wall (min) | s/step cpu | samples/s wall / cpu | peak RSS GiB (after build) "
-          "| fwd / bwd / opt s (wall) | cpu share | model GFLOP/s wall / cpu | MFU % wall / cpu | HFU % cpu |")
-    print("|" + "---|" * 10)
+          "| cpu share | model GFLOP/s wall / cpu | MFU % wall / cpu | HFU % cpu |")
+    print("|" + "---|" * 9)
     summary = {}
     for res in run["results"]:
         precision, _, ckpt = res["config"].split(" ")[0].partition("+")
@@ -497,7 +482,6 @@ def report(run: dict) -> None:
         wall = statistics.mean(s["step"] for s in timed)
         best = min(s["step"] for s in timed)
         cpu = statistics.mean(s["step"] * s["cpu_share"] for s in timed)
-        phase = {k: statistics.mean(s[k] for s in timed) for k in ("forward", "backward", "optimizer")}
         share = statistics.mean(s["cpu_share"] for s in timed)
         peak, peak_cpu = peaks[precision]["best"], peaks[precision]["cpu"]
         gf_wall, gf_cpu = flops["model"] / wall / 1e9, flops["model"] / cpu / 1e9
@@ -506,8 +490,7 @@ def report(run: dict) -> None:
         summary[res["config"].split(" ")[0]] = {"wall": args.batch / wall, "cpu": args.batch / cpu, "mfu_wall": mfu_wall,
                                   "mfu_cpu": mfu_cpu}
         print(f"| {res['config']} | {wall:.1f} ({best:.1f}) | {cpu:.1f} | {args.batch / wall:.3f} / "
-              f"{args.batch / cpu:.3f} | {res['peak_rss_gib']:.2f} ({res['rss_after_build_gib']:.2f}) | "
-              f"{phase['forward']:.1f} / {phase['backward']:.1f} / {phase['optimizer']:.2f} | {share:.2f} | "
+              f"{args.batch / cpu:.3f} | {res['peak_rss_gib']:.2f} ({res['rss_after_build_gib']:.2f}) | {share:.2f} | "
               f"{gf_wall:.0f} / {gf_cpu:.0f} | {mfu_wall:.1f} / {mfu_cpu:.1f} | {hfu_cpu:.1f} |")
 
     print(f"\nload average at end: {run['load_end']}")

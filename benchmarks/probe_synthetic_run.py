@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip4vla import load_model
 from clip4vla.config import PretrainConfig, load_config
+from clip4vla.data.corpora import read_split
+from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.evaluation.zero_shot import encode_dataset
-from clip4vla.models.factory import build_model
-from clip4vla.train.checkpoint import CheckpointManager
-from clip4vla.train.data_setup import build_pretrain_datasets
-from clip4vla.train.distributed import init_distributed
 
 ATTRIBUTES = ("shape", "size", "colour", "direction", "sound", "noise")
 MODALITIES = ("video", "audio", "text")
@@ -47,20 +46,17 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="output_dir of a synthetic pre-training run")
     args = parser.parse_args()
     config = load_config(PretrainConfig, args.run_dir / "config.yaml")
-    if config.data.dataset != "synthetic":
-        raise SystemExit(f"{args.run_dir} is not a synthetic run (data.dataset={config.data.dataset})")
-    data = build_pretrain_datasets(config, init_distributed(device="cpu"))
-    model = build_model(config.model)
-    loaded = CheckpointManager(args.run_dir / "checkpoints").load_latest()
-    if loaded is None:
-        raise SystemExit(f"no checkpoint in {args.run_dir / 'checkpoints'}")
-    model.load_state_dict(loaded[0]["model"])
-    model.eval()
-    ann = json.loads((Path(config.data.root) / "MSRVTT_data.json").read_text())
+    if config.data.corpus != "synthetic":
+        raise SystemExit(f"{args.run_dir} is not a synthetic run (data.corpus={config.data.corpus})")
+    model = load_model(args.run_dir / "model.pt")  # with the preprocessing the run trained with
+    options = SampleOptions.for_inference(model.preprocessing)
+    datasets = {split: TriModalDataset(read_split(config.data, "synthetic", split, "pretrain"), options)
+                for split in ("train", "test")}
+    ann = json.loads((Path(config.data.synthetic.root) / "MSRVTT_data.json").read_text())
     attrs = {v["video_id"]: v["attributes"] for v in ann["videos"]}
 
-    train, train_ids = usable_features(model, data.train)
-    test, test_ids = usable_features(model, data.test)
+    train, train_ids = usable_features(model, datasets["train"])
+    test, test_ids = usable_features(model, datasets["test"])
     print(f"nearest-centroid probes, train -> test ({len(train_ids)} / {len(test_ids)} clips):")
     print(f"  {'attribute':<10}" + "".join(f"{m:>8}" for m in MODALITIES) + "   chance")
     for key in ATTRIBUTES:

@@ -23,16 +23,22 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Schema
+# Schema: the sections every run shares
 # --------------------------------------------------------------------------------------------
+
+ARCHS = ("micro", "tiny", "vit_b_32", "vit_b_16")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    # OpenAI CLIP checkpoint (e.g. ViT-B-32.pt). None builds `arch` with random weights.
-    clip_checkpoint: str | None = None
-    arch: Literal["micro", "tiny", "vit_b_32", "vit_b_16"] = "tiny"
-    # Paper Table 5 "+Initial": the audio ViT starts from the vision weights.
+    # Where the weights come from: our model.pt export, a trainer checkpoint, an OpenAI CLIP file
+    # (ViT-B-32.pt; the audio encoder then starts from its vision tower) or a released CLIP4VLA
+    # checkpoint. None builds `arch` with random weights.
+    init_from: str | None = None
+    # None: the architecture of init_from, or "tiny" without one. Set with init_from, it must agree.
+    arch: Literal["micro", "tiny", "vit_b_32", "vit_b_16"] | None = None
+    # Paper Table 5 "+Initial": the audio ViT starts from the vision weights (when init_from has
+    # no audio encoder of its own).
     audio_init: Literal["vision", "scratch"] = "vision"
     audio_type_token: bool = True
     # Paper: only the audio encoder trains (88 M parameters). REF trains all with lr * coef_lr.
@@ -49,14 +55,105 @@ class AudioConfig:
     mask_mode: Literal["paper", "reference"] = "paper"
 
 
+# Where each corpus lives (one typed section per corpus, so a misspelt path key fails at start-up).
+# Arguments are those of the corpus reader in clip4vla/data/readers/.
+
+
+@dataclasses.dataclass
+class SyntheticData:
+    # The built-in dataset (MSR-VTT layout), generated here on first use.
+    root: str = "data/synthetic"
+    clips: int = 300
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class MsrvttData:
+    annotation_dir: str  # MSRVTT_data.json, MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv [, MSRVTT_val.csv]
+    video_dir: str | None = None
+    prepared_dir: str | None = None
+
+
+@dataclasses.dataclass
+class VatexData:
+    annotation_dir: str  # vatex_training_v1.0.json, vatex_validation_v1.0.json, vatex_public_test_english_v1.1.json
+    video_dir: str | None = None
+    prepared_dir: str | None = None
+    media: Literal["clip", "full"] = "clip"
+    # Optional split lists (csv with column video_id), e.g. the 25991 / 1500 / 1500 retrieval split.
+    train_csv: str | None = None
+    val_csv: str | None = None
+    test_csv: str | None = None
+
+
+@dataclasses.dataclass
+class AudioCapsData:
+    annotation_dir: str  # train.csv, val.csv, test.csv
+    video_dir: str | None = None
+    audio_dir: str | None = None
+    prepared_dir: str | None = None
+    media: Literal["clip", "full"] = "clip"
+
+
+@dataclasses.dataclass
+class HowTo100MData:
+    caption_path: str  # caption.json (or the original caption.pickle)
+    video_dir: str | None = None
+    prepared_dir: str | None = None
+    # Optional text file, one video id per line: keep only these videos (e.g. those downloaded).
+    video_ids_file: str | None = None
+    min_seconds: float = 10.0
+    min_words: int = 5
+
+
+@dataclasses.dataclass
+class AudioSetData:
+    segments_csv: str
+    ontology_json: str
+    video_dir: str | None = None
+    audio_dir: str | None = None
+    prepared_dir: str | None = None
+    media: Literal["clip", "full"] = "clip"
+    name_format: str = "{ytid}_{start}"
+
+
+@dataclasses.dataclass
+class Esc50Data:
+    root: str  # meta/esc50.csv, audio/*.wav
+    prepared_dir: str | None = None
+
+
+@dataclasses.dataclass
+class Ucf101Data:
+    list_dir: str  # ucfTrainTestlist/: classInd.txt, trainlist0N.txt, testlist0N.txt
+    video_dir: str | None = None
+    prepared_dir: str | None = None
+    split: int = 1
+
+
+CORPORA = ("synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101")
+Corpus = Literal["synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101"]
+
+
 @dataclasses.dataclass
 class DataConfig:
-    # "synthetic" generates the built-in dataset under `root` on first use.
-    dataset: Literal["synthetic", "msrvtt", "howto100m", "audioset", "howto_audioset"] = "synthetic"
-    root: str = "data/synthetic"
-    # Reader keyword arguments per corpus, e.g. {howto100m: {caption_path: ..., prepared_dir: ...},
-    # audioset: {...}, val: {reader: msrvtt, annotation_dir: ..., split: test}} (see configs/).
-    reader_args: dict = dataclasses.field(default_factory=dict)
+    # The training corpus; "howto_audioset" mixes HowTo100M ([VB]) and AudioSet ([NB]) (paper).
+    corpus: Literal[
+        "synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "howto_audioset", "esc50", "ucf101"
+    ] = "synthetic"
+    # Validation and test come from this corpus (None: the training corpus), from these splits
+    # (None: no validation / no final test).
+    eval_corpus: Corpus | None = None
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    synthetic: SyntheticData = dataclasses.field(default_factory=SyntheticData)
+    msrvtt: MsrvttData | None = None
+    vatex: VatexData | None = None
+    audiocaps: AudioCapsData | None = None
+    howto100m: HowTo100MData | None = None
+    audioset: AudioSetData | None = None
+    esc50: Esc50Data | None = None
+    ucf101: Ucf101Data | None = None
     # howto_audioset: per-corpus share of an epoch (e.g. [0.5, 0.5]); None = in proportion to size.
     mixture_weights: tuple | None = None
     media: Literal["raw", "prepared"] = "raw"
@@ -67,20 +164,6 @@ class DataConfig:
     num_workers: int = 2
     # Keep decoded frames/spectrograms in memory across epochs (small sets, num_workers 0).
     cache_decoded: bool = False
-    synthetic_clips: int = 300
-    synthetic_seed: int = 0
-
-
-@dataclasses.dataclass
-class LossConfig:
-    intra_modal: bool = True
-    learnable_scale: bool = False
-    # None: fixed 100 (REF), or CLIP's 1/0.07 when learnable.
-    init_scale: float | None = None
-    ref_extras: bool = False
-    # Also train text<->video (not in the paper, whose CLIP towers come aligned): for towers
-    # trained from scratch, e.g. the synthetic quick start without a CLIP checkpoint.
-    text_video: bool = False
 
 
 @dataclasses.dataclass
@@ -104,21 +187,51 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     log_every: int = 10
+    # Validation cadence, independent of checkpoints: every N steps, else every N epochs.
+    eval_every_steps: int = 0
     eval_every_epochs: int = 1
     checkpoint_every_steps: int = 0  # 0: once per epoch
     keep_last: int = 3
     max_steps: int = 0  # 0: run all epochs
+    # The validation metric that picks best.pt (None: the task's, e.g. t2v/R1; CIDEr for captions).
+    select_metric: str | None = None
+    # Which weights become <output_dir>/model.pt and face the test split: the last step's or the
+    # best validation's (None: the task's default; fine-tuning selects on validation, never on test).
+    export: Literal["last", "best"] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclasses.dataclass
-class PretrainConfig:
+class RunConfig:
+    """The sections every task shares; each task's config adds its own section."""
+
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     audio: AudioConfig = dataclasses.field(default_factory=AudioConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Schema: one section per task
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PretrainSection:
+    intra_modal: bool = True
+    learnable_scale: bool = False
+    # None: fixed 100 (REF), or CLIP's 1/0.07 when learnable.
+    init_scale: float | None = None
+    ref_extras: bool = False
+    # Also train text<->video (not in the paper, whose CLIP towers come aligned): for towers
+    # trained from scratch, e.g. the synthetic quick start without a CLIP checkpoint.
+    text_video: bool = False
+
+
+@dataclasses.dataclass
+class PretrainConfig(RunConfig):
+    pretrain: PretrainSection = dataclasses.field(default_factory=PretrainSection)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,17 +300,34 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def _build(cls: type[T], data: dict, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(
             f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys"
             f"{' in ' + where if where else ''}: {sorted(fields)}"
         )
+    required = [
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data
+    ]
+    if required:
+        raise ConfigError(f"missing required config key(s) {[prefix + k for k in required]}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _section_class(hint: Any) -> type | None:
+    """The dataclass behind a section annotation (``X`` or an optional section ``X | None``)."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+            return options[0]
+    return None
 
 
 def _set_path(tree: dict, cls: type, dotted: str, value: Any) -> None:
@@ -213,10 +343,15 @@ def _set_path(tree: dict, cls: type, dotted: str, value: Any) -> None:
         if depth == len(keys) - 1:
             node[key] = value
             return
-        if not dataclasses.is_dataclass(hint):
+        section = _section_class(hint)
+        if section is None:
             raise ConfigError(f"config key {dotted!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
-        node = node.setdefault(key, {})
-        node_cls = hint
+        if node.get(key) is None:  # an optional section (data.msrvtt) that the file left out
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {dotted!r}: {'.'.join(keys[:depth + 1])} is not a mapping in the file")
+        node_cls = section
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -246,11 +381,64 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         key, value = parse_override(text)
         _set_path(data, cls, key, value)
     try:
-        return _build(cls, data)
+        config = _build(cls, data)
+        if isinstance(config, RunConfig):
+            validate_config(config)
+        return config
     except ConfigError as err:
         if path is not None:
             raise ConfigError(f"{path}: {err}") from None
         raise
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def validate_config(config: RunConfig) -> None:
+    """Values the schema's types allow but no run can use: one ConfigError naming the key.
+
+    Checked when the config is loaded, before any data or model work, so a zero batch size or a
+    zero-frame clip is a message at start-up rather than a crash (or a silent all-skipped run)
+    minutes later.
+    """
+    tc, dc, ac, oc = config.train, config.data, config.audio, config.optim
+    for key in ("batch_size", "accum_steps", "epochs", "log_every", "eval_every_epochs", "keep_last"):
+        _check(getattr(tc, key) >= 1, f"train.{key}", getattr(tc, key), "must be at least 1")
+    for key in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):
+        _check(getattr(tc, key) >= 0, f"train.{key}", getattr(tc, key), "must be >= 0 (0 = off / per epoch)")
+    _check(bool(tc.output_dir.strip()), "train.output_dir", tc.output_dir, "must name a folder")
+    _check(dc.max_frames >= 1, "data.max_frames", dc.max_frames, "must be at least 1")
+    _check(dc.max_words >= 3, "data.max_words", dc.max_words, "must be at least 3 ([SOT], a word, [EOT])")
+    _check(dc.num_workers >= 0, "data.num_workers", dc.num_workers, "must be >= 0")
+    _check(dc.synthetic.clips >= 10, "data.synthetic.clips", dc.synthetic.clips, "must be at least 10 (train/val/test splits)")
+    _check(ac.max_segments >= 1, "audio.max_segments", ac.max_segments, "must be at least 1")
+    _check(ac.max_seconds > 0, "audio.max_seconds", ac.max_seconds, "must be > 0 seconds")
+    _check(oc.lr > 0, "optim.lr", oc.lr, "must be > 0")
+    _check(oc.coef_lr > 0, "optim.coef_lr", oc.coef_lr, "must be > 0")
+    _check(oc.weight_decay >= 0, "optim.weight_decay", oc.weight_decay, "must be >= 0")
+    _check(0 <= oc.warmup < 1, "optim.warmup", oc.warmup, "is a fraction of the run in [0, 1)")
+    _check(oc.grad_clip > 0, "optim.grad_clip", oc.grad_clip, "must be > 0")
+    _check(oc.eps > 0, "optim.eps", oc.eps, "must be > 0")
+    _check(len(oc.betas) == 2 and all(0 <= b < 1 for b in oc.betas), "optim.betas", list(oc.betas),
+           "must be two numbers in [0, 1)")
+    if dc.mixture_weights is not None:
+        _check(all(w >= 0 for w in dc.mixture_weights) and sum(dc.mixture_weights) > 0, "data.mixture_weights",
+               list(dc.mixture_weights), "must be non-negative with a positive sum")
+
+
+def check_trainable(config: RunConfig) -> None:
+    """A run must start from something: frozen towers with random weights can learn nothing.
+
+    Checked by the trainer (not at load time, so configs can be built up programmatically).
+    """
+    mc = config.model
+    _check(
+        mc.train_clip or mc.init_from is not None, "model.train_clip", mc.train_clip,
+        "freezes the text and vision towers, but without model.init_from they are random: set "
+        "model.init_from (e.g. OpenAI's ViT-B-32.pt) or model.train_clip=true",
+    )
 
 
 def config_to_dict(config: Any) -> dict:

@@ -1,7 +1,7 @@
 """Contrastive (InfoNCE) losses for CLIP4VLA pre-training, and the distributed gather they need.
 
 All losses here take **global** embeddings (one vector per clip) and follow one distributed
-scheme (SPEC §5): every rank scores its *local* rows against the *gathered* columns of the whole
+scheme: every rank scores its *local* rows against the *gathered* columns of the whole
 global batch, in both directions, with gradients flowing back through the gather. Each rank's
 loss is scaled so that the mean over ranks is exactly the global-batch loss; DDP's gradient
 averaging therefore gives the same gradients as single-process training on the global batch.
@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from clip4vla.train.distributed import is_distributed
 
 __all__ = [
     "symmetric_nce",
@@ -37,10 +39,6 @@ REF_FIXED_SCALE = 100.0
 # ----------------------------------------------------------------------------------------------
 # distributed gather
 # ----------------------------------------------------------------------------------------------
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _gather_sizes(rows: int, device: torch.device) -> list[int]:
     """Row count of every rank, so that ranks may hold batches of different sizes."""
     size = torch.tensor([rows], dtype=torch.long, device=device)
@@ -86,7 +84,7 @@ def _gather(t: Tensor, *others: Tensor) -> tuple[list[Tensor], int, int, int]:
     Returns (gathered tensors [N, ...], offset of our rows in them, N, world size).
     """
     tensors = [t, *others]
-    if not _dist_ready():
+    if not is_distributed():
         return tensors, 0, t.shape[0], 1
     sizes = _gather_sizes(t.shape[0], t.device)  # once for all tensors of the same batch
     rank = dist.get_rank()
@@ -191,7 +189,7 @@ def _local_rows_nce(x: Tensor, y: Tensor, x_all: Tensor, y_all: Tensor, lay: _La
 
 
 def inter_modal_nce(x: Tensor, y: Tensor, logit_scale: Tensor | float, valid: Tensor | None = None) -> Tensor:
-    """Symmetric InfoNCE between two modalities (paper Eq. 1–2 made symmetric, SPEC §5).
+    """Symmetric InfoNCE between two modalities (paper Eq. 1–2 made symmetric: ½[CE(S) + CE(Sᵀ)]).
 
     ``x``, ``y``: L2-normalised global features ``[B, D]`` of this rank (row i of x pairs with row i
     of y). Distributed: local rows against the gathered global batch, gradients through the gather.
@@ -233,7 +231,7 @@ def _intra_local_rows(
 
 
 def intra_modal_nce(z: Tensor, z_hat: Tensor, logit_scale: Tensor | float, valid: Tensor | None = None) -> Tensor:
-    """Audio ↔ masked-audio NCE (paper Eq. 3–4), made symmetric as in SPEC §5 and REF.
+    """Audio ↔ masked-audio NCE (paper Eq. 3–4), made symmetric as REF does (both directions averaged).
 
     For clip i the candidates are all masked audios ``ẑ_j`` plus all other clean audios
     ``z_k (k ≠ i)``; the target is ``ẑ_i``. The same with z and ẑ swapped; the two are averaged.
@@ -256,7 +254,7 @@ def _at_least_fp32(x: Tensor) -> Tensor:
 class LogitScale(nn.Module):
     """The similarity multiplier ``s``.
 
-    Default: fixed 100 (REF; SPEC §5). ``learnable=True``: CLIP's parametrisation — stored as a
+    Default: fixed 100 (REF). ``learnable=True``: CLIP's parametrisation — stored as a
     log so it stays positive, initialised at 1/0.07, clamped at ``max_scale`` (100) in forward.
     """
 
@@ -285,7 +283,7 @@ class LogitScale(nn.Module):
 
 
 class PretrainLoss(nn.Module):
-    """CLIP4VLA pre-training objective on global features (paper Eq. 5, SPEC §5).
+    """CLIP4VLA pre-training objective on global features (paper Eq. 5).
 
     ``L = NCE(S_ta) + NCE(S_av) [+ L_aâ if intra_modal]``.
 
@@ -366,8 +364,8 @@ class PretrainLoss(nn.Module):
             total_loss = total_loss + aa
             parts["aa"] = aa
             if self.ref_extras:
-                tt = nce(t, t, t_all, t_all)
-                vv = nce(v, v, v_all, v_all)
+                tt = self_similarity_nce(t, scale, valid)
+                vv = self_similarity_nce(v, scale, valid)
                 total_loss = total_loss + tt + vv
                 parts["tt"], parts["vv"] = tt, vv
 

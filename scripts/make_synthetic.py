@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the built-in synthetic tri-modal dataset (SPEC §13) in MSR-VTT format.
+"""Write the built-in synthetic tri-modal dataset in MSR-VTT format.
 
     python scripts/make_synthetic.py --out data/synthetic --num-clips 300 --seed 0
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare raw videos: 1-fps frames, 16 kHz stereo wav and a manifest (SPEC §8).
+"""Prepare raw videos: 1-fps frames, 16 kHz stereo wav and a manifest.
 
     python scripts/prepare_data.py --videos data/synthetic/videos --out data/synthetic/prepared --workers 2
 

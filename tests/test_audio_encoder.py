@@ -1,4 +1,4 @@
-"""The audio encoder (SPEC §4): initialisation, type token modes, batching, REF conversion."""
+"""The audio encoder: initialisation, type token modes, batching, REF conversion."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def test_all_corrupt_is_an_error_and_empty_dir_is_none(tmp_path):
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match="not found.*missing.pt"):
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint file not found"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="list.pt holds a list"):

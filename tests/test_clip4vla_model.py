@@ -131,7 +131,9 @@ def test_audio_init_options():
 
 
 def test_from_openai_checkpoint():
-    model = CLIP4VLA.from_openai(FIXTURES / "clip_tiny_vit_jit.pt")
+    from clip4vla import load_model
+
+    model = load_model(FIXTURES / "clip_tiny_vit_jit.pt")
     assert model.clip.config.image_resolution == 32 and model.audio.visual.input_resolution == 32
     assert torch.equal(model.audio.visual.proj, model.clip.visual.proj)
     assert model.audio.visual.positional_embedding.shape == (17 + 1, 128)

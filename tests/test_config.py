@@ -9,19 +9,19 @@ def test_defaults_follow_the_paper():
     assert cfg.audio.frontend == "kaldi"
     assert cfg.audio.max_segments == 10
     assert cfg.model.train_clip is False
-    assert cfg.loss.init_scale is None and cfg.loss.learnable_scale is False  # fixed scale 100 (REF)
+    assert cfg.pretrain.init_scale is None and cfg.pretrain.learnable_scale is False  # fixed scale 100 (REF)
     assert cfg.optim.betas == (0.9, 0.98)
 
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 1e-7\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 3\n")
-    cfg = load_config(PretrainConfig, path, ["train.epochs=5", "audio.frontend=reference", "model.clip_checkpoint=/x/ViT-B-32.pt"])
+    cfg = load_config(PretrainConfig, path, ["train.epochs=5", "audio.frontend=reference", "model.init_from=/x/ViT-B-32.pt"])
     assert cfg.optim.lr == pytest.approx(1e-7)
     assert cfg.optim.betas == (0.8, 0.9)
     assert cfg.train.epochs == 5
     assert cfg.audio.frontend == "reference"
-    assert cfg.model.clip_checkpoint == "/x/ViT-B-32.pt"
+    assert cfg.model.init_from == "/x/ViT-B-32.pt"
     override_sci = load_config(PretrainConfig, None, ["optim.lr=5e-4"])
     assert override_sci.optim.lr == pytest.approx(5e-4)
 
@@ -69,3 +69,21 @@ def test_saved_config_round_trips(tmp_path):
     out = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert yaml.safe_load(out.read_text())["train"]["epochs"] == 2
     assert load_config(PretrainConfig, out) == cfg
+
+
+def test_corpus_sections_are_typed_and_optional(tmp_path):
+    cfg = load_config(PretrainConfig)
+    assert cfg.data.msrvtt is None and cfg.data.corpus == "synthetic"
+    # an override creates an optional section the file left out ...
+    cfg = load_config(PretrainConfig, None, ["data.corpus=msrvtt", "data.msrvtt.annotation_dir=/d/msrvtt"])
+    assert cfg.data.msrvtt.annotation_dir == "/d/msrvtt" and cfg.data.msrvtt.video_dir is None
+    # ... a misspelt path key fails like any other key, naming the valid ones ...
+    with pytest.raises(ConfigError, match=r"data\.msrvtt\.anotation_dir.*annotation_dir"):
+        load_config(PretrainConfig, None, ["data.msrvtt.anotation_dir=/d"])
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  vatex: {video_dir: /v}\n")
+    # ... and a section without its required key names it
+    with pytest.raises(ConfigError, match=r"missing required config key.*data\.vatex\.annotation_dir"):
+        load_config(PretrainConfig, path)
+    saved = save_config(load_config(PretrainConfig, None, ["data.msrvtt.annotation_dir=/d"]), tmp_path / "s.yaml")
+    assert load_config(PretrainConfig, saved).data.msrvtt.annotation_dir == "/d"

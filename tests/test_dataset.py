@@ -377,3 +377,34 @@ def test_prepared_route_matches_raw(media, tmp_path):
     shutil.rmtree(out / "frames" / "long")
     s = prepared[0]
     assert not s["valid"] and "frames" in s["skip_reason"] and s["frames"].abs().sum() == 0
+
+
+# ------------------------------------------------------------------ media errors vs our bugs
+def test_huge_but_finite_audio_is_skipped_with_its_reason(tmp_path):
+    """A broken encoder's ~1e20 samples decode as finite floats but overflow the spectrogram."""
+    from audio_media import tone, write_sound
+
+    write_sound(tmp_path / "loud.wav", tone(440.0, 2.0) * 1e20, subtype="FLOAT")
+    write_sound(tmp_path / "fine.wav", tone(440.0, 2.0), subtype="FLOAT")
+    ds = TriModalDataset([ClipRecord(name, audio_path=tmp_path / f"{name}.wav", captions=("x",), source="test")
+                          for name in ("loud", "fine")], OPTIONS)
+    loud, fine = ds[0], ds[1]
+    assert loud["valid"] is False and "spectrogram is not finite" in loud["skip_reason"]
+    assert "loud.wav" in loud["skip_reason"] and "5e+19" in loud["skip_reason"]  # the peak is named
+    assert fine["valid"] and fine["audio_mask"].any()
+
+
+def test_a_bug_in_our_own_code_is_not_a_skipped_sample(records, monkeypatch):
+    """Only media errors are skips: a front-end bug must stop the run with its traceback."""
+    import clip4vla.data.dataset as dataset_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape bug in the front-end")
+
+    monkeypatch.setattr(dataset_module, "log_mel", broken)
+    ds = TriModalDataset(records[:1], OPTIONS)
+    with pytest.raises(RuntimeError, match="shape bug"):
+        ds[0]
+    monkeypatch.setattr(dataset_module, "log_mel", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad index")))
+    with pytest.raises(ValueError, match="bad index"):
+        ds[0]

@@ -1,4 +1,4 @@
-"""torch.distributed plumbing, and the claim of SPEC §5: with local rows scored against gathered
+"""torch.distributed plumbing, and the claim the losses rest on: with local rows scored against gathered
 columns (gradients through the gather) and DDP gradient averaging, 2 ranks give the same loss and
 gradients as one process on the global batch — also with unequal per-rank batches and with
 feature-cached accumulation (2 micro-batches × 2 ranks)."""
@@ -93,7 +93,6 @@ def torchrun_results(tmp_path_factory):
     return [torch.load(out / f"results_rank{r}.pt", weights_only=True) for r in range(2)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(worker.SCENARIOS))
 def test_two_ranks_match_single_process_global_batch(torchrun_results, scenario):
     ref_loss, ref_grads = worker.reference(scenario)

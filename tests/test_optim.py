@@ -1,4 +1,4 @@
-"""Parameter groups of build_optimizer and the warm-up + cosine schedule (SPEC §9)."""
+"""Parameter groups of build_optimizer and the warm-up + cosine schedule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data preparation (SPEC §8): outputs, raw-vs-prepared agreement, resumability, bad files."""
+"""Data preparation: outputs, raw-vs-prepared agreement, resumability, bad files."""
 
 from __future__ import annotations
 

@@ -122,47 +122,47 @@ def test_wrong_config_key_fails_before_any_work(tmp_path):
 
 
 def test_zero_usable_samples_fails_at_startup(synthetic_root, tmp_path):
-    from clip4vla.train.trainer import Pretrainer
+    from clip4vla.train.loop import Trainer
+    from clip4vla.train.pretrain import PretrainTask
 
-    config = load_config(PretrainConfig, None, micro_overrides(synthetic_root, tmp_path / "out"))
-    config.data.dataset = "msrvtt"
-    config.data.reader_args = {
-        "msrvtt": {"annotation_dir": str(synthetic_root), "split": "train", "task": "captioning",
-                   "video_dir": str(tmp_path / "empty_video_dir")},
-    }
+    overrides = micro_overrides(synthetic_root, tmp_path / "out") + [
+        "data.corpus=msrvtt", f"data.msrvtt.annotation_dir={synthetic_root}",
+        f"data.msrvtt.video_dir={tmp_path / 'empty_video_dir'}",
+    ]
     with pytest.raises(ValueError, match="no usable training sample"):
-        Pretrainer(config)
+        Trainer(load_config(PretrainConfig, None, overrides), PretrainTask)
 
 
 def test_non_finite_loss_names_the_batch_and_writes_no_checkpoint(synthetic_root, tmp_path, monkeypatch):
-    from clip4vla.train import trainer as trainer_module
+    from clip4vla.train.loop import NonFiniteLossError, Trainer
+    from clip4vla.train.pretrain import PretrainTask
 
     out = tmp_path / "nan"
-    config = load_config(PretrainConfig, None, micro_overrides(synthetic_root, out))
-    pretrainer = trainer_module.Pretrainer(config)
-    original = pretrainer.loss_fn.forward
+    trainer = Trainer(load_config(PretrainConfig, None, micro_overrides(synthetic_root, out)), PretrainTask)
+    original = trainer.stepper.loss_module.forward
 
     def poisoned(*args, **kwargs):
         total, parts = original(*args, **kwargs)
         return total * float("nan"), parts
 
-    monkeypatch.setattr(pretrainer.loss_fn, "forward", poisoned)
-    with pytest.raises(trainer_module.NonFiniteLossError, match=r"step 1.*video\d+"):
-        pretrainer.fit()
+    monkeypatch.setattr(trainer.stepper.loss_module, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 1.*video\d+"):
+        trainer.fit()
     assert not list((out / "checkpoints").glob("ckpt_*.pt"))
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(synthetic_root, tmp_path, monkeypatch, caplog):
-    from clip4vla.train import trainer as trainer_module
+    from clip4vla.train import loop
+    from clip4vla.train.pretrain import PretrainTask
 
-    ratio = trainer_module.cpu_bf16_slowdown()
+    ratio = loop.cpu_bf16_slowdown()
     assert ratio > 0 and math.isfinite(ratio)  # a timing ratio (~50 on an AVX2-only EPYC)
     overrides = micro_overrides(synthetic_root, tmp_path / "bf16", **{"train.precision": "bf16"})
     for slowdown, warned in ((100.0, True), (0.5, False)):
-        monkeypatch.setattr(trainer_module, "cpu_bf16_slowdown", lambda: slowdown)
+        monkeypatch.setattr(loop, "cpu_bf16_slowdown", lambda: slowdown)
         caplog.clear()
-        with caplog.at_level("WARNING", logger="clip4vla.train.trainer"):
-            trainer_module.Pretrainer(load_config(PretrainConfig, None, overrides)).close()
+        with caplog.at_level("WARNING", logger="clip4vla.train.loop"):
+            loop.Trainer(load_config(PretrainConfig, None, overrides), PretrainTask).close()
         assert ("100x slower than fp32" in caplog.text) is warned, caplog.text
 
 

@@ -6,7 +6,7 @@ batch identical across world sizes and the losses gather features with gradients
 runs must produce the same weights after every optimiser step (up to float32 summation order).
 
 Both runs go through a small launcher that executes ``scripts/pretrain.py`` unchanged (``runpy``)
-after wrapping ``CheckpointManager.save`` and ``Pretrainer._write_history`` to append
+after wrapping ``CheckpointManager.save`` and ``Trainer._write_history`` to append
 "<rank> <what>" to a ledger file: that is how the test sees *which* ranks wrote outputs, which
 the files themselves cannot show (a second writer would just overwrite them).
 
@@ -34,7 +34,7 @@ ATOL = 1e-5
 
 LAUNCHER = """
 import os, runpy, sys
-from clip4vla.train import checkpoint, trainer
+from clip4vla.train import checkpoint, loop
 
 LEDGER = os.environ["CLIP4VLA_TEST_LEDGER"]
 RANK = os.environ.get("RANK", "0")
@@ -46,7 +46,7 @@ def note(what):
 
 
 save = checkpoint.CheckpointManager.save
-write_history = trainer.Pretrainer._write_history
+write_history = loop.Trainer._write_history
 
 
 def recording_save(self, step, state):
@@ -60,7 +60,7 @@ def recording_write_history(self):
 
 
 checkpoint.CheckpointManager.save = recording_save
-trainer.Pretrainer._write_history = recording_write_history
+loop.Trainer._write_history = recording_write_history
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

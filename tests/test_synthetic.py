@@ -1,4 +1,4 @@
-"""The built-in synthetic dataset (SPEC §13): format, determinism, and that sound follows sight."""
+"""The built-in synthetic dataset: format, determinism, and that sound follows sight."""
 
 from __future__ import annotations
 

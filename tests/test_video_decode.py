@@ -1,4 +1,4 @@
-"""Video decoding at 1 fps (SPEC §2): the sampling rule, selection options, spans and errors.
+"""Video decoding at 1 fps: the sampling rule, selection options, spans and errors.
 
 The test videos carry their frame index in the pixels (``media_factory.frame_index``), so every
 test checks *which* frames were picked, not only how many.

@@ -1,4 +1,4 @@
-"""Audio: decoding, the log-mel front-ends, 224x224 segmentation and masking (SPEC §3).
+"""Audio: decoding, the log-mel front-ends, 224x224 segmentation and masking.
 
 Typical use (one clip)::
 

@@ -9,7 +9,7 @@ Two back-ends, tried in this order:
 
 The result is always ``float32 [2, N]`` at ``sample_rate``:
 
-* mono is duplicated into both channels (SPEC §3; REF ``get_raw_audio`` does the same);
+* mono is duplicated into both channels (as REF ``get_raw_audio`` does);
 * more than two channels: the first two are kept. WAV/FLAC/AAC channel order puts
   front-left and front-right first, so for 5.1 or quad files this keeps the front pair;
 * any other rate is resampled with ``torchaudio.functional.resample`` (all channels in one
@@ -76,7 +76,7 @@ def load_audio(
     ``start``/``end`` are seconds from the start of the audio stream; ``None`` means the
     stream's start/end, and a range running past the end of the stream is cut there. Sample
     ``j`` of the result is the target-rate sample at time ``round(start * sample_rate) + j``.
-    Clips longer than ``max_seconds`` are centre-cropped (SPEC §3); ``max_seconds=None``
+    Clips longer than ``max_seconds`` are centre-cropped; ``max_seconds=None``
     keeps everything. Unlike REF, the crop also works for mono files (REF indexed the 1-D
     mono array with two axes and the loader replaced the clip by zeros).
 

@@ -1,4 +1,4 @@
-"""Waveform -> three-channel log-mel "image" (SPEC §3), batched in torch.
+"""Waveform -> three-channel log-mel "image", batched in torch.
 
 Input ``[2, N]`` (or ``[B, 2, N]``) stereo at 16 kHz; output ``[3, T, 224]`` (or
 ``[B, 3, T, 224]``): channels ``[left, (left + right) / 2, right]``, rows = time frames,

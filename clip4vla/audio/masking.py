@@ -1,4 +1,4 @@
-"""Spectrogram masking for the intra-modal (audio <-> masked audio) loss (SPEC §3, §5).
+"""Spectrogram masking for the intra-modal (audio <-> masked audio) loss.
 
 The mask is drawn on the full dB spectrogram ``[3, T, 224]`` *before* segmentation, and
 ``segments_with_masked_copy`` cuts the original and the masked copy with the same segment

@@ -1,4 +1,4 @@
-"""Log-mel spectrogram -> fixed-size 224x224 "images" (SPEC §3).
+"""Log-mel spectrogram -> fixed-size 224x224 "images".
 
 The spectrogram ``[3, T, 224]`` is cut along time into ``ceil(T / 224)`` segments of
 ``[3, 224, 224]``; the last one is zero-padded with 0-valued rows (0 dB / log-energy 0, as

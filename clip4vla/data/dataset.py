@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clip4vla.audio import (
+    AudioDecodeError,
     MediaError,
     NoAudioError,
     empty_segments,
@@ -29,15 +30,18 @@ from clip4vla.audio import (
     segments_with_masked_copy,
     to_segments,
 )
+from clip4vla.config import AudioConfig, DataConfig
 from clip4vla.data.records import ClipRecord
+from clip4vla.models.audio import AUDIO_TYPE_IDS
+from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.text import tokenize
 from clip4vla.video import load_prepared_frames, load_video_frames
 
 log = logging.getLogger(__name__)
 
-AUDIO_TYPE_IDS = {"vb": 0, "nb": 1}
-# What unreadable media raise: the sample is skipped with the reason, never the run.
-UNREADABLE = (MediaError, OSError, RuntimeError, ValueError)
+# What unreadable media raise: the sample is skipped with the reason, never the run. Media
+# errors only: any other exception is a bug in our code and stops the run with its traceback.
+UNREADABLE = (MediaError,)
 SEGMENT_SIZE = 224
 
 
@@ -63,6 +67,60 @@ class SampleOptions:
     # TriModalDataset.fill_cache). Only for small sets with num_workers=0 (a worker's cache dies
     # with the worker at the epoch's end).
     cache_decoded: bool = False
+
+
+    @classmethod
+    def from_config(cls, data: DataConfig, audio: AudioConfig, **task_specific: Any) -> SampleOptions:
+        """Options of a run's config; ``task_specific`` sets ``masked_audio``, ``random_caption``."""
+        return cls(
+            max_words=data.max_words,
+            max_frames=data.max_frames,
+            frame_sampling=data.frame_sampling,
+            frame_order=data.frame_order,
+            frontend=audio.frontend,
+            max_segments=audio.max_segments,
+            selection=audio.selection,
+            max_seconds=audio.max_seconds,
+            media=data.media,
+            mask_mode=audio.mask_mode,
+            cache_decoded=data.cache_decoded,
+            **task_specific,
+        )
+
+    @classmethod
+    def for_inference(cls, preprocessing: Preprocessing, media: str = "raw") -> SampleOptions:
+        """Deterministic options that reproduce a model's training inputs (no masking, first caption)."""
+        return cls(
+            max_words=preprocessing.max_words,
+            max_frames=preprocessing.max_frames,
+            frame_sampling=preprocessing.frame_sampling,
+            image_size=preprocessing.image_size,
+            frontend=preprocessing.frontend,
+            max_segments=preprocessing.max_segments,
+            selection=preprocessing.selection,
+            max_seconds=preprocessing.max_seconds,
+            media=media,
+            masked_audio=False,
+            random_caption=False,
+        )
+
+    def evaluation(self) -> SampleOptions:
+        """The same inputs for evaluation: no masked copy, the first caption, frames in order."""
+        return dataclasses.replace(self, masked_audio=False, random_caption=False, frame_order="normal")
+
+    def preprocessing(self, audio_type: str | float | None) -> Preprocessing:
+        """What a model file records about these inputs (``clip4vla.models.preprocessing``)."""
+        return Preprocessing(
+            max_words=self.max_words,
+            max_frames=self.max_frames,
+            frame_sampling=self.frame_sampling,
+            image_size=self.image_size,
+            frontend=self.frontend,
+            max_segments=self.max_segments,
+            selection=self.selection,
+            max_seconds=self.max_seconds,
+            audio_type=audio_type,
+        )
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -130,13 +188,19 @@ class TriModalDataset(torch.utils.data.Dataset):
             waveform = load_audio(path, start=record.start, end=record.end, max_seconds=opts.max_seconds)
         except NoAudioError:
             return None
-        return log_mel(waveform, frontend=opts.frontend)
+        spectrogram = log_mel(waveform, frontend=opts.frontend)
+        if not bool(torch.isfinite(spectrogram).all()):
+            # finite but absurd samples (a broken encoder: ~1e18 and up) overflow the power spectrum
+            raise AudioDecodeError(
+                f"{path}: the spectrogram is not finite (peak sample amplitude {float(waveform.abs().max()):.3g})"
+            )
+        return spectrogram
 
     def _audio(self, spectrogram: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
         opts = self.options
         out: dict[str, torch.Tensor] = {}
         if spectrogram is None:
-            # A silent clip is data, not an error: empty mask, fusion falls back to vision (SPEC §6).
+            # A silent clip is data, not an error: empty mask, fusion falls back to vision.
             segments, mask = empty_segments(opts.max_segments)
             out["audio"], out["audio_mask"] = segments, mask
             if opts.masked_audio:

@@ -1,4 +1,4 @@
-"""Turn a folder of raw videos into the prepared form (SPEC §8): 1-fps frames + 16 kHz stereo wav.
+"""Turn a folder of raw videos into the prepared form: 1-fps frames + 16 kHz stereo wav.
 
 Output under ``out_dir``::
 
@@ -44,13 +44,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from clip4vla.audio import NoAudioError, load_audio
+from clip4vla.data.records import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from clip4vla.video.decode import frame_filename, read_one_fps
 
-__all__ = ["VIDEO_EXTENSIONS", "PrepareSummary", "find_videos", "read_manifest", "prepare_videos"]
+__all__ = ["PrepareSummary", "find_videos", "read_manifest", "prepare_videos"]
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".ts")
 MANIFEST = "manifest.jsonl"
 AUDIO_RATE = 16000
 _TMP_MARK = ".tmp-"
@@ -76,14 +76,15 @@ class _Options:
 
 
 def find_videos(videos_dir: str | Path) -> dict[str, Path]:
-    """``video_id`` (file stem) -> path, for every video file under ``videos_dir`` (recursive)."""
+    """``video_id`` (file stem) -> path, for every video (or audio-only) file under ``videos_dir``
+    (recursive). Audio-only files (ESC-50 wavs) are prepared to a wav and no frames."""
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise FileNotFoundError(f"{videos_dir}: videos folder not found")
     found: dict[str, Path] = {}
     clashes: list[str] = []
     for p in sorted(videos_dir.rglob("*")):
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."):
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS + AUDIO_EXTENSIONS and not p.name.startswith("."):
             if p.stem in found:
                 clashes.append(f"{found[p.stem]} / {p}")
             found[p.stem] = p
@@ -138,12 +139,14 @@ def _prepare_one(job: tuple[str, str, _Options]) -> dict:
     tmp_audio = out / "audio" / f"{_TMP_MARK}{video_id}-{os.getpid()}.wav"
     record: dict = {"video_id": video_id, "source": str(video_path), "status": "ok", "duration": None,
                     "fps": None, "has_audio": False, "n_frames": 0, "audio_seconds": None, "error": None}
+    audio_only = Path(video_path).suffix.lower() in AUDIO_EXTENSIONS
     try:
-        seconds, rgb, info = read_one_fps(video_path)
-        if not seconds:
-            raise ValueError("no decodable frames")
-        record.update(duration=info.duration, fps=info.fps, n_frames=len(seconds))
-        _write_frames(tmp_frames, seconds, rgb, opts)
+        if not audio_only:
+            seconds, rgb, info = read_one_fps(video_path)
+            if not seconds:
+                raise ValueError("no decodable frames")
+            record.update(duration=info.duration, fps=info.fps, n_frames=len(seconds))
+            _write_frames(tmp_frames, seconds, rgb, opts)
         try:
             wave = load_audio(video_path, sample_rate=AUDIO_RATE, max_seconds=None)  # [2, N]
         except NoAudioError:
@@ -153,9 +156,10 @@ def _prepare_one(job: tuple[str, str, _Options]) -> dict:
         if wave is not None:
             record.update(has_audio=True, audio_seconds=wave.shape[1] / AUDIO_RATE)
         # Commit: outputs move into place, the caller writes the manifest line afterwards.
-        if final_frames.exists():
-            shutil.rmtree(final_frames)
-        os.replace(tmp_frames, final_frames)
+        if not audio_only:
+            if final_frames.exists():
+                shutil.rmtree(final_frames)
+            os.replace(tmp_frames, final_frames)
         os.replace(tmp_audio, final_audio)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop a long run
         record.update(status="error", error=f"{type(exc).__name__}: {exc}")

@@ -4,7 +4,7 @@ A ``ClipRecord`` says *what* a sample is (which media, which time window, which 
 audio type) without decoding anything, so readers stay fast enough to validate a whole corpus at
 start-up and the dataset layer (``clip4vla.data.dataset``) owns all decoding.
 
-Media layout (SPEC §8), both routes filled in by the readers through ``MediaLayout``:
+Media layout, both routes filled in by the readers through ``MediaLayout``:
 
 - raw:      ``<video_dir>/<video_id>.<ext>`` (the first of ``VIDEO_EXTENSIONS`` that exists), or a
             per-dataset relative path (UCF101: ``<Class>/<file>.avi``); audio-only corpora use
@@ -87,8 +87,8 @@ class ClipRecord:
       None means the audio comes from ``video_path``'s audio stream.
     - ``frames_dir``: prepared 1-fps frames; None when not prepared.
     - ``start``/``end``: seconds within the media files; None means the whole file.
-    - ``captions``: every caption of the clip (multi-caption positives, SPEC §6); at least one.
-    - ``audio_type``: "vb" (verbal) or "nb" (non-verbal), the default type token (SPEC §4).
+    - ``captions``: every caption of the clip (all of them are positives of the clip in retrieval); at least one.
+    - ``audio_type``: "vb" (verbal) or "nb" (non-verbal), the default type token.
     - ``label``: class index for classification corpora (0-based), else None.
     - ``source``: dataset name ("msrvtt", "vatex", ...).
     """

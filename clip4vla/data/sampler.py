@@ -3,7 +3,7 @@
 Two pieces, one job each:
 
 - ``MixtureOrder`` — the epoch order over the concatenation of one or more datasets (the
-  pre-training mixture of HowTo100M and AudioSet, SPEC §8). Default (proportional): an epoch is a
+  pre-training mixture of HowTo100M and AudioSet). Default (proportional): an epoch is a
   seeded permutation of everything, so each record appears once per epoch and the corpora mix in
   proportion to their sizes. With explicit ``weights`` an epoch holds ``round(w_d * num_samples)``
   draws from dataset ``d``, taken from an endless chain of per-dataset permutations, so even a

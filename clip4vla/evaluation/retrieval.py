@@ -1,4 +1,4 @@
-"""Retrieval metrics (SPEC §10): R@1/5/10, median and mean rank, one rank per query.
+"""Retrieval metrics: R@1/5/10, median and mean rank, one rank per query.
 
 Rank rule (all directions): ``rank = 1 + (#targets scored strictly higher than the ground truth)
 + (#other targets tied with it) / 2``, i.e. the average of the positions the tied block could

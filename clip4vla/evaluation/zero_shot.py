@@ -6,7 +6,6 @@ same clips (those with readable frames and an audio track), so one chance level 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from clip4vla.data.dataset import TriModalDataset, collate_samples, usable_rows
 from clip4vla.evaluation.retrieval import retrieval_metrics
+from clip4vla.precision import autocast
 
 TASKS = {"t2a": ("text", "audio"), "v2a": ("video", "audio"), "t2v": ("text", "video")}
 
@@ -29,11 +29,9 @@ def encode_dataset(
 ) -> dict[str, torch.Tensor]:
     """Unit-norm global text/video/audio features of every clip, plus which clips are usable."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     parts: dict[str, list[torch.Tensor]] = {"text": [], "video": [], "audio": [], "usable": []}
     for batch in loader:
-        with autocast:
+        with autocast(device, precision):
             text = model.encode_text(batch["text"].to(device))
             _, video = model.encode_video(batch["frames"].to(device), batch["frame_mask"].to(device))
             _, audio = model.encode_audio(

@@ -1,4 +1,4 @@
-"""The CLIP4VLA audio encoder (SPEC §4): a ViT over log-mel segments plus an audio type token.
+"""The CLIP4VLA audio encoder: a ViT over log-mel segments plus an audio type token.
 
 Each 224x224 segment (3 channels: left, mid, right log-mel) is cut into patches exactly like an
 image, ``[CLS] + patches + [TYPE]`` goes through a transformer with the CLIP vision architecture,
@@ -14,14 +14,14 @@ from typing import Union
 import torch
 from torch import nn
 
-from clip4vla.models.clip import CLIPConfig, VisionTransformer, infer_vision_shape
+from clip4vla.models.clip import CLIPConfig, VisionConfig, VisionTransformer, infer_vision_config
 from clip4vla.models.loading import CheckpointError, check_state_dict, to_float32_state_dict
 from clip4vla.models.pooling import encode_valid, masked_mean_normalised
 
-__all__ = ["AudioEncoder", "AudioType", "TYPE_IDS"]
+__all__ = ["AUDIO_TYPE_IDS", "AudioEncoder", "AudioType"]
 
-# Type ids as used by the data pipeline (sample["audio_type"]): 0 = [VB], 1 = [NB].
-TYPE_IDS = {"vb": 0, "nb": 1}
+# Type ids as the data pipeline produces them (sample["audio_type"]): 0 = [VB], 1 = [NB].
+AUDIO_TYPE_IDS = {"vb": 0, "nb": 1}
 
 # "vb" | "nb" | "both" | mixing ratio w in [0, 1] | LongTensor of type ids
 AudioType = Union[str, float, int, torch.Tensor]
@@ -36,31 +36,13 @@ class AudioEncoder(nn.Module):
     callers need not special-case the ablation.
     """
 
-    def __init__(
-        self,
-        *,
-        image_resolution: int,
-        patch_size: int,
-        width: int,
-        layers: int,
-        heads: int,
-        output_dim: int,
-        use_type_token: bool = True,
-    ) -> None:
+    def __init__(self, vision: VisionConfig, use_type_token: bool = True) -> None:
         super().__init__()
         self.use_type_token = use_type_token
-        self.output_dim = output_dim
-        self.visual = VisionTransformer(
-            input_resolution=image_resolution,
-            patch_size=patch_size,
-            width=width,
-            layers=layers,
-            heads=heads,
-            output_dim=output_dim,
-            extra_positions=1 if use_type_token else 0,
-        )
+        self.output_dim = vision.output_dim
+        self.visual = VisionTransformer(vision, extra_positions=1 if use_type_token else 0)
         if use_type_token:
-            self.type_embedding = nn.Parameter(width**-0.5 * torch.randn(2, width))
+            self.type_embedding = nn.Parameter(vision.width**-0.5 * torch.randn(2, vision.width))
         else:
             self.register_parameter("type_embedding", None)
 
@@ -69,15 +51,7 @@ class AudioEncoder(nn.Module):
     @classmethod
     def scratch(cls, config: CLIPConfig, use_type_token: bool = True) -> AudioEncoder:
         """Randomly initialised encoder with the vision architecture of ``config`` (Table 5 row 1)."""
-        return cls(
-            image_resolution=config.image_resolution,
-            patch_size=config.vision_patch_size,
-            width=config.vision_width,
-            layers=config.vision_layers,
-            heads=config.vision_heads,
-            output_dim=config.embed_dim,
-            use_type_token=use_type_token,
-        )
+        return cls(config.vision, use_type_token=use_type_token)
 
     @classmethod
     def from_vision(cls, vision: VisionTransformer, use_type_token: bool = True) -> AudioEncoder:
@@ -87,15 +61,7 @@ class AudioEncoder(nn.Module):
         vision tower. Only what images lack stays random: the type table and the type
         position's positional row.
         """
-        encoder = cls(
-            image_resolution=vision.input_resolution,
-            patch_size=vision.patch_size,
-            width=vision.width,
-            layers=vision.layers,
-            heads=vision.heads,
-            output_dim=vision.output_dim,
-            use_type_token=use_type_token,
-        ).to(device=vision.proj.device)
+        encoder = cls(vision.config, use_type_token=use_type_token).to(device=vision.proj.device)
         with torch.no_grad():
             state = {k: v.detach().clone() for k, v in vision.state_dict().items()}
             image_rows = 1 + vision.num_patches
@@ -122,21 +88,13 @@ class AudioEncoder(nn.Module):
         if not sub:
             raise CheckpointError(f"{source}: no keys under 'audio.visual.' or 'visual.'")
         use_type_token = "control_embedding" in sub
-        shape = infer_vision_shape(state, prefix, extra_positions=int(use_type_token), source=source)
+        vision = infer_vision_config(state, prefix, extra_positions=int(use_type_token), source=source)
         renamed = {
             ("type_embedding" if k == "control_embedding" else f"visual.{k}"): v for k, v in sub.items()
         }
         renamed = to_float32_state_dict(renamed, source, owned=False, drop=())
         with torch.device("meta"):
-            encoder = cls(
-                image_resolution=shape["image_resolution"],
-                patch_size=shape["patch_size"],
-                width=shape["width"],
-                layers=shape["layers"],
-                heads=shape["heads"],
-                output_dim=shape["output_dim"],
-                use_type_token=use_type_token,
-            )
+            encoder = cls(vision, use_type_token=use_type_token)
         expected = {k: v.shape for k, v in encoder.state_dict().items()}
         # name the REF key in errors, so users can find it in their file
         check_state_dict(renamed, expected, f"{source} (prefix {prefix!r}, control_embedding -> type_embedding)")
@@ -152,9 +110,9 @@ class AudioEncoder(nn.Module):
             key = audio_type.lower()
             if key == "both":
                 return table.unsqueeze(0).expand(n, 2, -1)
-            if key not in TYPE_IDS:
+            if key not in AUDIO_TYPE_IDS:
                 raise ValueError(f"audio_type must be 'vb', 'nb', 'both', a float or type ids; got {audio_type!r}")
-            return table[TYPE_IDS[key]].expand(n, 1, -1)
+            return table[AUDIO_TYPE_IDS[key]].expand(n, 1, -1)
         if isinstance(audio_type, torch.Tensor) and not audio_type.is_floating_point():
             if audio_type.dtype == torch.bool:
                 raise TypeError("audio_type ids must be an integer tensor (0 = VB, 1 = NB), not bool")

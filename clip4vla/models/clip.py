@@ -36,12 +36,27 @@ __all__ = [
     "ResidualAttentionBlock",
     "TextTransformer",
     "Transformer",
+    "VisionConfig",
     "VisionTransformer",
+    "infer_vision_config",
     "load_openai_clip",
 ]
 
 # OpenAI's rule: every attention head is 64 wide.
 HEAD_WIDTH = 64
+ARCHITECTURES = ("micro", "tiny", "vit_b_32", "vit_b_16")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The numbers that define a ViT image tower (and so the audio encoder built like it)."""
+
+    image_resolution: int
+    patch_size: int
+    width: int
+    layers: int
+    heads: int
+    output_dim: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,28 @@ class CLIPConfig:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+
+    @property
+    def vision(self) -> VisionConfig:
+        return VisionConfig(
+            image_resolution=self.image_resolution,
+            patch_size=self.vision_patch_size,
+            width=self.vision_width,
+            layers=self.vision_layers,
+            heads=self.vision_heads,
+            output_dim=self.embed_dim,
+        )
+
+    @classmethod
+    def named(cls, arch: str) -> CLIPConfig:
+        """``"vit_b_32"``, ``"vit_b_16"``, ``"tiny"`` or ``"micro"``."""
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+        return getattr(cls, arch)()
+
+    def name(self) -> str | None:
+        """The named architecture this config equals, or None."""
+        return next((arch for arch in ARCHITECTURES if getattr(CLIPConfig, arch)() == self), None)
 
     @classmethod
     def vit_b_32(cls) -> CLIPConfig:
@@ -118,7 +155,7 @@ class CLIPConfig:
         """
         if "visual.layer1.0.conv1.weight" in state:
             raise CheckpointError(f"{source}: ResNet CLIP checkpoints are not supported (ViT only)")
-        vision = infer_vision_shape(state, "visual.", extra_positions=0, source=source)
+        vision = infer_vision_config(state, "visual.", extra_positions=0, source=source)
         text_width = _shape(state, "ln_final.weight", source, ndim=1)[0]
         context_length, pos_width = _shape(state, "positional_embedding", source, ndim=2)
         vocab_size, tok_width = _shape(state, "token_embedding.weight", source, ndim=2)
@@ -129,17 +166,15 @@ class CLIPConfig:
                 raise CheckpointError(
                     f"{source}: {key} has width {width} but ln_final.weight has {text_width}"
                 )
-        if vision["output_dim"] != embed_dim:
-            raise CheckpointError(
-                f"{source}: visual.proj outputs {vision['output_dim']} but text_projection {embed_dim}"
-            )
+        if vision.output_dim != embed_dim:
+            raise CheckpointError(f"{source}: visual.proj outputs {vision.output_dim} but text_projection {embed_dim}")
         return cls(
             embed_dim=embed_dim,
-            image_resolution=vision["image_resolution"],
-            vision_layers=vision["layers"],
-            vision_width=vision["width"],
-            vision_heads=vision["heads"],
-            vision_patch_size=vision["patch_size"],
+            image_resolution=vision.image_resolution,
+            vision_layers=vision.layers,
+            vision_width=vision.width,
+            vision_heads=vision.heads,
+            vision_patch_size=vision.patch_size,
             context_length=context_length,
             vocab_size=vocab_size,
             transformer_width=text_width,
@@ -148,9 +183,9 @@ class CLIPConfig:
         )
 
 
-def infer_vision_shape(
+def infer_vision_config(
     state: Mapping[str, torch.Tensor], prefix: str, extra_positions: int, source: str
-) -> dict[str, int]:
+) -> VisionConfig:
     """Vision-tower numbers from ``{prefix}conv1.weight``, positional table and projection.
 
     ``extra_positions`` is the number of positional rows beyond CLS + patches (1 for the audio
@@ -172,14 +207,14 @@ def infer_vision_shape(
     proj_in, output_dim = _shape(state, f"{prefix}proj", source, ndim=2)
     if proj_in != width:
         raise CheckpointError(f"{source}: {prefix}proj has {proj_in} input rows, conv1 width {width}")
-    return {
-        "width": width,
-        "patch_size": patch,
-        "image_resolution": patch * grid,
-        "layers": _count_blocks(state, f"{prefix}transformer.resblocks.", source),
-        "heads": max(1, width // HEAD_WIDTH),
-        "output_dim": output_dim,
-    }
+    return VisionConfig(
+        image_resolution=patch * grid,
+        patch_size=patch,
+        width=width,
+        layers=_count_blocks(state, f"{prefix}transformer.resblocks.", source),
+        heads=max(1, width // HEAD_WIDTH),
+        output_dim=output_dim,
+    )
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, source: str, ndim: int) -> tuple[int, ...]:
@@ -295,46 +330,36 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """CLIP's ViT image tower, split into patch embedding and token encoding.
+    """CLIP's ViT image tower, split into patch embedding, token encoding and the head.
 
     The split is what the audio encoder needs: it embeds spectrogram patches with
-    :meth:`embed_patches`, appends its audio type token, and runs :meth:`encode_tokens`.
-    ``extra_positions`` adds positional rows after CLS + patches (the type token's position);
-    :meth:`embed_patches` only uses the first ``1 + num_patches`` rows.
+    :meth:`embed_patches`, appends its audio type token, and runs :meth:`forward_features` and
+    :meth:`forward_head` on that sequence. ``extra_positions`` adds positional rows after CLS +
+    patches (the type token's position); :meth:`embed_patches` only uses the first
+    ``1 + num_patches`` rows.
     """
 
-    def __init__(
-        self,
-        input_resolution: int,
-        patch_size: int,
-        width: int,
-        layers: int,
-        heads: int,
-        output_dim: int,
-        extra_positions: int = 0,
-    ) -> None:
+    def __init__(self, config: VisionConfig, extra_positions: int = 0) -> None:
         super().__init__()
-        if input_resolution % patch_size:
-            raise ValueError(f"resolution {input_resolution} is not a multiple of patch {patch_size}")
-        self.input_resolution = input_resolution
-        self.patch_size = patch_size
-        self.width = width
-        self.layers = layers
-        self.heads = heads
-        self.output_dim = output_dim
-        self.num_patches = (input_resolution // patch_size) ** 2
+        if config.image_resolution % config.patch_size:
+            raise ValueError(f"resolution {config.image_resolution} is not a multiple of patch {config.patch_size}")
+        self.config = config
+        self.input_resolution = config.image_resolution
+        self.output_dim = config.output_dim
+        self.num_patches = (config.image_resolution // config.patch_size) ** 2
         self.extra_positions = extra_positions
+        width = config.width
 
         scale = width**-0.5
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(
             scale * torch.randn(1 + self.num_patches + extra_positions, width)
         )
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, config.layers, config.heads)
         self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.proj = nn.Parameter(scale * torch.randn(width, config.output_dim))
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, R, R]`` -> ``[N, 1 + P, W]``: patches, CLS prepended, positions added."""
@@ -349,12 +374,18 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)  # [N, 1 + P, W]
         return x + self.positional_embedding[: 1 + self.num_patches].to(x.dtype)
 
+    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, S, W]`` embedded token sequence (CLS first) -> ``[N, S, W]`` encoded tokens."""
+        return self.transformer(self.ln_pre(tokens))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N, S, W]`` encoded tokens -> ``[N, D]`` projected CLS."""
+        x = self.ln_post(features[:, 0, :])  # [N, W]
+        return x @ self.proj.to(x.dtype)
+
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[N, S, W]`` token sequence (CLS first) -> ``[N, D]`` projected CLS."""
-        x = self.ln_pre(tokens)
-        x = self.transformer(x)
-        x = self.ln_post(x[:, 0, :])  # [N, W]
-        return x @ self.proj.to(x.dtype)
+        return self.forward_head(self.forward_features(tokens))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_tokens(self.embed_patches(images))
@@ -396,23 +427,41 @@ class TextTransformer(nn.Module):
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width**-0.5)
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[N, S]`` token ids (S <= context_length) -> ``[N, D]`` unnormalised feature.
+    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, S]`` token ids (S <= context_length) -> ``[N, S, W]`` after ``ln_final``.
 
-        Positions use rows ``[:S]`` so shorter sequences (max_words 32) work; pooling is at
-        ``argmax`` = the first EOT (49407 is the largest id), as OpenAI.
+        Positions use rows ``[:S]`` so shorter sequences (max_words 32) work; attention is causal,
+        so token ``i`` only sees tokens ``<= i`` (what the caption generator's prefix needs).
         """
         context_length = self.positional_embedding.shape[0]
         if tokens.dim() != 2 or tokens.shape[1] > context_length:
             raise ValueError(f"expected tokens [N, S] with S <= {context_length}, got {tuple(tokens.shape)}")
-        tokens = tokens.long()
-        x = self.token_embedding(tokens)  # [N, S, W]
+        x = self.token_embedding(tokens.long())  # [N, S, W]
         x = x + self.positional_embedding[: tokens.shape[1]].to(x.dtype)
         x = self.transformer(x)
-        x = self.ln_final(x)
+        return self.ln_final(x)
+
+    def forward_head(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, S, W]`` features -> ``[N, D]`` projected feature at the first EOT.
+
+        ``argmax`` finds the first EOT because 49407 is the largest id, as OpenAI.
+        """
         eot = tokens.argmax(dim=-1)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]  # [N, W]
+        x = features[torch.arange(features.shape[0], device=features.device), eot]  # [N, W]
         return x @ self.text_projection.to(x.dtype)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, S]`` token ids -> ``[N, D]`` unnormalised global text feature."""
+        return self.forward_head(self.forward_features(tokens), tokens)
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[N, S]`` token ids -> (``[N, S, D]`` every token projected, ``[N, D]`` global).
+
+        The per-token features are what the G2L/L2L fusion and the caption generator read; the
+        global one is the same value :meth:`encode_text` returns, from one pass.
+        """
+        features = self.forward_features(tokens)  # [N, S, W]
+        return features @ self.text_projection.to(features.dtype), self.forward_head(features, tokens)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encode_text(tokens)
@@ -431,14 +480,7 @@ class CLIP(TextTransformer):
             output_dim=config.embed_dim,
         )
         self.config = config
-        self.visual = VisionTransformer(
-            input_resolution=config.image_resolution,
-            patch_size=config.vision_patch_size,
-            width=config.vision_width,
-            layers=config.vision_layers,
-            heads=config.vision_heads,
-            output_dim=config.embed_dim,
-        )
+        self.visual = VisionTransformer(config.vision)
         self.logit_scale = nn.Parameter(torch.full((), math.log(1 / 0.07)))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The tri-encoder: CLIP's text and vision towers plus the audio encoder (SPEC §0).
+"""The tri-encoder: CLIP's text and vision towers plus the audio encoder.
 
 This module only encodes; similarities, fusion and the temperature belong to the losses and
 heads (``logit_scale`` stays inside ``clip`` only because OpenAI checkpoints carry it).
@@ -7,15 +7,15 @@ heads (``logit_scale`` stays inside ``clip`` only because OpenAI checkpoints car
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from clip4vla.models.audio import AudioEncoder, AudioType
-from clip4vla.models.clip import CLIP, CLIPConfig, load_openai_clip
+from clip4vla.models.clip import CLIP, CLIPConfig
 from clip4vla.models.pooling import encode_valid, masked_mean_normalised
+from clip4vla.models.preprocessing import Preprocessing
 
 __all__ = ["AUDIO_INITS", "CLIP4VLA"]
 
@@ -37,7 +37,18 @@ class CLIP4VLA(nn.Module):
             )
         self.clip = clip
         self.audio = audio
+        # Task heads (retrieval fusion, caption generator) that fine-tuning adds; saved with the
+        # weights under "heads.<name>." and rebuilt by load_model from the file's architecture.
+        self.heads = nn.ModuleDict()
         self.clip_frozen = False
+        # How media become inputs for these weights (set by load_model and by the trainer).
+        self.preprocessing: Preprocessing | None = None
+
+    def attach_head(self, name: str, head: nn.Module) -> None:
+        """Add a task head; it must describe itself with ``architecture() -> dict`` for model files."""
+        if not callable(getattr(head, "architecture", None)):
+            raise TypeError(f"head {name!r} ({type(head).__name__}) has no architecture() method")
+        self.heads[name] = head
 
     @classmethod
     def from_clip(cls, clip: CLIP, audio_init: str = "vision", use_type_token: bool = True) -> CLIP4VLA:
@@ -49,18 +60,6 @@ class CLIP4VLA(nn.Module):
         else:
             raise ValueError(f"audio_init must be one of {AUDIO_INITS}, got {audio_init!r}")
         return cls(clip, audio)
-
-    @classmethod
-    def from_openai(
-        cls,
-        path: str | os.PathLike,
-        audio_init: str = "vision",
-        use_type_token: bool = True,
-        device: str | torch.device = "cpu",
-    ) -> CLIP4VLA:
-        """Start from an OpenAI CLIP checkpoint (TorchScript archive or state dict)."""
-        clip = load_openai_clip(path, device=device)
-        return cls.from_clip(clip, audio_init, use_type_token).train()
 
     @classmethod
     def from_config(
@@ -93,6 +92,15 @@ class CLIP4VLA(nn.Module):
         """``[B, S]`` token ids (S = 77 or max_words) -> ``[B, D]`` unnormalised text feature."""
         with self._clip_context():
             return self.clip.encode_text(tokens)
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, S]`` token ids -> (``[B, S, D]`` per-token features, ``[B, D]`` global), one pass.
+
+        Padding positions hold features too (causal attention never lets them reach real
+        tokens); callers mask them with ``tokens != 0``.
+        """
+        with self._clip_context():
+            return self.clip.encode_text_tokens(tokens)
 
     def encode_video(
         self, frames: torch.Tensor, frame_mask: torch.Tensor

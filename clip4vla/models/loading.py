@@ -24,6 +24,7 @@ __all__ = [
     "check_state_dict",
     "is_torchscript_archive",
     "read_state_dict",
+    "read_weights_only",
     "to_float32_state_dict",
 ]
 
@@ -53,6 +54,19 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+def read_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> object:
+    """The one reader of ``torch.save`` files: ``torch.load(weights_only=True)``, so no pickled
+    code ever runs; every failure (missing, truncated, foreign, unsafe) is a :class:`CheckpointError`
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip/pickle/IO errors all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
     """Read a state dict from a plain ``torch.save`` file or a TorchScript archive.
 
@@ -62,20 +76,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        if is_torchscript_archive(path):
+    if is_torchscript_archive(path):
+        try:
             with warnings.catch_warnings():
                 # OpenAI ships TorchScript; torch.jit.load's deprecation notice is not actionable
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
             state = dict(module.state_dict())
             del module  # drop the graph early; only the tensors are kept
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zips, bad pickles, foreign formats: all one failure
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint ({type(err).__name__}: {err})"
-        ) from err
+        except Exception as err:  # truncated zips, bad pickles: all one failure
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+    else:
+        state = read_weights_only(path)
     if not isinstance(state, Mapping):
         raise CheckpointError(
             f"{path}: expected a state dict (mapping of names to tensors), got {type(state).__name__}"

@@ -1,7 +1,7 @@
 """Pooling of per-item features (frames, audio segments) into one clip embedding.
 
 One function for both modalities, so video and audio globals are computed identically
-(SPEC §2, §4: L2-normalise each item -> masked mean -> L2-normalise), and one helper that
+(L2-normalise each item -> masked mean -> L2-normalise), and one helper that
 encodes only the valid items of a padded batch.
 """
 

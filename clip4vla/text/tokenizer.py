@@ -1,4 +1,4 @@
-"""OpenAI CLIP byte-level BPE tokenizer (SPEC §1).
+"""OpenAI CLIP byte-level BPE tokenizer.
 
 The vocabulary is rebuilt from the shipped merges file exactly as the CLIP text tower expects it:
 256 byte symbols, the same 256 symbols with the word-end marker ``</w>``, 48,894 merges, then

@@ -1,12 +1,10 @@
-"""Atomic training checkpoints, keep-last-N rotation, fallback past corrupt files, RNG capture.
+"""Training checkpoints: keep-last-N rotation, fallback past corrupt files, RNG capture.
 
-A checkpoint is untrusted input (SPEC §12), so it is read with ``torch.load(weights_only=True)``;
-everything we write must survive that: tensors, numbers, strings, bytes, None and
-dict/list/tuple containers only. RNG states are therefore stored as tensors and plain tuples.
-
-Writes are atomic: the file is written under a hidden temporary name in the target directory,
-flushed and fsynced, then ``os.replace``d over the final name. A crash mid-write leaves the
-previous checkpoint untouched and no partial file that looks like a checkpoint.
+A checkpoint is untrusted input, so it is read with ``torch.load(weights_only=True)``; everything
+we write must survive that: tensors, numbers, strings, bytes, None and dict/list/tuple containers
+only. RNG states are therefore stored as tensors and plain tuples. Writes are atomic
+(:mod:`clip4vla.files`): a crash mid-write leaves the previous checkpoint untouched and no partial
+file that looks like a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,14 +13,15 @@ import logging
 import os
 import random
 import re
-import tempfile
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from clip4vla.files import TMP_PREFIX, save_checkpoint
+from clip4vla.models.loading import CheckpointError, read_weights_only
 
 __all__ = [
     "CheckpointError",
@@ -36,85 +35,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-_TMP_PREFIX = ".tmp-"  # hidden, and never matches _CKPT_RE
-
-# leaf types torch.load(weights_only=True) reads back
-_SAFE_LEAVES = (torch.Tensor, int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read (missing, truncated, corrupt or holding unsafe types)."""
-
-
-def _check_safe(obj: Any, where: str) -> None:
-    """Reject what ``weights_only`` loading would refuse, at save time and with the key path."""
-    if isinstance(obj, _SAFE_LEAVES):
-        return
-    if type(obj) in (dict, OrderedDict):  # exact types: e.g. defaultdict is refused by the loader
-        for key, value in obj.items():
-            if not isinstance(key, (str, int)):
-                raise TypeError(f"checkpoint key {where}[{key!r}] has type {type(key).__name__}; use str or int keys")
-            _check_safe(value, f"{where}.{key}" if where else str(key))
-        return
-    if type(obj) in (list, tuple, torch.Size):
-        for i, value in enumerate(obj):
-            _check_safe(value, f"{where}[{i}]")
-        return
-    hint = " (convert it with torch.from_numpy)" if isinstance(obj, (np.ndarray, np.generic)) else ""
-    raise TypeError(
-        f"checkpoint entry {where or '<root>'} has type {type(obj).__module__}.{type(obj).__qualname__}, "
-        f"which torch.load(weights_only=True) cannot read{hint}"
-    )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); not possible on every platform."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, os.replace)."""
-    if not isinstance(state, dict):
-        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
-    _check_safe(state, "")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; any failure is a :class:`CheckpointError`
     naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # zip/pickle/IO errors all mean "unreadable"
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    state = read_weights_only(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
@@ -137,7 +62,7 @@ class CheckpointManager:
 
     def _remove_stale_temps(self) -> None:
         """Leftovers of a writer that was killed mid-save (never valid checkpoints)."""
-        for tmp in self.directory.glob(f"{_TMP_PREFIX}ckpt_*"):
+        for tmp in self.directory.glob(f"{TMP_PREFIX}ckpt_*"):
             logger.warning("removing incomplete checkpoint write %s", tmp)
             tmp.unlink(missing_ok=True)
 

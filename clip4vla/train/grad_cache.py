@@ -1,4 +1,4 @@
-"""Gradient accumulation that keeps the whole accumulated batch as negatives (SPEC §5).
+"""Gradient accumulation that keeps the whole accumulated batch as negatives.
 
 Plain accumulation computes the contrastive loss per micro-batch, so "batch 4096 in 16 steps"
 really trains with 256 negatives (REF). Feature caching (GradCache) fixes that at the cost of one

@@ -1,4 +1,4 @@
-"""AdamW with CLIP4Clip-style parameter groups, and the warm-up + cosine schedule (SPEC §9).
+"""AdamW with CLIP4Clip-style parameter groups, and the warm-up + cosine schedule.
 
 Parameter groups (only parameters with ``requires_grad``):
 
@@ -99,7 +99,7 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> floa
     """LR multiplier: linear 0 → 1 over ``warmup_steps``, then cosine 1 → 0 at ``total_steps``.
 
     (REF's BertAdam schedule takes the cosine over the *whole* run's progress, so it jumps down
-    right after warm-up; we start the cosine where warm-up ends, as SPEC §9 reads.)
+    right after warm-up; we start the cosine where warm-up ends.)
     """
     if step < warmup_steps:
         return step / warmup_steps
@@ -111,7 +111,7 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> floa
 
 class WarmupCosine(LRScheduler):
     """Per-step scheduler: ``lr = base_lr · warmup_cosine_factor(step)``; call ``step()`` after
-    every optimiser step. ``warmup`` is the warm-up fraction of ``total_steps`` (SPEC §9: 0.1).
+    every optimiser step. ``warmup`` is the warm-up fraction of ``total_steps`` (0.1 in every released setting).
     Its state dict holds only numbers, so it loads with ``torch.load(weights_only=True)``."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1, last_epoch: int = -1):

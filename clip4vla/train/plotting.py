@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-# total and the PretrainLoss parts (text-audio, video-audio, audio-masked audio, REF extras)
-LOSS_KEYS = ("loss", "ta", "va", "aa", "tv", "tt", "vv")
-
-
-def plot_metrics(history: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
-    """Plot every ``loss*``/``nce*`` series against step, and ``val/*/R1`` on a second panel."""
+def plot_metrics(
+    history: Sequence[dict[str, Any]], path: str | Path, loss_keys: Sequence[str] = ("loss",), title: str = "losses"
+) -> Path | None:
+    """Plot the ``loss_keys`` series against step, and validation R@1 / CIDEr on a second panel."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training nodes
@@ -21,7 +19,7 @@ def plot_metrics(history: Sequence[dict[str, Any]], path: str | Path) -> Path | 
     val_rows = [r for r in history if any(k.startswith("val/") for k in r)]
     if not train_rows:
         return None
-    loss_keys = [k for k in LOSS_KEYS if any(k in r for r in train_rows)]
+    loss_keys = [k for k in loss_keys if any(k in r for r in train_rows)]
     fig, axes = plt.subplots(1, 2 if val_rows else 1, figsize=(12 if val_rows else 7, 4), squeeze=False)
     ax = axes[0][0]
     for key in loss_keys:
@@ -29,17 +27,17 @@ def plot_metrics(history: Sequence[dict[str, Any]], path: str | Path) -> Path | 
         ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("pre-training losses")
+    ax.set_title(title)
     ax.legend()
     if val_rows:
         ax = axes[0][1]
-        r1_keys = sorted({k for r in val_rows for k in r if k.startswith("val/") and k.endswith("/R1")})
+        r1_keys = sorted({k for r in val_rows for k in r if k.startswith("val/") and k.endswith(("/R1", "CIDEr"))})
         for key in r1_keys:
             points = [(r["step"], r[key]) for r in val_rows if key in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key.split("/")[1])
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key[len("val/"):])
         ax.set_xlabel("step")
-        ax.set_ylabel("R@1 (%)")
-        ax.set_title("zero-shot validation")
+        ax.set_ylabel("R@1 (%) / CIDEr")
+        ax.set_title("validation")
         ax.legend()
     fig.tight_layout()
     path = Path(path)

@@ -1,4 +1,4 @@
-"""Video frames at 1 fps, from a raw video (PyAV) or from prepared JPEG/PNG frames (SPEC §2, §8).
+"""Video frames at 1 fps, from a raw video (PyAV) or from prepared JPEG/PNG frames.
 
 Both routes find the clip's available 1-fps seconds with the rule in
 :mod:`clip4vla.video.sampling`, choose frames with the same :func:`choose_seconds`, and apply the

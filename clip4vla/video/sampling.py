@@ -1,4 +1,4 @@
-"""Which 1-fps frames a clip keeps, and in which order (SPEC §2).
+"""Which 1-fps frames a clip keeps, and in which order.
 
 Shared by the raw-video route (``decode.load_video_frames``) and the prepared route
 (``decode.load_prepared_frames``): both first find the *available seconds* of a clip, then call

@@ -1,4 +1,4 @@
-"""CLIP image transform (SPEC §2): short side -> S (bicubic), centre crop S, RGB, CLIP mean/std.
+"""CLIP image transform: short side -> S (bicubic), centre crop S, RGB, CLIP mean/std.
 
 Two routes give (nearly) the same numbers:
 

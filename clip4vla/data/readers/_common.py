@@ -189,26 +189,41 @@ def parse_audio_type(
     return value
 
 
+class UniqueLines:
+    """Where each key of a file was first seen: a repeat is an ``AnnotationError`` naming both lines.
+
+    A repeated id would silently double-count a clip (or add a second ground truth to a query), so
+    every reader refuses one.
+    """
+
+    def __init__(self, path: Path, field: str, what: str = "id") -> None:
+        self.path, self.field, self.what = path, field, what
+        self.first: dict[str, int] = {}
+
+    def add(self, key: str, line: int) -> None:
+        if key in self.first:
+            raise AnnotationError(
+                self.path, f"duplicate {self.what} {key!r} (first on line {self.first[key]})", line=line, field=self.field
+            )
+        self.first[key] = line
+
+
 def read_id_list(path: Path, column: str = "video_id") -> list[tuple[int, str]]:
     """A split csv of ids (header ``video_id``); duplicates are an error because they would double-count."""
-    seen: dict[str, int] = {}
+    unique = UniqueLines(path, column)
     out: list[tuple[int, str]] = []
     for line, row in read_csv(path, [column]):
         vid = row[column]
         if not vid:
             raise AnnotationError(path, "empty id", line=line, field=column)
-        if vid in seen:
-            raise AnnotationError(
-                path, f"duplicate id {vid!r} (first on line {seen[vid]})", line=line, field=column
-            )
-        seen[vid] = line
+        unique.add(vid, line)
         out.append((line, vid))
     return out
 
 
 def default_unfold(unfold_captions: bool | None, split: str) -> bool:
     """Training visits each (clip, caption) pair once per epoch (CLIP4Clip); evaluation keeps one
-    record per clip with all its captions, so multi-caption positives are grouped (SPEC §6)."""
+    record per clip with all its captions, so multi-caption positives are grouped."""
     return split == "train" if unfold_captions is None else bool(unfold_captions)
 
 

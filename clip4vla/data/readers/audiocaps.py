@@ -1,8 +1,8 @@
-"""AudioCaps annotations (SPEC §8): official ``train.csv`` / ``val.csv`` / ``test.csv`` with columns
+"""AudioCaps annotations: official ``train.csv`` / ``val.csv`` / ``test.csv`` with columns
 ``audiocap_id,youtube_id,start_time,caption``; 10-s clips, 5 captions per val/test clip.
 
 Rows are grouped by ``youtube_id`` (first-appearance order), so a val/test record carries all
-five captions as multi-caption positives (SPEC §6). Two rows of one ``youtube_id`` with different
+five captions as multi-caption positives. Two rows of one ``youtube_id`` with different
 ``start_time`` would be two different clips under one name: that is an error.
 
 Media naming, chosen by ``media``:
@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from clip4vla.data.readers._common import (
+    UniqueLines,
     check_choice,
     default_unfold,
     parse_audio_type,
@@ -64,19 +65,12 @@ def read_audiocaps(
     path = require_file(Path(annotation_dir) / f"{split}.csv", f"AudioCaps {split} csv")
 
     groups: dict[str, tuple[float, int, list[str]]] = {}  # youtube_id -> (start, first line, captions)
-    seen_ids: dict[str, int] = {}
+    unique = UniqueLines(path, "audiocap_id", "audiocap_id")
     for line, row in read_csv(path, COLUMNS):
         cap_id = row["audiocap_id"]
         if not cap_id:
             raise AnnotationError(path, "empty id", line=line, field="audiocap_id")
-        if cap_id in seen_ids:
-            raise AnnotationError(
-                path,
-                f"duplicate audiocap_id {cap_id!r} (first on line {seen_ids[cap_id]})",
-                line=line,
-                field="audiocap_id",
-            )
-        seen_ids[cap_id] = line
+        unique.add(cap_id, line)
         ytid = row["youtube_id"]
         if not ytid:
             raise AnnotationError(path, "empty id", line=line, field="youtube_id")

@@ -1,4 +1,4 @@
-"""AudioSet segments (SPEC §8): segments csv + ``ontology.json`` -> "the sound of ..." captions.
+"""AudioSet segments: segments csv + ``ontology.json`` -> "the sound of ..." captions.
 
 The official segments csv (``balanced_train_segments.csv`` etc.) starts with comment lines, the
 last of which is the header::
@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from clip4vla.data.readers._common import (
+    UniqueLines,
     check_choice,
     format_seconds,
     load_json,
@@ -92,7 +93,7 @@ def read_audioset(
     path = require_file(segments_csv, "AudioSet segments csv")
     layout = MediaLayout(video_dir=video_dir, audio_dir=audio_dir, prepared_dir=prepared_dir)
     records = []
-    seen: dict[str, int] = {}
+    unique = UniqueLines(path, "YTID", "segment")
     for line, row in read_csv(path, COLUMNS, header_comment="#"):
         ytid = row["YTID"]
         if not ytid:
@@ -114,14 +115,7 @@ def read_audioset(
                 path, f"label id(s) {unknown} not in the ontology", line=line, field="positive_labels"
             )
         video_id = name_format.format(ytid=ytid, start=format_seconds(start), end=format_seconds(end))
-        if video_id in seen:
-            raise AnnotationError(
-                path,
-                f"duplicate segment {video_id!r} (first on line {seen[video_id]})",
-                line=line,
-                field="YTID",
-            )
-        seen[video_id] = line
+        unique.add(video_id, line)
         if media == "full":
             paths, window = layout.resolve(ytid), {"start": start, "end": end}
         else:

@@ -1,4 +1,4 @@
-"""ESC-50 (SPEC §8): ``<root>/meta/esc50.csv`` (``filename,fold,target,category,esc10,src_file,take``)
+"""ESC-50: ``<root>/meta/esc50.csv`` (``filename,fold,target,category,esc10,src_file,take``)
 and ``<root>/audio/<filename>`` (5-s, 44.1 kHz mono wav; the audio loader resamples).
 
 Audio only: ``video_path`` None, ``audio_path`` set (the prepared wav when ``prepared_dir`` is
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from clip4vla.data.readers._common import parse_audio_type, parse_int, read_csv, require_file
+from clip4vla.data.readers._common import UniqueLines, parse_audio_type, parse_int, read_csv, require_file
 from clip4vla.data.records import AnnotationError, ClipRecord, MediaLayout
 
 FOLDS = (1, 2, 3, 4, 5)
@@ -33,7 +33,7 @@ def read_esc50(
         root: the ESC-50 folder (``meta/esc50.csv``, ``audio/``).
         folds: which of the 5 folds to keep, e.g. ``[1, 2, 3, 4]`` for training on fold 5's split.
         prepared_dir: optional prepared media root (16 kHz stereo wavs in ``audio/``).
-        audio_type: ``"nb"`` (SPEC §10: the probe runs the audio encoder with type NB).
+        audio_type: ``"nb"`` (the ESC-50 probe runs the audio encoder with type NB).
     """
     folds = set(folds)
     bad = folds - set(FOLDS)
@@ -44,20 +44,13 @@ def read_esc50(
     path = require_file(root / "meta" / "esc50.csv", "ESC-50 meta csv")
     layout = MediaLayout(audio_dir=root / "audio", prepared_dir=prepared_dir)
     category_of: dict[int, tuple[str, int]] = {}
-    seen: dict[str, int] = {}
+    unique = UniqueLines(path, "filename", "file")
     records = []
     for line, row in read_csv(path, COLUMNS):
         filename = row["filename"]
         if not filename:
             raise AnnotationError(path, "empty file name", line=line, field="filename")
-        if filename in seen:
-            raise AnnotationError(
-                path,
-                f"duplicate file {filename!r} (first on line {seen[filename]})",
-                line=line,
-                field="filename",
-            )
-        seen[filename] = line
+        unique.add(filename, line)
         fold = parse_int(row["fold"], path, "fold", line=line)
         if fold not in FOLDS:
             raise AnnotationError(path, f"fold {fold} is not one of {FOLDS}", line=line, field="fold")

@@ -1,4 +1,4 @@
-"""HowTo100M transcripts (SPEC §8): ``{video_id: {"start": [...], "end": [...], "text": [...]}}``.
+"""HowTo100M transcripts: ``{video_id: {"start": [...], "end": [...], "text": [...]}}``.
 
 One record per transcript span. A span shorter than ``min_seconds`` (10) or with fewer than
 ``min_words`` (5) words is grown with neighbouring spans of the same video until both hold or the

@@ -1,4 +1,4 @@
-"""MSR-VTT annotations (SPEC §8): retrieval 9k / 1k-A and captioning by the official split.
+"""MSR-VTT annotations: retrieval 9k / 1k-A and captioning by the official split.
 
 Files (standard names, all in ``annotation_dir``):
 
@@ -11,7 +11,7 @@ Files (standard names, all in ``annotation_dir``):
 - ``MSRVTT_JSFUSION_test.csv``: ``key,vid_key,video_id,sentence`` (the real file also has a
   leading unnamed index column), the 1k-A test set with one caption per video.
 - ``MSRVTT_val.csv`` (our extension, optional): the same format, a retrieval validation set to
-  choose checkpoints on (SPEC §10; REF selected on test). The official release has none: build
+  choose checkpoints on (fine-tuning selects on validation, never on test; REF selected on test). The official release has none: build
   it from videos outside the 9k list and 1k-A (the synthetic dataset writes one).
 
 Media: ``<video_dir>/<video_id>.mp4`` (MSR-VTT clips are distributed trimmed: whole file).
@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from clip4vla.data.readers._common import (
+    UniqueLines,
     check_choice,
     default_unfold,
     load_json,
@@ -159,17 +160,12 @@ def _read_caption_csv(root: Path, name: str, layout: MediaLayout) -> list[ClipRe
     json_path = root / DATA_JSON
     meta = _MsrvttJson(json_path) if json_path.is_file() else None
     groups = []
-    seen: dict[str, int] = {}
+    unique = UniqueLines(csv_path, "video_id", "video")
     for line, row in read_csv(csv_path, ["video_id", "sentence"]):
         vid = row["video_id"]
         if not vid:
             raise AnnotationError(csv_path, "empty id", line=line, field="video_id")
-        if vid in seen:
-            # 1k-A is one caption per video; a repeat would silently add a second ground truth.
-            raise AnnotationError(
-                csv_path, f"duplicate video {vid!r} (first on line {seen[vid]})", line=line, field="video_id"
-            )
-        seen[vid] = line
+        unique.add(vid, line)  # 1k-A is one caption per video
         caption = parse_caption(row["sentence"], csv_path, "sentence", line=line)
         audio_type = "vb"
         if meta is not None:

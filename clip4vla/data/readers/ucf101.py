@@ -1,4 +1,4 @@
-"""UCF101 (SPEC §8): ``ucfTrainTestlist/`` (``classInd.txt``: ``1 ApplyEyeMakeup``;
+"""UCF101: ``ucfTrainTestlist/`` (``classInd.txt``: ``1 ApplyEyeMakeup``;
 ``trainlist0{1,2,3}.txt``: ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1``;
 ``testlist0{1,2,3}.txt``: the path only, class from its folder) and ``UCF-101/<Class>/<file>.avi``.
 
@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from clip4vla.data.readers._common import check_choice, parse_audio_type, parse_int, require_file
+from clip4vla.data.readers._common import UniqueLines, check_choice, parse_audio_type, parse_int, require_file
 from clip4vla.data.records import AnnotationError, ClipRecord, MediaLayout
 
 SPLITS = (1, 2, 3)
@@ -83,7 +83,7 @@ def read_ucf101(
     classes = read_class_index(list_dir / "classInd.txt")
     path = require_file(list_dir / f"{subset}list0{split}.txt", f"UCF101 {subset} list")
     layout = MediaLayout(video_dir=video_dir, prepared_dir=prepared_dir)
-    seen: dict[str, int] = {}
+    unique = UniqueLines(path, "path", "video")
     records = []
     for line, fields in _lines(path):
         expected = 2 if subset == "train" else 1
@@ -110,11 +110,7 @@ def read_ucf101(
                     field="label",
                 )
         stem = Path(filename).stem
-        if stem in seen:
-            raise AnnotationError(
-                path, f"duplicate video {stem!r} (first on line {seen[stem]})", line=line, field="path"
-            )
-        seen[stem] = line
+        unique.add(stem, line)
         records.append(
             ClipRecord(
                 video_id=stem,

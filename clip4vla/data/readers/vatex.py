@@ -1,4 +1,4 @@
-"""VATEX annotations (SPEC §8): ``[{"videoID", "enCap": [10 captions]}]`` json files.
+"""VATEX annotations: ``[{"videoID", "enCap": [10 captions]}]`` json files.
 
 ``videoID`` is ``<ytid>_<start:06d>_<end:06d>`` (YouTube ids may themselves contain ``_``, so it
 is split from the right). Media naming, chosen by ``media``:

@@ -1,0 +1,103 @@
+"""Files written so that a crash never leaves a half-written one under the final name.
+
+Every output a user relies on (checkpoints, model files, metrics, feature shards, search indexes)
+goes through here: written under a hidden temporary name in the target directory, flushed and
+fsynced, then ``os.replace``d over the final name, and the directory fsynced. A crash mid-write
+leaves the previous file untouched.
+
+Torch files must read back with ``torch.load(weights_only=True)`` (files are untrusted input), so
+:func:`save_checkpoint` refuses at save time what that loader would refuse later.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = ["TMP_PREFIX", "save_checkpoint", "write_atomic", "write_text_atomic"]
+
+TMP_PREFIX = ".tmp-"  # hidden, and never matches a checkpoint name
+
+# leaf types torch.load(weights_only=True) reads back
+_SAFE_LEAVES = (torch.Tensor, int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _check_safe(obj: Any, where: str) -> None:
+    """Reject what ``weights_only`` loading would refuse, at save time and with the key path."""
+    if isinstance(obj, _SAFE_LEAVES):
+        return
+    if type(obj) in (dict, OrderedDict):  # exact types: e.g. defaultdict is refused by the loader
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"checkpoint key {where}[{key!r}] has type {type(key).__name__}; use str or int keys")
+            _check_safe(value, f"{where}.{key}" if where else str(key))
+        return
+    if type(obj) in (list, tuple, torch.Size):
+        for i, value in enumerate(obj):
+            _check_safe(value, f"{where}[{i}]")
+        return
+    hint = " (convert it with torch.from_numpy)" if isinstance(obj, (np.ndarray, np.generic)) else ""
+    raise TypeError(
+        f"checkpoint entry {where or '<root>'} has type {type(obj).__module__}.{type(obj).__qualname__}, "
+        f"which torch.load(weights_only=True) cannot read{hint}"
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); not possible on every platform."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically, refusing what ``weights_only`` loading could not read."""
+    if not isinstance(state, dict):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    _check_safe(state, "")
+    return write_atomic(path, lambda f: torch.save(state, f))

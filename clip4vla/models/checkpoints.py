@@ -1,0 +1,255 @@
+"""Model files: our one-file export, and reading every kind of file a model can start from.
+
+``load_model(path)`` returns a ready :class:`CLIP4VLA` (eval mode, ``model.preprocessing`` set)
+from any of:
+
+* **our export** ``<output_dir>/model.pt``: weights, the architecture (so nothing is inferred) and
+  the preprocessing the weights were trained with (:class:`Preprocessing`);
+* **a trainer checkpoint** ``checkpoints/ckpt_<step>.pt`` or ``best.pt`` (same contents plus the
+  optimiser state, which is ignored here);
+* **an OpenAI CLIP file** (``ViT-B-32.pt``, TorchScript archive or state dict): the audio encoder
+  is initialised from the vision tower (paper "+Initial");
+* **a released CLIP4VLA checkpoint** (keys ``clip.*``, ``audio.visual.*`` with
+  ``control_embedding``; its token table has 3 extra rows, dropped here).
+
+Every file is untrusted input: it is read without running pickled code
+(``clip4vla.models.loading``), and a file that fits none of the kinds, or whose tensors do not fit
+the architecture it declares, raises :class:`CheckpointError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clip4vla.files import save_checkpoint
+from clip4vla.models.audio import AudioEncoder
+from clip4vla.models.clip import CLIP, CLIPConfig, load_openai_clip
+from clip4vla.models.clip4vla import CLIP4VLA
+from clip4vla.models.loading import CheckpointError, check_state_dict, read_state_dict, to_float32_state_dict
+from clip4vla.models.preprocessing import Preprocessing
+
+__all__ = [
+    "MODEL_FORMAT",
+    "ModelFile",
+    "export_model",
+    "load_model",
+    "model_architecture",
+    "model_from_architecture",
+    "read_model_file",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "clip4vla-model"
+FORMAT_VERSION = 1
+# The released code grew CLIP's 49408-row token table by 3 random rows (its padding ids).
+OPENAI_VOCAB = 49408
+_REF_EXTRA_VOCAB = 3
+
+
+@dataclasses.dataclass
+class ModelFile:
+    """What a model file holds, whatever its kind."""
+
+    kind: str  # "export", "trainer checkpoint", "openai", "reference"
+    architecture: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    preprocessing: Preprocessing | None
+    # "openai": the audio encoder is still to be made from the vision tower
+    needs_audio: bool = False
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ architecture
+
+
+def model_architecture(model: CLIP4VLA) -> dict[str, Any]:
+    """Everything needed to rebuild ``model`` before loading its weights (plain types only)."""
+    return {
+        "clip": dataclasses.asdict(model.clip.config),
+        "audio_type_token": model.audio.use_type_token,
+        "heads": {name: head.architecture() for name, head in model.heads.items()},
+    }
+
+
+def model_from_architecture(architecture: Mapping[str, Any], source: str = "model file") -> CLIP4VLA:
+    """An uninitialised :class:`CLIP4VLA` (on the meta device) of the stored architecture."""
+    try:
+        clip_config = CLIPConfig(**architecture["clip"])
+        use_type_token = bool(architecture["audio_type_token"])
+        heads = dict(architecture.get("heads", {}))
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{source}: malformed architecture record ({type(err).__name__}: {err})") from err
+    with torch.device("meta"):
+        model = CLIP4VLA(CLIP(clip_config), AudioEncoder(clip_config.vision, use_type_token=use_type_token))
+        for name, head_arch in heads.items():
+            model.attach_head(name, build_head(name, head_arch, clip_config, source))
+    return model
+
+
+def build_head(name: str, architecture: Mapping[str, Any], clip_config: CLIPConfig, source: str) -> nn.Module:
+    """A task head (fusion, caption generator) from its stored architecture."""
+    from clip4vla.models import heads as head_registry  # the heads import this module's callers
+
+    builder = head_registry.HEADS.get(name)
+    if builder is None:
+        raise CheckpointError(f"{source}: unknown head {name!r} (known: {sorted(head_registry.HEADS)})")
+    return builder(architecture, clip_config)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _preprocessing(value: Any, source: str) -> Preprocessing | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{source}: 'preprocessing' is a {type(value).__name__}, expected a mapping")
+    try:
+        return Preprocessing.from_dict(dict(value), source)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(str(err)) from err
+
+
+def read_model_file(path: str | os.PathLike) -> ModelFile:
+    """Classify and read any model file (see the module docstring); weights come back float32."""
+    path = Path(path)
+    source = str(path)
+    raw = read_state_dict(path)
+    if raw.get("format") == MODEL_FORMAT:
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{source}: model file format version {version!r}; this clip4vla reads {FORMAT_VERSION}")
+        return ModelFile(
+            kind="export",
+            architecture=dict(raw["architecture"]),
+            state_dict=_tensors(raw.get("state_dict"), source),
+            preprocessing=_preprocessing(raw.get("preprocessing"), source),
+            extra={k: raw[k] for k in ("task", "step", "config") if k in raw},
+        )
+    if "model" in raw and "step" in raw:
+        if "architecture" not in raw:
+            raise CheckpointError(f"{source}: a trainer checkpoint without an 'architecture' record (written before clip4vla 0.2?)")
+        return ModelFile(
+            kind="trainer checkpoint",
+            architecture=dict(raw["architecture"]),
+            state_dict=_tensors(raw["model"], source),
+            preprocessing=_preprocessing(raw.get("preprocessing"), source),
+            extra={k: raw[k] for k in ("task", "step", "config") if k in raw},
+        )
+    state = _strip_prefix(raw, "module.")  # saved from a DDP wrapper
+    if any(k.startswith("audio.visual.") for k in state) and any(k.startswith("clip.") for k in state):
+        return _reference_file(state, source)
+    if "visual.conv1.weight" in state:
+        state = to_float32_state_dict(state, source, owned=True)
+        config = CLIPConfig.from_state_dict(state, source)
+        return ModelFile(
+            kind="openai",
+            architecture={"clip": dataclasses.asdict(config), "audio_type_token": None, "heads": {}},
+            state_dict=state,
+            preprocessing=None,
+            needs_audio=True,
+        )
+    shown = ", ".join(sorted(map(str, raw))[:8])
+    raise CheckpointError(
+        f"{source}: not a model file clip4vla knows (our model.pt export, a trainer checkpoint, an OpenAI "
+        f"CLIP file or a released CLIP4VLA checkpoint); top-level keys: {shown}"
+    )
+
+
+def _tensors(state: Any, source: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: weights are a {type(state).__name__}, expected a mapping of tensors")
+    return to_float32_state_dict(dict(state), source, owned=True, drop=())
+
+
+def _reference_file(state: dict[str, Any], source: str) -> ModelFile:
+    """The released code's checkpoint -> our key names (``clip.*`` + ``audio.visual.*``)."""
+    clip_state = {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}
+    clip_state = to_float32_state_dict(clip_state, source, owned=True)
+    tokens = clip_state.get("token_embedding.weight")
+    if tokens is not None and tokens.shape[0] == OPENAI_VOCAB + _REF_EXTRA_VOCAB:
+        clip_state["token_embedding.weight"] = tokens[:OPENAI_VOCAB].clone()
+    config = CLIPConfig.from_state_dict(clip_state, source)
+    audio = AudioEncoder.from_reference_state_dict(state, source)
+    converted = {f"clip.{k}": v for k, v in clip_state.items()}
+    converted.update({f"audio.{k}": v for k, v in audio.state_dict().items()})
+    ignored = sorted({k.split(".")[0] for k in state if not k.startswith(("clip.", "audio."))})
+    if ignored:
+        log.warning("%s: task heads of the released code are not converted: %s", source, ", ".join(ignored))
+    return ModelFile(
+        kind="reference",
+        architecture={"clip": dataclasses.asdict(config), "audio_type_token": audio.use_type_token, "heads": {}},
+        state_dict=converted,
+        preprocessing=None,
+        extra={"ignored": ignored},
+    )
+
+
+def model_from_file(file: ModelFile, source: str, audio_init: str = "vision", use_type_token: bool | None = None) -> CLIP4VLA:
+    """Build the model a :class:`ModelFile` describes and load its weights (nothing loads partially)."""
+    if file.needs_audio:
+        clip = load_openai_clip(file.state_dict)
+        model = CLIP4VLA.from_clip(clip, audio_init, True if use_type_token is None else use_type_token)
+    else:
+        if use_type_token is not None and use_type_token != file.architecture["audio_type_token"]:
+            raise CheckpointError(
+                f"{source}: the file's audio encoder is built with audio_type_token="
+                f"{file.architecture['audio_type_token']}, the config asks for {use_type_token}"
+            )
+        model = model_from_architecture(file.architecture, source)
+        check_state_dict(file.state_dict, {k: v.shape for k, v in model.state_dict().items()}, source)
+        model.load_state_dict(file.state_dict, strict=True, assign=True)
+    model.preprocessing = file.preprocessing or Preprocessing()
+    return model
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIP4VLA:
+    """A ready :class:`CLIP4VLA` in eval mode from any model file (module docstring).
+
+    ``model.preprocessing`` says how to turn media into its inputs (the defaults of the paper for
+    OpenAI and released files, which do not record it).
+    """
+    file = read_model_file(path)
+    model = model_from_file(file, str(path))
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def model_record(model: CLIP4VLA, preprocessing: Preprocessing) -> dict[str, Any]:
+    """The architecture and preprocessing records that every model-holding file carries."""
+    return {"architecture": model_architecture(model), "preprocessing": preprocessing.to_dict()}
+
+
+def export_model(
+    model: CLIP4VLA, path: str | os.PathLike, preprocessing: Preprocessing, **provenance: Any
+) -> Path:
+    """Write the one-file export (weights + architecture + preprocessing) atomically.
+
+    ``provenance`` (task name, step, the resolved config) is stored for the record; only plain
+    types, so the file reads back with ``weights_only=True``.
+    """
+    state = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        **model_record(model, preprocessing),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **provenance,
+    }
+    return save_checkpoint(path, state)

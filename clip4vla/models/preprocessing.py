@@ -1,0 +1,43 @@
+"""How raw media became a model's inputs, stored inside every model file.
+
+A model only works on inputs made the way its training inputs were: the same front-end, the same
+number of frames and segments, the same caption length, the same type token. Writing these next
+to the weights (``clip4vla.models.checkpoints``) means no user has to remember them, and
+preprocessing cannot drift between training, evaluation, feature extraction and search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Union
+
+__all__ = ["Preprocessing"]
+
+# "vb" | "nb" | "both" | mixing ratio w in [0, 1] | None (each clip's own type, as in pre-training)
+AudioTypeSetting = Union[str, float, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    max_words: int = 32
+    max_frames: int = 12
+    frame_sampling: str = "uniform"
+    image_size: int = 224
+    frontend: str = "kaldi"
+    max_segments: int = 10
+    selection: str = "centre"
+    max_seconds: float = 60.0
+    # The type token the model was trained with; None: each clip's own ([VB] speech, [NB] events).
+    audio_type: AudioTypeSetting = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "model file") -> Preprocessing:
+        """Rebuild from a stored dict; unknown keys mean a newer format we cannot honour."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown preprocessing settings {unknown} (written by a newer clip4vla?)")
+        return cls(**values)

@@ -1,0 +1,62 @@
+"""The command line every training script shares: config + overrides -> Trainer -> report.
+
+Scripts stay thin (``scripts/pretrain.py`` is a few lines): they name their task, their config
+class and their default config, and this module parses ``--config`` / ``--set`` / ``--resume`` /
+``--output-dir``, turns config mistakes into exit status 2 with a message before any work, runs
+the loop, prints the task's table and, last on stdout, one JSON object that scripts can read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from clip4vla.config import ConfigError, RunConfig, load_config
+
+
+def parse_args(description: str, default_config: Path, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {default_config.name})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--output-dir", default=None, help="shortcut for --set train.output_dir=...")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    return parser.parse_args(argv)
+
+
+def run_training(
+    description: str,
+    config_cls: type[RunConfig],
+    task: Callable,
+    default_config: Path,
+    argv: list[str] | None = None,
+) -> int:
+    """Parse, train, report; the exit status of a training script."""
+    args = parse_args(description, default_config, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from clip4vla.train.loop import Trainer  # torch and the data stack: after argument errors
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    try:
+        config = load_config(config_cls, args.config or default_config, overrides)
+        trainer = Trainer(config, task, resume=args.resume)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        if result:
+            print("\n" + trainer.task.report(result))
+            summary = trainer.task.summary(result)
+        else:
+            print(f"\nno test split configured (data.test_split is null): the model is in {trainer.out_dir / 'model.pt'}")
+            summary = {"split": None, "model": str(trainer.out_dir / "model.pt")}
+        print(json.dumps(summary), flush=True)
+    trainer.close()
+    return 0

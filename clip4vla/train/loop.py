@@ -1,0 +1,489 @@
+"""The one training loop: data -> task forward -> task loss -> AdamW, for every task.
+
+Written out rather than hidden in a framework, so that what one optimiser step does is readable
+top to bottom in :meth:`Trainer.train_step`. What differs between pre-training, retrieval and
+captioning is a :class:`clip4vla.train.task.Task`; everything here is shared: DDP, autocast and
+loss scaling, feature-cached accumulation, clipping, the schedule, the non-finite check,
+checkpoints and bitwise resume (model, optimiser, scheduler, scaler, step, RNG, metrics history),
+the validation cadence, best-checkpoint selection, the progress bar, ``metrics.jsonl``, the
+plots and the exported ``model.pt``.
+
+Outputs under ``train.output_dir``: ``config.yaml``, ``metrics.jsonl``, ``loss_curves.png``,
+``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``), ``checkpoints/best.pt`` (weights of
+the best validation so far) and ``model.pt`` (the model file, ``clip4vla.load_model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from clip4vla.config import RunConfig, check_trainable, config_to_dict, save_config
+from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples
+from clip4vla.data.sampler import ResumableShardedSampler
+from clip4vla.files import save_checkpoint
+from clip4vla.models.checkpoints import export_model, model_record
+from clip4vla.models.clip4vla import CLIP4VLA
+from clip4vla.models.factory import build_model
+from clip4vla.precision import autocast
+from clip4vla.train.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from clip4vla.train.distributed import (
+    DistInfo,
+    all_reduce_grads_mean,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    no_sync_factory,
+    wrap_ddp,
+)
+from clip4vla.train.grad_cache import cached_accumulation_step
+from clip4vla.train.optim import WarmupCosine, build_optimizer
+from clip4vla.train.plotting import plot_metrics
+from clip4vla.train.task import Batch, Features, Task
+
+log = logging.getLogger(__name__)
+
+BEST_NAME = "best.pt"
+MODEL_NAME = "model.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised (on every rank together) when the loss of a step is NaN or inf."""
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def cpu_bf16_slowdown(size: int = 256) -> float:
+    """How many times slower a bf16 matmul is than an fp32 one on this CPU (timed, ~0.1 s).
+
+    CPUs without bf16 instructions (e.g. AVX2-only EPYC/Xeon) emulate it: measured 1.3 against
+    130 GFLOP/s for fp32 on a 2-core AVX2 EPYC, so bf16 autocast there makes training ~100x
+    slower instead of ~2-3x faster as on AVX-512-BF16/AMX CPUs.
+    """
+    timings = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.ones(size, size, dtype=dtype), torch.ones(size, size, dtype=dtype)
+        a @ b  # warm-up (kernel selection)
+        start = time.perf_counter()
+        a @ b
+        timings.append(time.perf_counter() - start)
+    return timings[1] / max(timings[0], 1e-9)
+
+
+def _better(value: float, best: float | None, metric: str) -> bool:
+    """Ranks (MedR, MeanR) and losses improve downwards, everything else upwards."""
+    if best is None:
+        return True
+    lower = metric.endswith(("MedR", "MeanR")) or "loss" in metric
+    return value < best if lower else value > best
+
+
+class Stepper:
+    """One optimiser step of a task: forward, loss, backward, clipping, AdamW, schedule.
+
+    The part of the loop that touches no data loader and no file, so the step benchmark
+    (``benchmarks/pretrain_step.py``) times exactly what training runs.
+    """
+
+    def __init__(self, config: RunConfig, task: Task, model: CLIP4VLA, dist: DistInfo, total_steps: int) -> None:
+        self.config = config
+        self.task = task
+        self.dist = dist
+        self.device = dist.device
+        self.model = model
+        self.loss_module = task.loss_module.to(self.device)
+        self.ddp = wrap_ddp(task.forward_module, dist)
+        trainable = nn.ModuleDict(
+            {"clip": model.clip, "audio": model.audio, "heads": model.heads, "loss": self.loss_module}
+        )
+        oc = config.optim
+        self.optimizer = build_optimizer(
+            trainable, lr=oc.lr, coef_lr=oc.coef_lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps
+        )
+        self.scheduler = WarmupCosine(self.optimizer, total_steps=total_steps, warmup=oc.warmup)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        self.step = 0
+    # -- one optimiser step --------------------------------------------------------------------
+
+    def _checked_loss(self, features: Features, batches: list[Batch]) -> tuple[torch.Tensor, dict[str, Any]]:
+        total, parts = self.task.loss(features, batches)
+        finite = torch.tensor(float(torch.isfinite(total)), device=self.device)
+        if all_reduce_mean(finite).item() < 1.0:
+            ids = [vid for b in batches for vid in b["video_id"]]
+            shown = ", ".join(ids[:16]) + (" ..." if len(ids) > 16 else "")
+            raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}; batch video ids: {shown}")
+        return total, {**parts, "loss": total.detach()}
+
+    def _encode(self, inputs: dict[str, torch.Tensor]) -> Features:
+        with autocast(self.device, self.config.train.precision):
+            return self.ddp(**inputs)
+
+    def _frozen(self, inputs: dict[str, torch.Tensor]) -> Features:
+        with autocast(self.device, self.config.train.precision):
+            return self.task.frozen_features(inputs)
+
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
+        """Forward/backward over ``accum_steps`` micro-batches, then one optimiser step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        inputs = [self.task.inputs(b) for b in micro_batches]
+        if len(inputs) == 1:
+            features = {**self._frozen(inputs[0]), **self._encode(inputs[0])}
+            total, parts = self._checked_loss(features, micro_batches)
+            self.scaler.scale(total).backward()
+        elif self.task.batch_coupled:
+            # every accumulated sample stays a negative: cache features, then re-encode with autograd
+            _, parts = cached_accumulation_step(
+                self._encode, inputs, lambda feats: self._checked_loss(feats, micro_batches),
+                no_sync=no_sync_factory(self.ddp), frozen_encode_fn=self._frozen, scale_loss=self.scaler.scale,
+            )
+        else:
+            parts = self._independent_accumulation(inputs, micro_batches)
+        # Modules of the loss live outside DDP (the loss is taken on gathered features).
+        all_reduce_grads_mean(self.loss_module.parameters())
+        self.scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        # Each rank's loss is its share of the global-batch loss (scaled so that the mean over
+        # ranks is the global value): log that mean, so the numbers do not depend on world size.
+        names = list(parts)
+        values = torch.stack([torch.as_tensor(parts[k], dtype=torch.float32, device=self.device).reshape(()) for k in names])
+        out = dict(zip(names, all_reduce_mean(values).tolist()))
+        out["grad_norm"] = float(grad_norm)
+        out["lr"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    def _independent_accumulation(self, inputs: list[dict[str, torch.Tensor]], batches: list[Batch]) -> dict[str, Any]:
+        """Plain gradient accumulation (losses that do not couple samples): mean of micro-batch losses."""
+        n = len(inputs)
+        no_sync = no_sync_factory(self.ddp)
+        summed: dict[str, torch.Tensor] = {}
+        for i, (inp, batch) in enumerate(zip(inputs, batches)):
+            ctx = no_sync() if (no_sync is not None and i < n - 1) else contextlib.nullcontext()
+            with ctx:
+                features = {**self._frozen(inp), **self._encode(inp)}
+                total, parts = self._checked_loss(features, [batch])
+                self.scaler.scale(total / n).backward()
+            for k, v in parts.items():
+                summed[k] = summed.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach() / n
+        return summed
+
+class Trainer:
+    """Owns everything a run needs; ``fit()`` trains, validates, checkpoints and returns test metrics.
+
+    ``task`` is a :class:`Task` subclass (or a factory ``(config, dist) -> Task``).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Callable[[RunConfig, DistInfo], Task],
+        resume: bool = False,
+        dist: DistInfo | None = None,
+    ) -> None:
+        check_trainable(config)
+        self.config = config
+        self.dist = dist or init_distributed(device=None if config.train.device == "auto" else config.train.device)
+        self.device = self.dist.device
+        self.out_dir = Path(config.train.output_dir)
+        tc = config.train
+        if tc.batch_size % self.dist.world_size:
+            raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
+        self.local_batch = tc.batch_size // self.dist.world_size
+        self._check_precision()
+
+        self.task = task(config, self.dist)
+        self.select_metric = tc.select_metric or self.task.select_metric
+        self.export = tc.export or self.task.export
+        torch.manual_seed(tc.seed)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out_dir / "config.yaml")
+        data = self.task.datasets()
+        self.train_set, self.val_set, self.test_set = data.train, data.val, data.test
+        if config.data.cache_decoded and config.data.num_workers == 0:
+            self._fill_caches()
+
+        self.model = build_model(config.model).to(self.device)
+        self.task.setup(self.model)
+        self.model.preprocessing = self.task.preprocessing()
+
+        self.sampler = ResumableShardedSampler(data.train_order, self.local_batch, self.dist.rank, self.dist.world_size)
+        self.steps_per_epoch = self.sampler.batches_per_epoch // tc.accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"an epoch of {len(self.train_set)} samples does not fill one step of "
+                f"{tc.batch_size} x {tc.accum_steps} accumulation steps"
+            )
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        if tc.max_steps:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+        self.stepper = Stepper(config, self.task, self.model, self.dist, self.total_steps)
+        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
+        self.skips = SkipReport()
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of best.pt
+        if resume:
+            self._resume()
+        elif self.dist.is_main:
+            self._write_history()  # a fresh run starts a fresh log
+
+    def _check_precision(self) -> None:
+        precision = self.config.train.precision
+        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("train.precision=bf16 is not supported by this GPU (V100: use fp16)")
+        if precision == "bf16" and self.device.type == "cpu":
+            slowdown = cpu_bf16_slowdown()
+            if slowdown > 4.0:
+                log.warning(
+                    "train.precision=bf16: a bf16 matmul is %.0fx slower than fp32 on this CPU (no bf16 "
+                    "instructions), so training will be far slower than with train.precision=fp32", slowdown
+                )
+
+    def _fill_caches(self) -> None:
+        """Decode the cached splits once, in parallel, before the first step (see ``fill_cache``)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = cpus // self.dist.world_size
+        workers = workers if workers > 1 else 0  # a single worker would only add the hand-over
+        with torch_threads(1):  # in-process decoding is faster single-threaded (see _batches)
+            self.train_set.fill_cache(workers, progress=self.dist.is_main)
+            if self.dist.is_main:  # only the main rank evaluates
+                for dataset in (self.val_set, self.test_set):
+                    if dataset is not None:
+                        dataset.fill_cache(workers)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "task": self.task.name,
+            **model_record(self.model, self.model.preprocessing),
+            "model": self.model.state_dict(),
+            "loss": self.stepper.loss_module.state_dict(),
+            "optimizer": self.stepper.optimizer.state_dict(),
+            "scheduler": self.stepper.scheduler.state_dict(),
+            "scaler": self.stepper.scaler.state_dict(),
+            "step": self.step,
+            "rng": capture_rng_state(),
+            "config": config_to_dict(self.config),
+            "skipped": self.skips.count,
+            "history": self.history,
+            "best": self.best,
+        }
+
+    def _resume(self) -> None:
+        loaded = self.checkpoints.load_latest()
+        if loaded is None:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.checkpoints.directory)
+            return
+        state, path = loaded
+        self.model.load_state_dict(state["model"])
+        self.stepper.loss_module.load_state_dict(state["loss"])
+        self.stepper.optimizer.load_state_dict(state["optimizer"])
+        self.stepper.scheduler.load_state_dict(state["scheduler"])
+        self.stepper.scaler.load_state_dict(state["scaler"])
+        self.stepper.step = int(state["step"])
+        self.skips.count = int(state.get("skipped", 0))
+        self.history = list(state.get("history", []))
+        self.best = state.get("best")
+        restore_rng_state(state["rng"])
+        if self.dist.is_main:
+            # The log is cut back to the restored state: rows written after this checkpoint are
+            # recomputed, so every step appears once, as if the run had never stopped.
+            self._write_history()
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            self.checkpoints.save(self.step, self._state())
+        barrier()
+
+    def _write_history(self) -> None:
+        save_text = "".join(json.dumps(row) + "\n" for row in self.history)
+        tmp = self.out_dir / "metrics.jsonl.tmp"
+        tmp.write_text(save_text)
+        tmp.replace(self.out_dir / "metrics.jsonl")
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        """Keep a metrics row (in the checkpointed history) and append it to ``metrics.jsonl``."""
+        self.history.append(row)
+        if self.dist.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start_batch)
+        loader = torch.utils.data.DataLoader(
+            self.train_set,
+            batch_size=self.local_batch,
+            sampler=self.sampler,
+            num_workers=self.config.data.num_workers,
+            collate_fn=collate_samples,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+        if self.config.data.num_workers > 0:
+            yield from loader
+            return
+        # In-process loading: decoding and the front-end are many small ops for which intra-op
+        # threads cost more than they save (measured 6x slower with 2 threads on 2 cores), as
+        # DataLoader workers already know (they run with one thread). Compute gets them back.
+        batches = iter(loader)
+        while True:
+            with torch_threads(1):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    @property
+    def step(self) -> int:
+        return self.stepper.step
+
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
+        return self.stepper.train_step(micro_batches)
+
+    def close(self) -> None:
+        """Release the process group; the DDP wrapper must go first or gloo may abort at exit."""
+        self.stepper.ddp = None
+        cleanup()
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _epoch_micro_batches(self, epoch: int, start_step: int) -> Iterator[list[Batch]]:
+        accum = self.config.train.accum_steps
+        group: list[Batch] = []
+        for batch in self._batches(epoch, start_step * accum):
+            self.skips.update(batch)
+            group.append(batch)
+            if len(group) == accum:
+                yield group
+                group = []
+
+    def _due(self, every_steps: int, epoch_end: bool, every_epochs: int, epoch: int) -> bool:
+        """Whether a cadence (every N steps, else every N epochs) falls on the step just taken."""
+        if self.step == self.total_steps:
+            return True
+        if every_steps:
+            return self.step % every_steps == 0
+        return epoch_end and (epoch + 1) % every_epochs == 0
+
+    def fit(self) -> dict[str, Any]:
+        tc = self.config.train
+        self.task.forward_module.train()
+        start_epoch, start_in_epoch = divmod(self.step, self.steps_per_epoch)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc=self.task.name, disable=not self.dist.is_main,
+            dynamic_ncols=True,
+        )
+        t_last, samples_since = time.perf_counter(), 0
+        for epoch in range(start_epoch, tc.epochs):
+            if self.step >= self.total_steps:
+                break
+            first = start_in_epoch if epoch == start_epoch else 0
+            for micro_batches in self._epoch_micro_batches(epoch, first):
+                metrics = self.train_step(micro_batches)
+                samples_since += tc.batch_size * tc.accum_steps
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    metrics["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
+                    t_last, samples_since = now, 0
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", sps=f"{metrics['samples_per_s']:.1f}")
+                    self._log_row({"step": self.step, "epoch": epoch, **metrics})
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self._due(tc.eval_every_steps, epoch_end, tc.eval_every_epochs, epoch):
+                    self._validate(epoch)
+                if self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch):
+                    self._save_checkpoint()
+                if self.step >= self.total_steps:
+                    break
+        bar.close()
+        if self.skips.count:
+            log.warning("data: %s", self.skips.summary())
+        if self.export == "best":
+            self._load_best()
+        result = self.evaluate(self.test_set, "test")
+        if self.dist.is_main:
+            export_model(
+                self.model, self.out_dir / MODEL_NAME, self.model.preprocessing, task=self.task.name,
+                step=self.step, weights=self.export, config=config_to_dict(self.config),
+            )
+            self._write_history()
+            plot_metrics(self.history, self.out_dir / "loss_curves.png", loss_keys=self.task.loss_keys,
+                         title=f"{self.task.name} losses")
+        barrier()
+        return result
+
+    def _validate(self, epoch: int) -> None:
+        if self.val_set is None:
+            return
+        result = self.evaluate(self.val_set, "val")
+        if not self.dist.is_main:
+            return
+        metrics = result["metrics"]
+        self._log_row({"step": self.step, "epoch": epoch, **{f"val/{k}": v for k, v in metrics.items()}})
+        shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("R1") or k == self.select_metric)
+        tqdm.write(f"[val] step {self.step}: {shown}")
+        if self.select_metric not in metrics:
+            raise KeyError(f"train.select_metric={self.select_metric!r} is not a validation metric; "
+                           f"choose one of {sorted(metrics)}")
+        value = float(metrics[self.select_metric])
+        if _better(value, None if self.best is None else self.best["value"], self.select_metric):
+            self.best = {"step": self.step, "metric": self.select_metric, "value": value}
+            save_checkpoint(self.checkpoints.directory / BEST_NAME, {
+                "task": self.task.name,
+                **model_record(self.model, self.model.preprocessing),
+                "model": self.model.state_dict(),
+                "step": self.step,
+                "best": self.best,
+                "config": config_to_dict(self.config),
+            })
+
+    def _load_best(self) -> None:
+        """Give the main rank the best validation weights for the test and the export."""
+        path = self.checkpoints.directory / BEST_NAME
+        if not self.dist.is_main or self.best is None:
+            if self.dist.is_main and self.val_set is not None:
+                log.warning("train.export=best but no validation ran; exporting the last weights")
+            return
+        self.model.load_state_dict(load_checkpoint(path)["model"])
+        log.info("loaded the best validation weights (%s %.4g at step %d) from %s",
+                 self.best["metric"], self.best["value"], self.best["step"], path)
+
+    def evaluate(self, dataset: TriModalDataset | None, split: str) -> dict[str, Any]:
+        """The task's evaluation on ``dataset``, on the main rank (``{}`` elsewhere or without one)."""
+        result: dict[str, Any] = {}
+        if dataset is not None and self.dist.is_main:
+            self.task.forward_module.eval()
+            self.model.eval()
+            with torch.no_grad():
+                result = self.task.evaluate(self.model, dataset, split)
+            self.task.forward_module.train()
+            self.model.train()
+        barrier()
+        return result
