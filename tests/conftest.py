@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from clip4vla.data.synthetic import make_synthetic_dataset
+from clip4vla.models.clip import CLIP, CLIPConfig
 
 PRETRAIN_CLIPS = 24
 
@@ -33,3 +35,12 @@ def micro_pretrain_settings(root: Path, out: Path) -> dict[str, object]:
         "train.log_every": 1,
         "train.checkpoint_every_steps": 1,
     }
+
+
+@pytest.fixture(scope="session")
+def micro_openai_clip(tmp_path_factory) -> Path:
+    """An OpenAI-format CLIP state dict of the micro architecture (stands in for ViT-B-32.pt)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "micro-clip.pt"
+    torch.save(CLIP(CLIPConfig.micro()).state_dict(), path)
+    return path

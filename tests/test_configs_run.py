@@ -21,7 +21,7 @@ import torch
 
 from clip4vla.config import PretrainConfig, load_config
 from clip4vla.data.synthetic_formats import write_corpus_format
-from clip4vla.models.clip import CLIP, CLIPConfig
+from clip4vla.models.clip import CLIPConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -50,15 +50,6 @@ def twins(synthetic_root, tmp_path_factory) -> Path:
     for fmt in ("howto100m", "audioset", "msrvtt"):
         write_corpus_format(synthetic_root, fmt, out / fmt, prepared=True)
     return out
-
-
-@pytest.fixture(scope="session")
-def micro_openai_clip(tmp_path_factory) -> Path:
-    """An OpenAI-format CLIP state dict of the micro architecture (stands in for ViT-B-32.pt)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "micro-clip.pt"
-    torch.save(CLIP(CLIPConfig.micro()).state_dict(), path)
-    return path
 
 
 def run(script: str, args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -90,19 +90,8 @@ class SampleOptions:
     @classmethod
     def for_inference(cls, preprocessing: Preprocessing, media: str = "raw") -> SampleOptions:
         """Deterministic options that reproduce a model's training inputs (no masking, first caption)."""
-        return cls(
-            max_words=preprocessing.max_words,
-            max_frames=preprocessing.max_frames,
-            frame_sampling=preprocessing.frame_sampling,
-            image_size=preprocessing.image_size,
-            frontend=preprocessing.frontend,
-            max_segments=preprocessing.max_segments,
-            selection=preprocessing.selection,
-            max_seconds=preprocessing.max_seconds,
-            media=media,
-            masked_audio=False,
-            random_caption=False,
-        )
+        shared = {name: getattr(preprocessing, name) for name in _PREPROCESSING_FIELDS}
+        return cls(**shared, media=media, masked_audio=False, random_caption=False)
 
     def evaluation(self) -> SampleOptions:
         """The same inputs for evaluation: no masked copy, the first caption, frames in order."""
@@ -110,17 +99,11 @@ class SampleOptions:
 
     def preprocessing(self, audio_type: str | float | None) -> Preprocessing:
         """What a model file records about these inputs (``clip4vla.models.preprocessing``)."""
-        return Preprocessing(
-            max_words=self.max_words,
-            max_frames=self.max_frames,
-            frame_sampling=self.frame_sampling,
-            image_size=self.image_size,
-            frontend=self.frontend,
-            max_segments=self.max_segments,
-            selection=self.selection,
-            max_seconds=self.max_seconds,
-            audio_type=audio_type,
-        )
+        return Preprocessing(**{name: getattr(self, name) for name in _PREPROCESSING_FIELDS}, audio_type=audio_type)
+
+
+# the input settings a model file records (all but the type token are SampleOptions fields too)
+_PREPROCESSING_FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing) if f.name != "audio_type")
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:

@@ -38,7 +38,8 @@ def plot_metrics(
         ax.set_xlabel("step")
         ax.set_ylabel("R@1 (%) / CIDEr")
         ax.set_title("validation")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
