@@ -151,3 +151,51 @@ def test_bad_positional_table(plain_state):
     state["visual.positional_embedding"] = torch.zeros(18, 128)
     with pytest.raises(CheckpointError, match="visual.positional_embedding has 18 rows"):
         load_openai_clip(state)
+
+
+def test_torchscript_archive_is_read_without_running_its_code(tmp_path, capfd):
+    """A crafted archive whose __setstate__ runs at torch.jit.load: reading it must not run it."""
+    import warnings
+    from typing import Tuple
+
+    from clip4vla.models.loading import read_state_dict
+
+    class Child(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight
+
+        @torch.jit.export
+        def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+            return (self.weight, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:
+            print("ARCHIVE CODE RAN")
+            self.weight = state[0]
+            self.training = state[1]
+
+    class Top(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Parameter(torch.full((3,), 2.0))
+            self.child = Child()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.child(x)
+
+    path = tmp_path / "crafted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(Top()).save(str(path))
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path))  # what loading with torch.jit would do
+    assert "ARCHIVE CODE RAN" in capfd.readouterr().out
+    state = read_state_dict(path)
+    assert "ARCHIVE CODE RAN" not in capfd.readouterr().out
+    assert torch.equal(state["proj"], torch.full((3,), 2.0))

@@ -3,15 +3,20 @@
 Checkpoints come from the internet (OpenAI's `.pt` TorchScript archives, the released CLIP4VLA
 weights) or from disk where they may be truncated. This module turns any file into a plain
 ``{name: float32 tensor}`` dict or raises :class:`CheckpointError` naming the file; it never
-executes pickled code (`torch.load(..., weights_only=True)`) and opens TorchScript archives only
-to read their state dict. It knows nothing about model classes so that every model module can
-use it without import cycles.
+executes code from a file: ``torch.save`` files go through ``torch.load(weights_only=True)``, and
+TorchScript archives, whose pickled modules would run their own ``__setstate__`` code under
+``torch.jit.load``, are unpickled by :func:`read_torchscript_state_dict` with an allow-list that
+turns every module into an inert holder and only rebuilds tensors. It knows nothing about model
+classes so that every model module can use it without import cycles.
 """
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
-import warnings
+import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +29,7 @@ __all__ = [
     "check_state_dict",
     "is_torchscript_archive",
     "read_state_dict",
+    "read_torchscript_state_dict",
     "read_weights_only",
     "to_float32_state_dict",
 ]
@@ -67,6 +73,111 @@ def read_weights_only(path: str | os.PathLike, map_location: str | torch.device 
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
 
 
+class _ScriptModule:
+    """Inert stand-in for a pickled TorchScript module: keeps its attributes, runs nothing.
+
+    One subclass per archive class name (the pickle's NEWOBJ needs a type), made by
+    :meth:`_ArchiveUnpickler.find_class`.
+    """
+
+    qualified_name = ""
+    state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+_STORAGE_DTYPES = {
+    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Unpickles ``data.pkl`` of a TorchScript archive without importing or calling anything
+    beyond the tensor-rebuilding functions; storages are read from the archive's records."""
+
+    _ALLOWED = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                ("collections", "OrderedDict")}
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> object:
+        if module.startswith("__torch__"):
+            # a class of the archive's own code: never imported, never run
+            return type(name, (_ScriptModule,), {"qualified_name": f"{module}.{name}"})
+        if (module, name) in self._ALLOWED:
+            return getattr(importlib.import_module(module), name)
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]  # persistent ids name a storage class; only its dtype matters
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
+
+    def persistent_load(self, pid: object) -> object:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        _, dtype, key, _location, numel = pid
+        if not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"storage {key}: unknown storage type {dtype!r}")
+        raw = self.archive.read(f"{self.prefix}/data/{key}")
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if len(raw) != numel * itemsize:
+            raise pickle.UnpicklingError(f"storage {key}: {len(raw)} bytes, the pickle says {numel} x {itemsize}")
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+_DECLARED = re.compile(r"__(parameters|buffers)__ = \[([^\]]*)\]")
+
+
+def _state_names(archive: zipfile.ZipFile, prefix: str, qualified_name: str) -> set[str]:
+    """The parameter and buffer names a module class declares in its source (read as text)."""
+    module, _, cls = qualified_name.rpartition(".")
+    path = f"{prefix}/code/{module.replace('.', '/')}.py"
+    try:
+        source = archive.read(path).decode("utf-8")
+    except KeyError:
+        return set()
+    body = source[source.find(f"class {cls}("):]
+    names: set[str] = set()
+    for match in _DECLARED.finditer(body.split("\nclass ", 1)[0]):
+        names.update(n.strip().strip("\"'") for n in match.group(2).split(",") if n.strip())
+    return names
+
+
+def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of a TorchScript archive, without running any of its code.
+
+    ``torch.jit.load`` would execute the archive's TorchScript (a crafted ``__setstate__`` runs at
+    load time); here the module tree is unpickled into inert holders (:class:`_ArchiveUnpickler`)
+    and walked, keeping the tensors each class declares as ``__parameters__`` / ``__buffers__``.
+    """
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles:
+            raise CheckpointError(f"{path}: TorchScript archive without data.pkl")
+        prefix = pickles[0].split("/")[0]
+        root = _ArchiveUnpickler(archive.read(pickles[0]), archive, prefix).load()
+        state: dict[str, torch.Tensor] = {}
+
+        def walk(obj: object, where: str) -> None:
+            if not isinstance(obj, _ScriptModule) or not isinstance(obj.state, dict):
+                return
+            declared = _state_names(archive, prefix, obj.qualified_name)
+            for name, value in obj.state.items():
+                if isinstance(value, torch.Tensor) and name in declared:
+                    state[f"{where}{name}"] = value
+                elif isinstance(value, _ScriptModule):
+                    walk(value, f"{where}{name}.")
+
+        walk(root, "")
+    if not state:
+        raise CheckpointError(f"{path}: TorchScript archive holds no parameters")
+    return state
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
     """Read a state dict from a plain ``torch.save`` file or a TorchScript archive.
 
@@ -78,13 +189,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     if is_torchscript_archive(path):
         try:
-            with warnings.catch_warnings():
-                # OpenAI ships TorchScript; torch.jit.load's deprecation notice is not actionable
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location="cpu")
-            state = dict(module.state_dict())
-            del module  # drop the graph early; only the tensors are kept
-        except Exception as err:  # truncated zips, bad pickles: all one failure
+            state = read_torchscript_state_dict(path)
+        except CheckpointError:
+            raise
+        except Exception as err:  # truncated zips, bad pickles, refused classes: all one failure
             raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
     else:
         state = read_weights_only(path)
