@@ -199,6 +199,10 @@ class TrainConfig:
     # best validation's (None: the task's default; fine-tuning selects on validation, never on test).
     export: Literal["last", "best"] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # How long a rank may wait for the others (a barrier, a gradient all-reduce) before every rank
+    # stops with a message naming the one that did not answer. Validation runs on rank 0 while the
+    # others wait, so keep it above the longest validation.
+    dist_timeout_s: float = 1800.0
 
 
 @dataclasses.dataclass
@@ -359,7 +363,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value {raw!r} is not valid YAML ({reason})") from None
     return key.strip(), value
 
 
@@ -409,6 +417,7 @@ def validate_config(config: RunConfig) -> None:
     for key in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):
         _check(getattr(tc, key) >= 0, f"train.{key}", getattr(tc, key), "must be >= 0 (0 = off / per epoch)")
     _check(bool(tc.output_dir.strip()), "train.output_dir", tc.output_dir, "must name a folder")
+    _check(tc.dist_timeout_s > 0, "train.dist_timeout_s", tc.dist_timeout_s, "must be > 0 seconds")
     _check(dc.max_frames >= 1, "data.max_frames", dc.max_frames, "must be at least 1")
     _check(dc.max_words >= 3, "data.max_words", dc.max_words, "must be at least 3 ([SOT], a word, [EOT])")
     _check(dc.num_workers >= 0, "data.num_workers", dc.num_workers, "must be >= 0")

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_the_comparison_is_sensitive_to_the_gather():
         (loss / 2).backward()
     diff = max((p.grad - ref_grads[f"model.{n}"]).abs().max().item() for n, p in model.named_parameters() if p.grad is not None)
     assert diff > 1e-3
+
+
+@pytest.mark.parametrize("where", ["barrier", "collective"])
+def test_a_stopped_rank_is_named_within_the_timeout(tmp_path, where):
+    """Rank 1 stops answering: rank 0 must stop after train.dist_timeout_s naming rank 1."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(REPO)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).with_name("dist_timeout_worker.py")), where, "4"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "STOPPED: rank 0" in output and "Ranks 1 failed to pass" in output, output[-3000:]
+    assert "train.dist_timeout_s" in output
+    assert elapsed < 60  # the 4-s timeout, not the rank's 40-s sleep (or the default 30 minutes)

@@ -484,9 +484,20 @@ def _render_clip(job: tuple[ClipSpec, str]) -> str:
     spec, videos_dir = job
     final = Path(videos_dir) / f"{spec.video_id}.mp4"
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    _encode_mp4(tmp, render_frames(spec), render_audio(spec))
-    os.replace(tmp, final)  # a killed run never leaves a half-written clip under the final name
+    try:
+        _encode_mp4(tmp, render_frames(spec), render_audio(spec))
+        os.replace(tmp, final)  # a killed run never leaves a half-written clip under the final name
+    finally:
+        tmp.unlink(missing_ok=True)
     return spec.video_id
+
+
+def _read_json(path: Path, default: dict) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    return value if isinstance(value, dict) else default
 
 
 def _annotations(specs: list[ClipSpec]) -> dict:
@@ -562,8 +573,12 @@ def make_synthetic_dataset(
     """Write (or reuse) the synthetic dataset in ``out_dir`` and return ``out_dir``.
 
     Idempotent: if ``synthetic_meta.json`` (written last) matches ``num_clips``/``seed`` and every
-    clip exists, returns at once. Otherwise everything is (re)generated; stale ``video<i>.mp4``
-    files beyond ``num_clips`` from an earlier, larger run are removed.
+    clip exists, returns at once. Clips are deterministic, so when the files on disk were made with
+    the same settings (``synthetic_meta.json`` or, for an interrupted generation, the
+    ``generating.json`` marker says so) only the missing clips are rendered; with other settings
+    everything is. Stale ``video<i>.mp4`` files beyond ``num_clips`` are removed. Something that
+    is not a file where a clip belongs (a folder named ``video3.mp4``) is an error naming it,
+    raised before any work.
     """
     out_dir = Path(out_dir)
     if is_complete(out_dir, num_clips, seed):
@@ -572,14 +587,28 @@ def make_synthetic_dataset(
     t0 = time.perf_counter()
     videos_dir = out_dir / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "synthetic_meta.json").unlink(missing_ok=True)  # incomplete until written again
     specs = sample_clip_specs(num_clips, seed)
+    blocked = [videos_dir / f"{s.video_id}.mp4" for s in specs
+               if (videos_dir / f"{s.video_id}.mp4").exists() and not (videos_dir / f"{s.video_id}.mp4").is_file()]
+    if blocked:
+        raise FileExistsError(f"{blocked[0]} is not a file but a synthetic clip belongs there "
+                              f"({len(blocked)} such paths); move it away and run again")
+    expected = _meta(num_clips, seed)
+    settings_match = any(_read_json(out_dir / name, {}).items() >= expected.items()
+                         for name in ("synthetic_meta.json", "generating.json"))
+    (out_dir / "synthetic_meta.json").unlink(missing_ok=True)  # incomplete until written again
+    _write_text_atomic(out_dir / "generating.json", json.dumps(expected))
     keep = {f"{s.video_id}.mp4" for s in specs}
     for p in videos_dir.iterdir():
         if (re.fullmatch(r"video\d+\.mp4", p.name) and p.name not in keep) or p.name.endswith(".tmp"):
             p.unlink()
+    if settings_match:  # the clips on disk are these settings' clips: render only what is missing
+        specs_to_render = [s for s in specs if not (videos_dir / f"{s.video_id}.mp4").is_file()]
+        log.info("synthetic dataset: %d of %d clips missing in %s", len(specs_to_render), num_clips, out_dir)
+    else:
+        specs_to_render = specs
 
-    jobs = [(spec, str(videos_dir)) for spec in specs]
+    jobs = [(spec, str(videos_dir)) for spec in specs_to_render]
     bar = tqdm(total=len(jobs), desc="synthetic clips", unit="clip", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         with _pool_context().Pool(min(workers, len(jobs))) as pool:
@@ -603,5 +632,6 @@ def make_synthetic_dataset(
     meta["splits"] = {name: sum(s.split == name for s in specs) for name, _ in SPLIT_FRACTIONS}
     meta["seconds_to_generate"] = round(time.perf_counter() - t0, 2)
     _write_text_atomic(out_dir / "synthetic_meta.json", json.dumps(meta, indent=1))
+    (out_dir / "generating.json").unlink(missing_ok=True)
     log.info("synthetic dataset: %d clips in %.1f s -> %s", num_clips, meta["seconds_to_generate"], out_dir)
     return out_dir

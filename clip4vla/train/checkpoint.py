@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from clip4vla.models.loading import CheckpointError, read_weights_only
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
+    "check_writable",
     "save_checkpoint",
     "load_checkpoint",
     "CheckpointManager",
@@ -81,7 +84,22 @@ class CheckpointManager:
         return sorted(found)
 
     def save(self, step: int, state: dict) -> Path:
-        path = save_checkpoint(self.path_for(step), state)
+        """Write ``ckpt_<step>.pt`` atomically, then prune; weights must be finite.
+
+        A failed write (full disk, read-only folder) leaves the previous checkpoints untouched and
+        raises :class:`CheckpointWriteError` saying how much room a checkpoint needs.
+        """
+        bad = nonfinite_tensors(state.get("model", {}))
+        if bad:
+            raise FloatingPointError(
+                f"refusing to write checkpoint of step {step}: {len(bad)} weight tensors are not finite "
+                f"(e.g. {', '.join(bad[:3])})"
+            )
+        path = self.path_for(step)
+        try:
+            save_checkpoint(path, state)
+        except (OSError, RuntimeError) as err:
+            raise CheckpointWriteError(describe_write_failure(self.directory, state_bytes(state), err)) from err
         self._prune()
         return path
 
@@ -92,21 +110,87 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:
-        """The newest readable checkpoint as ``(state, path)``; ``None`` if there is none.
+        """The newest readable checkpoint with finite weights as ``(state, path)``; ``None`` if none.
 
-        A newest file that is truncated or corrupt is skipped with a warning and the previous one
-        is tried; if every checkpoint is unreadable a :class:`CheckpointError` lists them.
+        A newest file that is truncated, corrupt or holds NaN/inf weights (written by a diverging
+        run before clip4vla checked) is skipped with a warning and the previous one is tried; if
+        every checkpoint is unusable a :class:`CheckpointError` lists them.
         """
         failures = []
         for _, path in reversed(self.checkpoints()):
             try:
-                return load_checkpoint(path, map_location), path
+                state = load_checkpoint(path, map_location)
+                bad = nonfinite_tensors(state.get("model", {}))
+                if bad:
+                    raise CheckpointError(f"{path}: {len(bad)} weight tensors are not finite (e.g. {', '.join(bad[:3])})")
+                return state, path
             except CheckpointError as err:
                 warnings.warn(f"{err}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
                 failures.append(str(err))
         if failures:
-            raise CheckpointError("no readable checkpoint in {}:\n  {}".format(self.directory, "\n  ".join(failures)))
+            raise CheckpointError("no usable checkpoint in {}:\n  {}".format(self.directory, "\n  ".join(failures)))
         return None
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous ones are intact."""
+
+
+def nonfinite_tensors(tensors: Any) -> list[str]:
+    """Names of floating tensors in a (state-dict) mapping that hold NaN or inf."""
+    if not isinstance(tensors, dict):
+        return []
+    return [k for k, v in tensors.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint state (about its size on disk)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def describe_write_failure(directory: Path, needed: int, err: BaseException) -> str:
+    """Why a write into ``directory`` failed, in the user's terms (space, permissions)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    mb = 1024 * 1024
+    if free is not None and free < 1.5 * needed:
+        return (f"no space left on {directory} (need ~{needed / mb:.0f} MB for a checkpoint, "
+                f"{free / mb:.0f} MB free); the previous checkpoints are intact ({type(err).__name__}: {err})")
+    if isinstance(err, PermissionError):
+        return f"no permission to write in {directory}: {err}"
+    return f"could not write a checkpoint into {directory} ({type(err).__name__}: {err}); the previous ones are intact"
+
+
+def check_writable(directory: Path, needed: int, keep_last: int) -> None:
+    """At start-up, not after hours of training: the folder takes files and has room for them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f"{TMP_PREFIX}write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointWriteError(f"cannot write checkpoints into {directory}: {err}") from err
+    free = shutil.disk_usage(directory).free
+    mb = 1024 * 1024
+    if free < needed:
+        raise CheckpointWriteError(
+            f"no space for a checkpoint on {directory}: need ~{needed / mb:.0f} MB, {free / mb:.0f} MB free"
+        )
+    if free < (keep_last + 2) * needed:
+        logger.warning("%s: %.0f MB free, checkpoints take ~%.0f MB each (keep_last=%d): the disk may fill up",
+                       directory, free / mb, needed / mb, keep_last)
+    else:
+        logger.info("checkpoints: ~%.0f MB each, keep_last=%d, %.0f MB free in %s",
+                    needed / mb, keep_last, free / mb, directory)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ def parse_args(description: str, default_config: Path, argv: list[str] | None) -
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--output-dir", default=None, help="shortcut for --set train.output_dir=...")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: train on with a config that differs from the checkpoint's "
+                             "(learning rate, precision, ...); without it such a resume is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh run in an output dir that holds another run's checkpoints (deletes them)")
     return parser.parse_args(argv)
 
 
@@ -38,22 +43,36 @@ def run_training(
     """Parse, train, report; the exit status of a training script."""
     args = parse_args(description, default_config, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from clip4vla.train.loop import Trainer  # torch and the data stack: after argument errors
+    from clip4vla.data.records import AnnotationError  # torch and data: after argument errors
+    from clip4vla.models.loading import CheckpointError
+    from clip4vla.train.checkpoint import CheckpointWriteError
+    from clip4vla.train.loop import Trainer, TrainingInterrupted
+
+    START_UP_ERRORS = (CheckpointError, CheckpointWriteError, AnnotationError, FileNotFoundError)
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     try:
         config = load_config(config_cls, args.config or default_config, overrides)
-        trainer = Trainer(config, task, resume=args.resume)
+        trainer = Trainer(config, task, resume=args.resume, overwrite=args.overwrite,
+                          allow_config_change=args.allow_config_change)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    result = trainer.fit()
+    except START_UP_ERRORS as err:  # bad input found before any training: the message says it all
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = trainer.fit()
+    except TrainingInterrupted as stop:
+        print(str(stop), file=sys.stderr, flush=True)
+        trainer.close()
+        return 143  # 128 + SIGTERM: the job is not finished; schedulers may requeue it
     if trainer.dist.is_main:
         if result:
             print("\n" + trainer.task.report(result))
-            summary = trainer.task.summary(result)
+            summary = {**trainer.task.summary(result), "skipped": result["skipped"]}
         else:
             print(f"\nno test split configured (data.test_split is null): the model is in {trainer.out_dir / 'model.pt'}")
             summary = {"split": None, "model": str(trainer.out_dir / "model.pt")}

@@ -22,6 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "DistInfo",
     "DistributedSetupError",
+    "DistributedTimeoutError",
+    "is_timeout",
+    "name_missing_ranks",
     "init_distributed",
     "is_distributed",
     "get_rank",
@@ -39,6 +42,17 @@ __all__ = [
 
 class DistributedSetupError(RuntimeError):
     """torchrun's environment is incomplete or inconsistent."""
+
+
+class DistributedTimeoutError(RuntimeError):
+    """A rank stopped answering (a hung file-system read, SIGSTOP, a crash) for longer than the timeout."""
+
+
+# A gloo group beside the main one for monitored barriers, which name the ranks that did not arrive
+# (gloo is the only backend that implements them; NCCL runs need it, and a gloo main group is no
+# use after one of its collectives timed out).
+_monitor_group: Any = None
+_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -95,13 +109,18 @@ def init_distributed(
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise DistributedSetupError(f"WORLD_SIZE={world_size} but {var} is not set (launch with torchrun)")
+        global _monitor_group, _timeout_s
+        backend = backend or ("nccl" if use_cuda else "gloo")
         dist.init_process_group(
-            backend=backend or ("nccl" if use_cuda else "gloo"),
+            backend=backend,
             init_method="env://",
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
+        _timeout_s = float(timeout_s)
+        # its own group even under gloo: a timed-out collective closes the main group's connections
+        _monitor_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, is_main=rank == 0)
 
 
@@ -117,9 +136,42 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
+def barrier(timeout_s: float | None = None) -> None:
+    """Wait for every rank; after ``timeout_s`` (default: the process group's) raise
+    :class:`DistributedTimeoutError` naming the ranks that did not arrive."""
+    if not is_distributed():
+        return
+    timeout = _timeout_s if timeout_s is None else timeout_s
+    try:
+        dist.monitored_barrier(group=_monitor_group, timeout=datetime.timedelta(seconds=timeout), wait_all_ranks=True)
+    except RuntimeError as err:
+        raise DistributedTimeoutError(
+            f"rank {dist.get_rank()}: not every rank reached the barrier within {timeout:.0f} s "
+            f"(train.dist_timeout_s): {err}"
+        ) from err
+
+
+def name_missing_ranks(err: BaseException, probe_s: float = 30.0) -> DistributedTimeoutError:
+    """After a collective timed out: find out with a short monitored barrier which ranks are gone.
+
+    Rank 0 learns the silent ranks' numbers; the others learn that rank 0 did not confirm.
+    """
+    rank = dist.get_rank()
+    try:
+        dist.monitored_barrier(group=_monitor_group, timeout=datetime.timedelta(seconds=probe_s), wait_all_ranks=True)
+        detail = "every rank answered a barrier afterwards"
+    except RuntimeError as probe:
+        detail = str(probe).strip().splitlines()[0]
+    return DistributedTimeoutError(
+        f"rank {rank}: a collective operation timed out after {_timeout_s:.0f} s (train.dist_timeout_s); "
+        f"{detail}. A rank stopped answering (hung data read, SIGSTOP, crash). Original error: {err}"
+    )
+
+
+def is_timeout(err: BaseException) -> bool:
+    """Whether a backend error is a collective timing out (gloo and NCCL word it differently)."""
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def all_reduce_mean(tensor: Tensor) -> Tensor:
@@ -157,9 +209,11 @@ def cleanup() -> None:
     """Destroy the process group. Drop every DDP-wrapped model first: a DDP reducer that
     outlives its process group can abort the interpreter at exit ("terminate called without an
     active exception", seen with gloo in about a third of runs)."""
+    global _monitor_group
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # collect unreachable DDP wrappers (reference cycles) while the group exists
         dist.destroy_process_group()
+    _monitor_group = None
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs: Any) -> nn.Module:

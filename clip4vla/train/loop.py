@@ -19,6 +19,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,7 +29,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from clip4vla.config import RunConfig, check_trainable, config_to_dict, save_config
+from clip4vla.config import ConfigError, RunConfig, check_trainable, config_to_dict, save_config
 from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples
 from clip4vla.data.sampler import ResumableShardedSampler
 from clip4vla.files import save_checkpoint
@@ -35,7 +37,16 @@ from clip4vla.models.checkpoints import export_model, model_record
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.factory import build_model
 from clip4vla.precision import autocast
-from clip4vla.train.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from clip4vla.models.loading import CheckpointError
+from clip4vla.train.checkpoint import (
+    CheckpointManager,
+    CheckpointWriteError,
+    capture_rng_state,
+    check_writable,
+    load_checkpoint,
+    restore_rng_state,
+    state_bytes,
+)
 from clip4vla.train.distributed import (
     DistInfo,
     all_reduce_grads_mean,
@@ -43,12 +54,16 @@ from clip4vla.train.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    is_distributed,
+    is_timeout,
+    name_missing_ranks,
     no_sync_factory,
     wrap_ddp,
 )
 from clip4vla.train.grad_cache import cached_accumulation_step
-from clip4vla.train.optim import WarmupCosine, build_optimizer
+from clip4vla.train.optim import WarmupCosine, build_optimizer, warmup_cosine_factor
 from clip4vla.train.plotting import plot_metrics
+from clip4vla.train.resume import check_resume_config
 from clip4vla.train.task import Batch, Features, Task
 
 log = logging.getLogger(__name__)
@@ -59,6 +74,10 @@ MODEL_NAME = "model.pt"
 
 class NonFiniteLossError(FloatingPointError):
     """Raised (on every rank together) when the loss of a step is NaN or inf."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """Raised (on every rank together: the weights are the same) when a step made a weight NaN/inf."""
 
 
 @contextlib.contextmanager
@@ -121,6 +140,44 @@ class Stepper:
         self.scheduler = WarmupCosine(self.optimizer, total_steps=total_steps, warmup=oc.warmup)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         self.step = 0
+        # What the config asks of every parameter group, re-applied over a resumed optimiser state
+        self._group_settings = [
+            {"lr": base, **{k: group[k] for k in ("weight_decay", "betas", "eps")}}
+            for base, group in zip(self.scheduler.base_lrs, self.optimizer.param_groups)
+        ]
+        self._horizon = (self.scheduler.total_steps, self.scheduler.warmup_steps)
+        self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def apply_config_schedule(self) -> None:
+        """After loading a checkpoint: this config's learning rates, decay, betas and horizon.
+
+        ``Optimizer.load_state_dict`` and the scheduler's restore the *stored* settings; a resume
+        that changed ``optim.lr`` or ``train.epochs`` would otherwise train on with the old lr (or
+        at lr 0 past the old horizon). With an unchanged config this sets the same values.
+        """
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self._group_settings):
+            raise CheckpointError("the checkpoint's optimiser has other parameter groups (model.train_clip changed?)")
+        total, warmup = self._horizon
+        self.scheduler.total_steps, self.scheduler.warmup_steps = total, warmup
+        self.scheduler.base_lrs = [s["lr"] for s in self._group_settings]
+        factor = warmup_cosine_factor(self.step, total, warmup)
+        for group, settings in zip(groups, self._group_settings):
+            group.update(weight_decay=settings["weight_decay"], betas=settings["betas"], eps=settings["eps"])
+            group["initial_lr"] = settings["lr"]
+            group["lr"] = settings["lr"] * factor
+        self.scheduler._last_lr = [group["lr"] for group in groups]
+
+    def _check_weights(self) -> None:
+        """Stop at the step that made the weights non-finite, before any checkpoint can hold them."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self._params]).all()
+        if not bool(finite):
+            bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+            raise NonFiniteWeightsError(
+                f"the weights became non-finite at step {self.step} ({len(bad)} tensors, e.g. {', '.join(bad[:3])}; "
+                f"lr {self.optimizer.param_groups[0]['lr']:.3g}): the learning rate is probably too high. No "
+                "checkpoint of this step was written; the newest one is from before"
+            )
     # -- one optimiser step --------------------------------------------------------------------
 
     def _checked_loss(self, features: Features, batches: list[Batch]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -142,6 +199,14 @@ class Stepper:
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         """Forward/backward over ``accum_steps`` micro-batches, then one optimiser step."""
+        try:
+            return self._train_step(micro_batches)
+        except RuntimeError as err:
+            if is_distributed() and is_timeout(err):  # a rank stopped answering: say which
+                raise name_missing_ranks(err) from err
+            raise
+
+    def _train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         inputs = [self.task.inputs(b) for b in micro_batches]
         if len(inputs) == 1:
@@ -165,6 +230,7 @@ class Stepper:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        self._check_weights()
         # Each rank's loss is its share of the global-batch loss (scaled so that the mean over
         # ranks is the global value): log that mean, so the numbers do not depend on world size.
         names = list(parts)
@@ -189,10 +255,21 @@ class Stepper:
                 summed[k] = summed.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach() / n
         return summed
 
+class RunFolderInUse(ConfigError):
+    """A fresh run would write over another run's checkpoints."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM (a scheduler's pre-emption): the run saved its step and stopped; resume it."""
+
+
 class Trainer:
     """Owns everything a run needs; ``fit()`` trains, validates, checkpoints and returns test metrics.
 
-    ``task`` is a :class:`Task` subclass (or a factory ``(config, dist) -> Task``).
+    ``task`` is a :class:`Task` subclass (or a factory ``(config, dist) -> Task``). ``resume``
+    continues the newest usable checkpoint in ``train.output_dir`` (``clip4vla.train.resume`` says
+    what a resume may change; ``allow_config_change`` lets it change the rest). Without ``resume``
+    an output folder that holds another run's checkpoints is refused unless ``overwrite``.
     """
 
     def __init__(
@@ -201,25 +278,38 @@ class Trainer:
         task: Callable[[RunConfig, DistInfo], Task],
         resume: bool = False,
         dist: DistInfo | None = None,
+        *,
+        overwrite: bool = False,
+        allow_config_change: bool = False,
     ) -> None:
         check_trainable(config)
         self.config = config
-        self.dist = dist or init_distributed(device=None if config.train.device == "auto" else config.train.device)
-        self.device = self.dist.device
-        self.out_dir = Path(config.train.output_dir)
         tc = config.train
+        self.dist = dist or init_distributed(
+            device=None if tc.device == "auto" else tc.device, timeout_s=tc.dist_timeout_s
+        )
+        self.device = self.dist.device
+        self.out_dir = Path(tc.output_dir)
         if tc.batch_size % self.dist.world_size:
             raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
         self.local_batch = tc.batch_size // self.dist.world_size
+        self.task = task(config, self.dist)
+        try:
+            self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
+        except OSError as err:
+            raise CheckpointWriteError(f"cannot create {self.out_dir / 'checkpoints'}: {err}") from err
+        # Before any data or model work: what to resume, and whether the config may resume it.
+        self._resume_from = self._find_resume_state(allow_config_change) if resume else None
+        if not resume:
+            self._claim_output_dir(overwrite)
         self._check_precision()
 
-        self.task = task(config, self.dist)
         self.select_metric = tc.select_metric or self.task.select_metric
         self.export = tc.export or self.task.export
         torch.manual_seed(tc.seed)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.out_dir / "config.yaml")
+            save_config(config, self.out_dir / "config.yaml")  # what this run uses, resumed or not
         data = self.task.datasets()
         self.train_set, self.val_set, self.test_set = data.train, data.val, data.test
         if config.data.cache_decoded and config.data.num_workers == 0:
@@ -240,14 +330,61 @@ class Trainer:
         if tc.max_steps:
             self.total_steps = min(self.total_steps, tc.max_steps)
         self.stepper = Stepper(config, self.task, self.model, self.dist, self.total_steps)
-        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
         self.skips = SkipReport()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of best.pt
-        if resume:
-            self._resume()
+        self._stop_signal: int | None = None
+        if self.dist.is_main:
+            # model + loss state, plus AdamW's two moments of every trained parameter
+            moments = 2 * sum(p.numel() * 4 for p in self.stepper._params)
+            needed = state_bytes(self.model.state_dict()) + state_bytes(self.stepper.loss_module.state_dict()) + moments
+            check_writable(self.checkpoints.directory, needed, tc.keep_last)
+        if self._resume_from is not None:
+            self._restore(*self._resume_from)
+            self._resume_from = None
         elif self.dist.is_main:
             self._write_history()  # a fresh run starts a fresh log
+
+    # -- start-up checks -----------------------------------------------------------------------
+
+    def _find_resume_state(self, allow_changes: bool) -> tuple[dict[str, Any], Path, dict[str, tuple]] | None:
+        """The newest usable checkpoint and the config changes it is resumed with (checked)."""
+        loaded = self.checkpoints.load_latest()
+        if loaded is None:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.checkpoints.directory)
+            return None
+        state, path = loaded
+        if "architecture" not in state or "config" not in state:
+            raise CheckpointError(f"{path}: written by an older clip4vla (no architecture record); it cannot be resumed")
+        if state.get("task") != self.task.name:
+            raise ConfigError(
+                f"{path} is a checkpoint of a {state.get('task')!r} run; this is {self.task.name!r} "
+                "(choose another train.output_dir)"
+            )
+        changes = check_resume_config(state["config"], config_to_dict(self.config), allow_changes, str(path))
+        return state, path, changes
+
+    def _claim_output_dir(self, overwrite: bool) -> None:
+        """A fresh run never writes over another run's checkpoints unless asked to."""
+        found = [p for _, p in self.checkpoints.checkpoints()]
+        for name in (BEST_NAME,):
+            if (self.checkpoints.directory / name).is_file():
+                found.append(self.checkpoints.directory / name)
+        if (self.out_dir / MODEL_NAME).is_file():
+            found.append(self.out_dir / MODEL_NAME)
+        if not found:
+            return
+        if not overwrite:
+            raise RunFolderInUse(
+                f"{self.out_dir} already holds a run ({', '.join(p.name for p in found[-3:])}): continue it with "
+                f"--resume, start over with --overwrite (deletes them), or choose another train.output_dir"
+            )
+        barrier()  # every rank has looked before the main rank deletes
+        if self.dist.is_main:
+            for path in found:
+                path.unlink(missing_ok=True)
+            log.warning("--overwrite: deleted %d files of the previous run in %s", len(found), self.out_dir)
+        barrier()
 
     def _check_precision(self) -> None:
         precision = self.config.train.precision
@@ -292,22 +429,34 @@ class Trainer:
             "best": self.best,
         }
 
-    def _resume(self) -> None:
-        loaded = self.checkpoints.load_latest()
-        if loaded is None:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.checkpoints.directory)
-            return
-        state, path = loaded
+    def _restore(self, state: dict[str, Any], path: Path, changes: dict[str, tuple]) -> None:
+        """Load a checkpoint's state, then make the config's (allowed) changes take effect."""
+        stored, built = state["architecture"], model_record(self.model, self.model.preprocessing)["architecture"]
+        if stored != built:
+            raise CheckpointError(
+                f"{path}: the checkpoint's model is {stored}, the config builds {built}; the architecture cannot "
+                "change on resume"
+            )
+        stepper = self.stepper
         self.model.load_state_dict(state["model"])
-        self.stepper.loss_module.load_state_dict(state["loss"])
-        self.stepper.optimizer.load_state_dict(state["optimizer"])
-        self.stepper.scheduler.load_state_dict(state["scheduler"])
-        self.stepper.scaler.load_state_dict(state["scaler"])
-        self.stepper.step = int(state["step"])
+        stepper.loss_module.load_state_dict(state["loss"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
+        stepper.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] and stepper.scaler.is_enabled():  # fp32/bf16 checkpoints have no scaler state
+            stepper.scaler.load_state_dict(state["scaler"])
+        stepper.step = int(state["step"])
         self.skips.count = int(state.get("skipped", 0))
         self.history = list(state.get("history", []))
         self.best = state.get("best")
         restore_rng_state(state["rng"])
+        old_end = int(state["scheduler"].get("total_steps", self.total_steps))
+        stepper.apply_config_schedule()  # the optimiser settings and horizon of *this* config
+        if changes:
+            log.warning("resumed with config changes: %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+            self.history.append({"step": self.step, "event": "resume", "changed": {k: [a, b] for k, (a, b) in changes.items()}})
+        if old_end != self.total_steps:
+            log.warning("the schedule now ends at step %d (was %d); lr at step %d: %.3g",
+                        self.total_steps, old_end, self.step, stepper.optimizer.param_groups[0]["lr"])
         if self.dist.is_main:
             # The log is cut back to the restored state: rows written after this checkpoint are
             # recomputed, so every step appears once, as if the run had never stopped.
@@ -315,9 +464,18 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def _save_checkpoint(self) -> None:
+        """Main rank writes; every rank learns whether it worked (so none waits on a dead peer)."""
+        failure: BaseException | None = None
         if self.dist.is_main:
-            self.checkpoints.save(self.step, self._state())
-        barrier()
+            try:
+                self.checkpoints.save(self.step, self._state())
+            except (CheckpointWriteError, FloatingPointError) as err:
+                failure = err
+        ok = all_reduce_mean(torch.tensor(0.0 if failure else 1.0, device=self.device)).item()
+        if failure is not None:
+            raise failure
+        if ok < 1.0:
+            raise CheckpointWriteError(f"rank {self.dist.rank}: rank 0 could not write the checkpoint of step {self.step}")
 
     def _write_history(self) -> None:
         save_text = "".join(json.dumps(row) + "\n" for row in self.history)
@@ -393,36 +551,15 @@ class Trainer:
         return epoch_end and (epoch + 1) % every_epochs == 0
 
     def fit(self) -> dict[str, Any]:
-        tc = self.config.train
-        self.task.forward_module.train()
-        start_epoch, start_in_epoch = divmod(self.step, self.steps_per_epoch)
-        bar = tqdm(
-            total=self.total_steps, initial=self.step, desc=self.task.name, disable=not self.dist.is_main,
-            dynamic_ncols=True,
-        )
-        t_last, samples_since = time.perf_counter(), 0
-        for epoch in range(start_epoch, tc.epochs):
-            if self.step >= self.total_steps:
-                break
-            first = start_in_epoch if epoch == start_epoch else 0
-            for micro_batches in self._epoch_micro_batches(epoch, first):
-                metrics = self.train_step(micro_batches)
-                samples_since += tc.batch_size * tc.accum_steps
-                bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    metrics["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
-                    t_last, samples_since = now, 0
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", sps=f"{metrics['samples_per_s']:.1f}")
-                    self._log_row({"step": self.step, "epoch": epoch, **metrics})
-                epoch_end = self.step % self.steps_per_epoch == 0
-                if self._due(tc.eval_every_steps, epoch_end, tc.eval_every_epochs, epoch):
-                    self._validate(epoch)
-                if self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch):
-                    self._save_checkpoint()
-                if self.step >= self.total_steps:
-                    break
-        bar.close()
+        """Train to the end of the schedule, then test; SIGTERM saves the step and stops the run.
+
+        A scheduler's SIGTERM (SLURM, Kubernetes pre-emption) is honoured at the next step
+        boundary on every rank: a checkpoint of that step is written and
+        :class:`TrainingInterrupted` is raised (the scripts exit with status 143); ``--resume``
+        continues bitwise where it stopped. A second SIGTERM kills at once.
+        """
+        with self._sigterm_saves():
+            self._train()
         if self.skips.count:
             log.warning("data: %s", self.skips.summary())
         if self.export == "best":
@@ -437,7 +574,78 @@ class Trainer:
             plot_metrics(self.history, self.out_dir / "loss_curves.png", loss_keys=self.task.loss_keys,
                          title=f"{self.task.name} losses")
         barrier()
+        if result:
+            result["skipped"] = self.skips.count
         return result
+
+    def _train(self) -> None:
+        tc = self.config.train
+        self.task.forward_module.train()
+        start_epoch, start_in_epoch = divmod(self.step, self.steps_per_epoch)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc=self.task.name, disable=not self.dist.is_main,
+            dynamic_ncols=True,
+        )
+        try:
+            self._train_epochs(bar, start_epoch, start_in_epoch)
+        finally:
+            bar.close()
+
+    def _train_epochs(self, bar: tqdm, start_epoch: int, start_in_epoch: int) -> None:
+        tc = self.config.train
+        t_last, samples_since = time.perf_counter(), 0
+        for epoch in range(start_epoch, tc.epochs):
+            if self.step >= self.total_steps:
+                break
+            first = start_in_epoch if epoch == start_epoch else 0
+            for micro_batches in self._epoch_micro_batches(epoch, first):
+                metrics = self.train_step(micro_batches)
+                samples_since += tc.batch_size * tc.accum_steps
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    metrics["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
+                    metrics["skipped"] = self.skips.count
+                    t_last, samples_since = now, 0
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", sps=f"{metrics['samples_per_s']:.1f}")
+                    self._log_row({"step": self.step, "epoch": epoch, **metrics})
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self._due(tc.eval_every_steps, epoch_end, tc.eval_every_epochs, epoch):
+                    self._validate(epoch)
+                saved = self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch)
+                if saved:
+                    self._save_checkpoint()
+                if self._stop_requested():
+                    if not saved:
+                        self._save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"SIGTERM: stopped after step {self.step} of {self.total_steps}; its checkpoint is in "
+                        f"{self.checkpoints.directory}. Continue with --resume"
+                    )
+                if self.step >= self.total_steps:
+                    break
+
+    @contextlib.contextmanager
+    def _sigterm_saves(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+
+        def note(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+            signal.signal(signal.SIGTERM, previous)  # a second SIGTERM is not delayed
+            log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+
+        previous = signal.signal(signal.SIGTERM, note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank received SIGTERM (all ranks stop at the same step)."""
+        flag = torch.tensor(0.0 if self._stop_signal is None else 1.0, device=self.device)
+        return bool(all_reduce_mean(flag).item() > 0) if is_distributed() else self._stop_signal is not None
 
     def _validate(self, epoch: int) -> None:
         if self.val_set is None:

@@ -1,0 +1,86 @@
+"""What a resumed run may change, and how the changes it makes take effect.
+
+A checkpoint stores the config its run used. On ``--resume`` the new config is compared key by
+key with it:
+
+* **free to change** (:data:`RESUME_FREE`): the length of the run and the cadences and plumbing
+  that do not touch what was learnt — ``train.epochs`` / ``train.max_steps`` (the cosine schedule
+  is recomputed for the new horizon, as if the run had been configured so from the start, and the
+  log says where it now ends), logging, validation and checkpoint cadence, ``keep_last``, device,
+  data loader workers, the distributed timeout;
+* **never** (:data:`RESUME_FIXED`): the batch geometry (``train.batch_size``, ``train.accum_steps``:
+  the data position of a step would no longer be the one the checkpoint was taken at) and the
+  task; the model architecture is compared on its own record (a different model cannot take the
+  weights);
+* **everything else** (learning rates, precision, losses, data paths...) is refused with a message
+  naming every differing key, unless the user passes ``--allow-config-change``; then the new values
+  are used (a new learning rate really is the learning rate from the next step on), the change is
+  logged, and ``config.yaml`` records what the run now uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clip4vla.config import ConfigError
+
+__all__ = ["RESUME_FIXED", "RESUME_FREE", "config_changes", "check_resume_config", "flatten"]
+
+RESUME_FREE = frozenset({
+    "train.epochs", "train.max_steps", "train.log_every", "train.eval_every_steps", "train.eval_every_epochs",
+    "train.checkpoint_every_steps", "train.keep_last", "train.device", "train.dist_timeout_s",
+    "data.num_workers", "data.cache_decoded",
+})
+RESUME_FIXED = frozenset({"train.batch_size", "train.accum_steps"})
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}`` (lists and None stay leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Every key whose value differs: ``{key: (stored value, new value)}``."""
+    old_flat, new_flat = flatten(stored), flatten(new)
+    missing = object()
+    changes = {}
+    for key in sorted(set(old_flat) | set(new_flat)):
+        a, b = old_flat.get(key, missing), new_flat.get(key, missing)
+        a = None if a is missing else a
+        b = None if b is missing else b
+        if _normal(a) != _normal(b):
+            changes[key] = (a, b)
+    return changes
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_resume_config(stored: dict[str, Any], new: dict[str, Any], allow_changes: bool, source: str) -> dict[str, tuple]:
+    """The changes a resume makes; ``ConfigError`` naming each key it may not make."""
+    changes = config_changes(stored, new)
+    changes.pop("train.output_dir", None)  # the same folder, perhaps written differently
+    fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED}
+    guarded = {k: v for k, v in changes.items() if k not in RESUME_FREE and k not in RESUME_FIXED}
+    if fixed:
+        raise ConfigError(
+            f"cannot resume {source} with another {', '.join(sorted(fixed))}: "
+            + _listing(fixed) + " (the data position of every step depends on it); start a new run instead"
+        )
+    if guarded and not allow_changes:
+        raise ConfigError(
+            f"resuming {source} with a different config: " + _listing(guarded)
+            + ". Pass --allow-config-change to train on with the new values, or resume with the old ones"
+        )
+    return changes
+
+
+def _listing(changes: dict[str, tuple]) -> str:
+    return "; ".join(f"{key} was {old!r}, now {new!r}" for key, (old, new) in changes.items())
