@@ -72,6 +72,9 @@ class MsrvttData:
     annotation_dir: str  # MSRVTT_data.json, MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv [, MSRVTT_val.csv]
     video_dir: str | None = None
     prepared_dir: str | None = None
+    # retrieval validation: the official "validate" videos, held out of the 9k training list
+    # ("official"), or MSRVTT_val.csv ("csv")
+    val_source: Literal["official", "csv"] = "official"
 
 
 @dataclasses.dataclass
@@ -156,6 +159,9 @@ class DataConfig:
     ucf101: Ucf101Data | None = None
     # howto_audioset: per-corpus share of an epoch (e.g. [0.5, 0.5]); None = in proportion to size.
     mixture_weights: tuple | None = None
+    # Silent clips paired with the audio of similar training clips (scripts/pair_missing_audio.py);
+    # None: a silent clip is scored with vision alone.
+    audio_pairs: str | None = None
     media: Literal["raw", "prepared"] = "raw"
     max_frames: int = 12
     frame_sampling: Literal["uniform", "head", "tail"] = "uniform"
@@ -236,6 +242,32 @@ class PretrainSection:
 @dataclasses.dataclass
 class PretrainConfig(RunConfig):
     pretrain: PretrainSection = dataclasses.field(default_factory=PretrainSection)
+
+
+@dataclasses.dataclass
+class RetrievalSection:
+    fusion: Literal["g2g", "g2l", "l2l"] = "g2g"
+    fusion_layers: int = 4
+    # what the video side is made of: vision, audio, or both (evaluation reports all three)
+    modality: Literal["v", "a", "av"] = "av"
+    # the audio type token: each clip's own ("clip"), "vb", "nb", both tokens ("both"), or the
+    # mixing ratio w of [VB] and [NB] (REF: 0.5 for MSR-VTT and VATEX, 1.0 for AudioCaps)
+    audio_type: Literal["clip", "vb", "nb", "both"] | float = 0.5
+    # symmetric InfoNCE (paper), or text->video only (what REF trains)
+    loss: Literal["symmetric", "t2v"] = "symmetric"
+    # an epoch visits every caption once ("captions", as CLIP4Clip), or every video once with
+    # one random caption ("videos")
+    epoch: Literal["captions", "videos"] = "captions"
+    learnable_scale: bool = False
+    # None: fixed 100 (REF), or CLIP's 1/0.07 when learnable
+    init_scale: float | None = None
+    # modalities the final test reports
+    test_modalities: tuple = ("v", "a", "av")
+
+
+@dataclasses.dataclass
+class RetrievalConfig(RunConfig):
+    retrieval: RetrievalSection = dataclasses.field(default_factory=RetrievalSection)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +464,13 @@ def validate_config(config: RunConfig) -> None:
     _check(oc.eps > 0, "optim.eps", oc.eps, "must be > 0")
     _check(len(oc.betas) == 2 and all(0 <= b < 1 for b in oc.betas), "optim.betas", list(oc.betas),
            "must be two numbers in [0, 1)")
+    if isinstance(config, RetrievalConfig):
+        rc = config.retrieval
+        _check(rc.fusion_layers >= 1, "retrieval.fusion_layers", rc.fusion_layers, "must be at least 1")
+        _check(isinstance(rc.audio_type, str) or 0 <= rc.audio_type <= 1, "retrieval.audio_type", rc.audio_type,
+               "a mixing ratio must lie in [0, 1]")
+        _check(len(rc.test_modalities) > 0 and set(rc.test_modalities) <= {"v", "a", "av"},
+               "retrieval.test_modalities", list(rc.test_modalities), "must be a non-empty list of v, a, av")
     if dc.mixture_weights is not None:
         _check(all(w >= 0 for w in dc.mixture_weights) and sum(dc.mixture_weights) > 0, "data.mixture_weights",
                list(dc.mixture_weights), "must be non-negative with a positive sum")

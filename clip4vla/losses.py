@@ -372,3 +372,82 @@ class PretrainLoss(nn.Module):
         parts = {k: p.detach() for k, p in parts.items()}
         parts["logit_scale"] = scale.detach()
         return total_loss, parts
+
+
+# ----------------------------------------------------------------------------------------------
+# retrieval fine-tuning
+# ----------------------------------------------------------------------------------------------
+def _gather_sides(sides: list[dict[str, Tensor]]) -> tuple[list[dict[str, Tensor]], int, int, int]:
+    """Gather every tensor of some feature dicts over ranks in one go (bool masks travel as uint8)."""
+    keys = [(i, k) for i, side in enumerate(sides) for k in side]
+    tensors = [sides[i][k].to(torch.uint8) if sides[i][k].dtype == torch.bool else sides[i][k] for i, k in keys]
+    gathered, offset, total, world = _gather(*tensors)
+    out: list[dict[str, Tensor]] = [{} for _ in sides]
+    for (i, k), value in zip(keys, gathered):
+        out[i][k] = value.bool() if sides[i][k].dtype == torch.bool else value
+    return out, offset, total, world
+
+
+def s_dtype(side: dict[str, Tensor]) -> torch.dtype:
+    """The dtype scores of a feature dict come out in (fp32 at least)."""
+    floating = [v.dtype for v in side.values() if v.is_floating_point()]
+    return torch.promote_types(floating[0], torch.float32) if floating else torch.float32
+
+
+class RetrievalLoss(nn.Module):
+    """Text <-> video InfoNCE over the gathered batch, for any fusion head (G2G, G2L, L2L).
+
+    Every rank scores its local texts against all gathered videos (``S_tv``) and all gathered
+    texts against its local videos (``S_vt``); ``direction="symmetric"`` (default) averages the two
+    cross-entropies, ``"t2v"`` keeps the first (what REF trains). Rows of the same video (two
+    captions of one clip in one batch, when an epoch visits every caption) are not negatives of
+    each other, and invalid rows (unreadable media) are neither anchors nor candidates. Scaled
+    like the pre-training losses, so N ranks x B equal one process with N·B.
+
+    The head's parameters (L2L: the fusion transformer and ``similarity_dense``) are trained
+    through this module, outside DDP; the training loop all-reduces their gradients.
+    """
+
+    def __init__(self, head: nn.Module, direction: str = "symmetric", learnable_scale: bool = False,
+                 init_scale: float | None = None, train_head: bool = False) -> None:
+        super().__init__()
+        if direction not in ("symmetric", "t2v"):
+            raise ValueError(f"direction must be 'symmetric' or 't2v', got {direction!r}")
+        # train_head (L2L): the head's parameters are this module's (trained here, outside DDP);
+        # otherwise it only lends its similarity function (G2G has no parameters, G2L's run in DDP)
+        self.head = head if train_head else None
+        self._similarity = head.similarity
+        self.direction = direction
+        self.logit_scale = LogitScale(init_scale, learnable=learnable_scale)
+
+    def forward(self, text: dict[str, Tensor], video: dict[str, Tensor], valid: Tensor,
+                video_index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        b = valid.shape[0]
+        _check_valid(valid, b)
+        scale = self.logit_scale()
+        (text_all, video_all, meta_all), offset, total, world = _gather_sides(
+            [text, video, {"valid": valid.to(torch.uint8), "video_index": video_index}]
+        )
+        valid_all = meta_all["valid"].bool()
+        index_all = meta_all["video_index"]
+        targets = torch.arange(b, device=valid.device) + offset
+        rows = valid.nonzero().squeeze(1)
+        # candidates to drop: invalid columns, and other rows of the anchor's own video
+        same_video = video_index[:, None] == index_all[None, :]  # [B, N]
+        same_video[torch.arange(b, device=valid.device), targets] = False
+        excluded = (same_video | ~valid_all[None, :])[rows]
+        norm = world / valid_all.sum().clamp(min=1).to(s_dtype(text))
+
+        local = lambda side: {k: v[offset:offset + b][rows] for k, v in side.items()}  # noqa: E731
+        s_tv = _at_least_fp32(self._similarity(local(text_all), video_all, scale))  # [R, N]
+        ce_tv = F.cross_entropy(s_tv.masked_fill(excluded, float("-inf")), targets[rows], reduction="sum")
+        parts = {"t2v": ce_tv.detach() * norm}
+        if self.direction == "t2v":
+            total_loss = ce_tv * norm
+        else:
+            s_vt = _at_least_fp32(self._similarity(text_all, local(video_all), scale)).t()  # [R, N]
+            ce_vt = F.cross_entropy(s_vt.masked_fill(excluded, float("-inf")), targets[rows], reduction="sum")
+            parts["v2t"] = ce_vt.detach() * norm
+            total_loss = 0.5 * (ce_tv + ce_vt) * norm
+        parts["logit_scale"] = scale.detach()
+        return total_loss, parts

@@ -44,3 +44,16 @@ def micro_openai_clip(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "micro-clip.pt"
     torch.save(CLIP(CLIPConfig.micro()).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def micro_export(tmp_path_factory) -> Path:
+    """A micro CLIP4VLA model file (random weights), as a pre-training run would export it."""
+    from clip4vla.models.checkpoints import export_model
+    from clip4vla.models.clip4vla import CLIP4VLA
+    from clip4vla.models.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    model = CLIP4VLA.from_config(CLIPConfig.micro())
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    return export_model(model, path, Preprocessing(max_frames=2, max_segments=2), task="pretrain")

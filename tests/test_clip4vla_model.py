@@ -71,7 +71,7 @@ def test_encode_text_with_max_words(model):
     with torch.no_grad():
         short = model.encode_text(tokens)
         full = model.encode_text(F.pad(tokens, (0, 77 - 32)))
-    assert short.shape == (3, 32)
+    assert short.shape == (3, 64)
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)  # causal: padding after EOT is invisible
     with pytest.raises(ValueError, match="S <= 77"):
         model.encode_text(torch.zeros(1, 78, dtype=torch.long))
@@ -87,9 +87,9 @@ def test_encode_video_batches_valid_frames(model):
         direct = model.clip.encode_image(frames[mask])
     handle.remove()
     assert calls == [3, 3]  # encode_video: one call with the three valid frames; then `direct`
-    assert frame_features.shape == (2, 3, 32) and global_.shape == (2, 32)
+    assert frame_features.shape == (2, 3, 64) and global_.shape == (2, 64)
     torch.testing.assert_close(frame_features[mask], direct, atol=1e-5, rtol=0)
-    assert torch.equal(frame_features[~mask], torch.zeros(3, 32))
+    assert torch.equal(frame_features[~mask], torch.zeros(3, 64))
     torch.testing.assert_close(global_, masked_mean_normalised(frame_features, mask))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip4vla.config import PretrainConfig, load_config
+from clip4vla.config import PretrainConfig, RetrievalConfig, load_config
 from clip4vla.data.synthetic_formats import write_corpus_format
 from clip4vla.models.clip import CLIPConfig
 
@@ -30,8 +30,12 @@ CONFIGS = REPO / "configs"
 CONFIG_RUNS = {
     "pretrain_synthetic.yaml": ("pretrain.py", "test_pretrain.py::test_pretrain_script_writes_outputs_and_prints_json_last"),
     "pretrain_howto_audioset.yaml": ("pretrain.py", "test_configs_run.py::test_paper_pretraining_config_runs_on_two_ranks_and_resumes"),
+    "finetune_synthetic.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_synthetic_retrieval_config_then_evaluation"),
+    "finetune_msrvtt.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_msrvtt_retrieval_config_with_paired_audio"),
+    "finetune_vatex.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_vatex_and_audiocaps_retrieval_configs"),
+    "finetune_audiocaps.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_vatex_and_audiocaps_retrieval_configs"),
 }
-CONFIG_CLASSES = {"pretrain.py": PretrainConfig}
+CONFIG_CLASSES = {"pretrain.py": PretrainConfig, "finetune_retrieval.py": RetrievalConfig}
 
 
 def test_every_config_has_an_end_to_end_run():
@@ -47,7 +51,7 @@ def test_every_config_has_an_end_to_end_run():
 def twins(synthetic_root, tmp_path_factory) -> Path:
     """The 24 synthetic clips in every corpus format the configs use (raw and prepared media)."""
     out = tmp_path_factory.mktemp("twins")
-    for fmt in ("howto100m", "audioset", "msrvtt"):
+    for fmt in ("howto100m", "audioset", "msrvtt", "vatex", "audiocaps"):
         write_corpus_format(synthetic_root, fmt, out / fmt, prepared=True)
     return out
 
@@ -119,3 +123,82 @@ def test_paper_pretraining_config_runs_on_two_ranks_and_resumes(twins, micro_ope
 
     model = load_model(out / "model.pt")
     assert model.clip.config == CLIPConfig.micro() and model.preprocessing.max_frames == 2
+
+
+# a few-step fine-tuning of the micro model: what a user changes on their machine, and sizes
+FINETUNE_SIZES = {
+    "model.arch": "null", "data.num_workers": 0, "data.max_frames": 2, "audio.max_segments": 2,
+    "train.batch_size": 4, "train.max_steps": 2, "train.eval_every_steps": 2, "train.log_every": 1,
+    "train.precision": "fp32", "train.device": "cpu", "retrieval.fusion_layers": 1,
+}
+
+
+def last_json(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_synthetic_retrieval_config_then_evaluation(synthetic_root, micro_export, tmp_path):
+    out = tmp_path / "ft"
+    args = sets({**FINETUNE_SIZES, "model.init_from": micro_export, "data.synthetic.root": synthetic_root,
+                 "data.synthetic.clips": 24, "train.output_dir": out})
+    summary = last_json(run("finetune_retrieval.py", args))  # the default config: finetune_synthetic.yaml
+    assert summary["split"] == "test" and set(summary) >= {"v", "a", "av"}
+    assert {"R1", "R5", "R10", "MedR", "MeanR"} <= set(summary["av"]["t2v"]) and summary["av"]["n_texts"] > 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/t2v/R1" in r] == [2]
+    # the exported model carries its fusion head; the evaluation script scores it from the file
+    evaluated = run("evaluate_retrieval.py", ["--model", str(out / "model.pt"), *sets({
+        "data.synthetic.root": synthetic_root, "data.synthetic.clips": 24})])
+    assert last_json(evaluated)["av"] == summary["av"]  # same inputs, same numbers
+    assert "text<->video retrieval on the test split (G2G" in evaluated.stdout
+    assert (out / "retrieval_test.json").is_file()
+    # L2L through the same script
+    l2l = last_json(run("finetune_retrieval.py", args[:] + sets({"retrieval.fusion": "l2l",
+                                                                  "train.output_dir": tmp_path / "l2l"})))
+    assert l2l["fusion"] == "l2l" and l2l["av"]["n_texts"] == summary["av"]["n_texts"]
+    # a pre-trained model has no fusion head: a clear error, or zero-shot global features when asked
+    data = sets({"data.synthetic.root": synthetic_root, "data.synthetic.clips": 24})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    refused = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate_retrieval.py"), "--model",
+                              str(micro_export), "--out", str(tmp_path / "never.json"), *data],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "has no fusion head" in refused.stderr and "--fusion g2g" in refused.stderr
+    assert not (tmp_path / "never.json").exists()
+    zero_shot = last_json(run("evaluate_retrieval.py", ["--model", str(micro_export), "--fusion", "g2g", "--out",
+                                                        str(tmp_path / "zs.json"), *data]))
+    assert zero_shot["fusion"] == "g2g" and zero_shot["av"]["n_videos"] == summary["av"]["n_videos"]
+    # Fig. 4: the [VB] -> [NB] sweep, a table, a plot and the rows as JSON
+    swept = last_json(run("sweep_audio_type.py", ["--model", str(micro_export), "--steps", "3", "--plot",
+                                                  str(tmp_path / "sweep.png"), *data]))
+    assert [row["w"] for row in swept["sweep"]] == [0.0, 0.5, 1.0]
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_msrvtt_retrieval_config_with_paired_audio(twins, micro_export, tmp_path):
+    pairs = tmp_path / "pairs.json"
+    data = {"data.msrvtt.annotation_dir": twins / "msrvtt", "data.msrvtt.video_dir": twins / "msrvtt" / "videos"}
+    paired = run("pair_missing_audio.py", ["--model", str(micro_export), "--config", str(CONFIGS / "finetune_msrvtt.yaml"),
+                                           "--out", str(pairs), *sets(data)])
+    assert "clips have no audio" in paired.stdout
+    pairing = json.loads(pairs.read_text())["pairs"]
+    assert pairing and all(p["donor"] for p in pairing.values())
+    out = tmp_path / "ft"
+    summary = last_json(run("finetune_retrieval.py", ["--config", str(CONFIGS / "finetune_msrvtt.yaml"), *sets({
+        **FINETUNE_SIZES, **data, "model.init_from": micro_export, "data.audio_pairs": pairs, "train.output_dir": out})]))
+    assert summary["fusion"] == "g2l" and summary["n_silent"] == 0  # the silent test clips got a donor's audio
+    assert torch.load(out / "model.pt", weights_only=True)["preprocessing"]["audio_type"] == 0.5
+
+
+def test_vatex_and_audiocaps_retrieval_configs(twins, micro_export, tmp_path):
+    for name, data in (
+        ("finetune_vatex.yaml", {"data.vatex.annotation_dir": twins / "vatex", "data.vatex.video_dir": twins / "vatex" / "videos"}),
+        ("finetune_audiocaps.yaml", {"data.audiocaps.annotation_dir": twins / "audiocaps",
+                                     "data.audiocaps.video_dir": twins / "audiocaps" / "videos"}),
+    ):
+        summary = last_json(run("finetune_retrieval.py", ["--config", str(CONFIGS / name), *sets({
+            **FINETUNE_SIZES, **data, "model.init_from": micro_export, "train.output_dir": tmp_path / name})]))
+        assert summary["split"] == "test", name
+        expected = {"a", "av"} if "audiocaps" in name else {"v", "a", "av"}
+        assert expected <= set(summary), name
+        if "vatex" in name:  # 10 captions per clip: every one is a query
+            assert summary["v"]["n_texts"] == 10 * summary["v"]["n_videos"]

@@ -141,3 +141,36 @@ def test_a_stopped_rank_is_named_within_the_timeout(tmp_path, where):
     assert "STOPPED: rank 0" in output and "Ranks 1 failed to pass" in output, output[-3000:]
     assert "train.dist_timeout_s" in output
     assert elapsed < 60  # the 4-s timeout, not the rank's 40-s sleep (or the default 30 minutes)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"clip4vla_test_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_retrieval_loss_on_two_ranks_matches_one_process(tmp_path):
+    """G2G, G2L (transformer inside DDP) and L2L (head trained by the loss, outside DDP)."""
+    retrieval_worker = _load("dist_retrieval_worker")
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).with_name("dist_retrieval_worker.py")), "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for mode in retrieval_worker.MODES:
+        ref_loss, ref_grads = retrieval_worker.reference(mode)
+        for result in ranks:
+            assert abs(result[mode]["loss"] - ref_loss) < 1e-9, (mode, result[mode]["loss"], ref_loss)
+            assert result[mode]["grads"].keys() == ref_grads.keys(), mode
+            for key, grad in ref_grads.items():
+                # float64 throughout except LayerNorm, which computes in float32 by design: ~1e-7 of
+                # a gradient's scale
+                worst = (result[mode]["grads"][key] - grad).abs().max()
+                assert worst <= 1e-6 * grad.abs().max() + 1e-12, (mode, key, float(worst))
+        if mode == "l2l":
+            assert any(k.startswith("l.head.") for k in ref_grads)

@@ -54,19 +54,27 @@ def test_openai_file_gets_its_audio_encoder_from_the_vision_tower():
 
 
 def test_released_checkpoint_is_converted(micro, tmp_path, caplog):
-    """REF keys: clip.* with 3 extra vocab rows, audio.visual.* with control_embedding, task heads."""
+    """REF keys: clip.* with 3 extra vocab rows, audio.visual.* with control_embedding, cross.* heads."""
+    from clip4vla.models.fusion import FusionHead
+
+    torch.manual_seed(1)
+    head = FusionHead.from_clip(micro.clip, "l2l", layers=2)
     ref = {f"clip.{k}": v.clone() for k, v in micro.clip.state_dict().items()}
     ref["clip.token_embedding.weight"] = torch.cat([ref["clip.token_embedding.weight"], torch.randn(3, 64)])
     for k, v in micro.audio.visual.state_dict().items():
         ref[f"audio.visual.{k}"] = v.clone()
     ref["audio.visual.control_embedding"] = micro.audio.type_embedding.detach().clone()
-    ref["cross.embeddings.word_embeddings.weight"] = torch.zeros(2, 2)
-    ref["similarity_dense.weight"] = torch.zeros(1, 32)
+    ref.update({f"cross.{k}": v.clone() for k, v in head.fusion.state_dict().items()})
+    ref.update({f"similarity_dense.{k}": v.clone() for k, v in head.similarity_dense.state_dict().items()})
+    ref["cls_linear.1.weight"] = torch.zeros(50, 64)  # a classification head we do not convert
     torch.save({f"module.{k}": v for k, v in ref.items()}, tmp_path / "ref.pt")  # saved from DDP
     with caplog.at_level(logging.WARNING):
         model = load_model(tmp_path / "ref.pt")
+    assert set(model.heads) == {"fusion"} and model.heads["fusion"].mode == "l2l"
+    same_weights(head, model.heads["fusion"])
+    del model.heads["fusion"]
     same_weights(micro, model)
-    assert "cross" in caplog.text and "similarity_dense" in caplog.text  # heads not converted, said so
+    assert "cls_linear" in caplog.text  # heads not converted, said so
 
 
 def test_trainer_checkpoint_loads(micro, tmp_path):
@@ -127,7 +135,7 @@ def test_token_level_outputs_keep_state_dict_keys_and_global_values(micro):
     micro.eval()
     with torch.no_grad():
         per_token, global_ = micro.encode_text_tokens(tokens)
-        assert per_token.shape == (2, 10, 32)
+        assert per_token.shape == (2, 10, 64)
         assert torch.allclose(global_, micro.encode_text(tokens), atol=1e-6)
         assert torch.allclose(per_token[0, 4], global_[0], atol=1e-6)  # the EOT token is the global one
         frames = torch.randn(3, 3, 224, 224)

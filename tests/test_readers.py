@@ -185,8 +185,11 @@ def test_msrvtt_retrieval_test_is_1ka_csv(tmp_path):
     assert r.frames_dir == tmp_path / "prepared" / "frames" / "video1"
     assert r.audio_path == tmp_path / "prepared" / "audio" / "video1.wav"
     write(root / "MSRVTT_val.csv", "key,vid_key,video_id,sentence\nret0,msr3,video3,cooking pasta in a pot\n")
-    val = read_msrvtt(root, "val")
+    val = read_msrvtt(root, "val", val_source="csv")
     assert [(r.video_id, r.captions) for r in val] == [("video3", ("cooking pasta in a pot",))]
+    # by default validation holds out the official "validate" videos (first caption each)
+    val = read_msrvtt(root, "val")
+    assert [(r.video_id, r.captions) for r in val] == [("video1", ("a man sings",))]
     # without the data json the csv alone is enough
     (root / "MSRVTT_data.json").unlink()
     assert read_msrvtt(root, "test")[0].captions == ("a man sings on stage",)
@@ -660,3 +663,10 @@ def test_ucf101_malformed(tmp_path):
     expect_error(["classInd.txt", "'index'", "without gaps"], read_ucf101, lists, 1, "test")
     write(lists / "classInd.txt", "1 ApplyEyeMakeup\nx YoYo\n")
     expect_error(["classInd.txt", "line 2", "'index'"], read_ucf101, lists, 1, "test")
+
+
+def test_msrvtt_official_validation_videos_leave_the_training_list(tmp_path):
+    root = msrvtt_files(tmp_path)
+    write(root / "MSRVTT_train.9k.csv", "video_id\nvideo0\nvideo1\nvideo2\n")  # video1 is "validate"
+    assert "video1" not in {r.video_id for r in read_msrvtt(root, "train")}
+    assert "video1" in {r.video_id for r in read_msrvtt(root, "train", val_source="csv")}

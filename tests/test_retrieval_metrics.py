@@ -222,3 +222,51 @@ def test_errors_are_clear():
         retrieval_metrics([[1.0, 0.0], [0.0, 1.0]])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"without any caption.*\[2\]"):
         video_to_text_metrics(torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
+
+
+# ------------------------------------------------------------- streamed (chunked) evaluation
+def test_streamed_metrics_equal_the_full_matrix_with_ties_and_multiple_captions():
+    from clip4vla.evaluation.retrieval import streamed_retrieval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    for n_text, n_video, per_video in ((40, 40, 1), (90, 30, 3), (37, 11, None)):
+        sim = torch.randint(0, 5, (n_text, n_video), generator=g).float()  # many ties
+        mapping = None if per_video == 1 else (torch.arange(n_text) % n_video)
+        full_t2v, full_v2t = retrieval_metrics(sim, mapping), video_to_text_metrics(sim, mapping)
+        for rows, cache in ((1, 0), (7, 0), (7, 10**9), (n_text, 0)):  # recomputed or cached second pass
+            t2v, v2t = streamed_retrieval_metrics(lambda r: sim[r], n_text, n_video, mapping, rows_per_chunk=rows,
+                                                  cache_elements=cache)
+            assert torch.equal(t2v["ranks"], full_t2v["ranks"]) and torch.equal(v2t["ranks"], full_v2t["ranks"])
+            assert {k: t2v[k] for k in ("R1", "R5", "R10", "MedR", "MeanR")} == \
+                {k: full_t2v[k] for k in ("R1", "R5", "R10", "MedR", "MeanR")}
+
+
+@pytest.mark.parametrize("name", TIE_FREE)
+def test_streamed_metrics_match_the_golden_fixture(name: str):
+    from clip4vla.evaluation.retrieval import streamed_retrieval_metrics
+
+    case = CASES[name]
+    x = torch.tensor(case["matrix"], dtype=torch.float64)
+    t2v, v2t = streamed_retrieval_metrics(lambda r: x[r], *x.shape, rows_per_chunk=3)
+    for direction, ours in (("t2v", t2v), ("v2t", v2t)):
+        for k in ("R1", "R5", "R10"):
+            assert ours[k] == case[direction][k], (direction, k)
+        assert ours["MedR"] == case[direction]["MedianR"]
+        assert (ours["ranks"] - 1).tolist() == case[direction]["cols"]
+
+
+def test_streamed_metrics_refuse_bad_scores():
+    from clip4vla.evaluation.retrieval import streamed_retrieval_metrics
+
+    sim = torch.randn(6, 6)
+    sim[4, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        streamed_retrieval_metrics(lambda r: sim[r], 6, 6)
+    with pytest.raises(ValueError, match="gave shape"):
+        streamed_retrieval_metrics(lambda r: torch.zeros(r.stop - r.start, 5), 6, 6)
+    with pytest.raises(ValueError, match="text_to_video must have shape"):
+        streamed_retrieval_metrics(lambda r: torch.zeros(r.stop - r.start, 6), 6, 6, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="cannot rank 0 texts"):
+        streamed_retrieval_metrics(lambda r: torch.zeros(0, 6), 0, 6)
+    with pytest.raises(ValueError, match="videos without any caption"):
+        streamed_retrieval_metrics(lambda r: torch.zeros(r.stop - r.start, 3), 4, 3, torch.tensor([0, 0, 1, 1]))

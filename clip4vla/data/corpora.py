@@ -85,7 +85,7 @@ def read_split(data: DataConfig, corpus: str, split: str, purpose: str, unfold_c
     if corpus == "msrvtt":
         task = "captioning" if purpose == "caption" else "retrieval"
         return read_msrvtt(section.annotation_dir, split, task=task, unfold_captions=unfold_captions,
-                           **_paths(section, "video_dir", "prepared_dir"))
+                           val_source=section.val_source, **_paths(section, "video_dir", "prepared_dir"))
     if corpus == "vatex":
         split_csv = getattr(section, f"{split}_csv")
         return read_vatex(section.annotation_dir, split, split_csv=split_csv, media=section.media,

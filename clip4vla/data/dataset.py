@@ -163,7 +163,7 @@ class TriModalDataset(torch.utils.data.Dataset):
     def _spectrogram(self, record: ClipRecord) -> torch.Tensor | None:
         """dB spectrogram ``[3, T, 224]`` of the record's span, or None for a clip without audio."""
         opts = self.options
-        use_prepared = opts.media == "prepared" or record.video_path is None
+        use_prepared = opts.media == "prepared" or record.video_path is None or record.audio_from is not None
         path = record.audio_path if use_prepared and record.audio_path is not None else record.video_path
         if path is None:
             return None

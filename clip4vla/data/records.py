@@ -91,6 +91,9 @@ class ClipRecord:
     - ``audio_type``: "vb" (verbal) or "nb" (non-verbal), the default type token.
     - ``label``: class index for classification corpora (0-based), else None.
     - ``source``: dataset name ("msrvtt", "vatex", ...).
+    - ``audio_from``: for a silent clip paired with another clip's audio (the paper's handling of
+      missing audio, ``scripts/pair_missing_audio.py``): that clip's id; ``audio_path`` then names
+      its audio (raw video or prepared wav), used in both media routes.
     """
 
     video_id: str
@@ -103,6 +106,7 @@ class ClipRecord:
     audio_type: str = "vb"
     label: int | None = None
     source: str = ""
+    audio_from: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise here so every reader (and synthetic.py) gets the same types without repeating

@@ -21,12 +21,12 @@ the video index of every text row.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
 
-__all__ = ["retrieval_metrics", "video_to_text_metrics", "format_metrics"]
+__all__ = ["retrieval_metrics", "streamed_retrieval_metrics", "video_to_text_metrics", "format_metrics"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 _KS = (1, 5, 10)
@@ -145,6 +145,83 @@ def video_to_text_metrics(
     own_equal = torch.zeros(n_video, dtype=torch.int32, device=s.device)
     own_equal.index_add_(0, mapping, (own_scores == best_own[mapping]).to(torch.int32))
     return _summarise(_rank_from_counts(higher, equal - own_equal), percent)
+
+
+# elements of one chunk of scores: 64 M floats (256 MB in fp32), whatever the number of videos
+CHUNK_ELEMENTS = 1 << 26
+# below this many scores (1 GB in fp32) the first pass keeps its chunks for the second
+CACHE_ELEMENTS = 1 << 28
+
+
+def streamed_retrieval_metrics(
+    score_rows: Callable[[slice], ArrayLike],
+    n_text: int,
+    n_video: int,
+    text_to_video: ArrayLike | None = None,
+    *,
+    rows_per_chunk: int | None = None,
+    cache_elements: int = CACHE_ELEMENTS,
+    percent: bool = True,
+) -> tuple[dict, dict]:
+    """Text->video and video->text metrics without ever holding the ``[N_text, N_video]`` matrix.
+
+    ``score_rows(rows)`` returns the scores of the text rows ``rows`` (a slice) against every
+    video, ``[len(rows), N_video]``, and must return the same values each time it is called. The
+    ranks are exactly those of :func:`retrieval_metrics` and :func:`video_to_text_metrics` on the
+    full matrix (same tie rule): a rank needs only the ground truth's score and the counts of
+    scores above and equal to it. Text->video counts come from one pass over chunks of rows;
+    video->text needs every video's best own caption first, so a second pass recounts the
+    chunks — from memory when all scores fit in ``cache_elements`` (default 1 GB of fp32), else
+    by calling ``score_rows`` again. Memory: one chunk (``rows_per_chunk`` rows, default 64 M
+    scores) plus ``O(N_text + N_video)``, or the cache.
+    """
+    if n_text <= 0 or n_video <= 0:
+        raise ValueError(f"cannot rank {n_text} texts against {n_video} videos")
+    mapping = _as_mapping(text_to_video, n_text, n_video)
+    if text_to_video is not None:
+        n_captions = torch.bincount(mapping, minlength=n_video)
+        if (n_captions == 0).any():
+            missing = (n_captions == 0).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"videos without any caption in text_to_video (first: {missing}); their rank is undefined")
+    step = rows_per_chunk or max(1, CHUNK_ELEMENTS // n_video)
+    chunks = [slice(i, min(i + step, n_text)) for i in range(0, n_text, step)]
+    cache: dict[int, torch.Tensor] | None = {} if n_text * n_video <= cache_elements else None
+
+    def scores(rows: slice) -> torch.Tensor:
+        if cache is not None and rows.start in cache:
+            return cache.pop(rows.start)
+        s = _as_sim(score_rows(rows))
+        if s.shape != (rows.stop - rows.start, n_video):
+            raise ValueError(f"score_rows({rows.start}:{rows.stop}) gave shape {tuple(s.shape)}, expected "
+                             f"({rows.stop - rows.start}, {n_video})")
+        return s
+
+    own = torch.empty(n_text, dtype=torch.float64)
+    higher = torch.zeros(n_text, dtype=torch.int64)
+    equal = torch.zeros(n_text, dtype=torch.int64)
+    for rows in chunks:  # text -> video: each row holds its own ground truth
+        s = scores(rows)
+        gt = s.gather(1, mapping[rows].to(s.device)[:, None])
+        own[rows] = gt[:, 0].double().cpu()
+        higher[rows] = (s > gt).sum(1, dtype=torch.int32).cpu().long()
+        equal[rows] = (s == gt).sum(1, dtype=torch.int32).cpu().long()
+        if cache is not None:
+            cache[rows.start] = s
+    t2v = _summarise(_rank_from_counts(higher, equal - 1), percent)
+
+    best_own = torch.full((n_video,), -torch.inf, dtype=torch.float64).scatter_reduce(0, mapping, own, reduce="amax")
+    higher_v = torch.zeros(n_video, dtype=torch.int64)
+    equal_v = torch.zeros(n_video, dtype=torch.int64)
+    for rows in chunks:  # video -> text: a column's best own caption, against other videos' captions
+        s = scores(rows)
+        best = best_own.to(s.device, s.dtype)
+        # no own caption is above the best one; own captions tied with it are taken out after
+        higher_v += (s > best).sum(0, dtype=torch.int32).cpu().long()
+        equal_v += (s == best).sum(0, dtype=torch.int32).cpu().long()
+    own_tied = (own == best_own[mapping]).long()
+    equal_v -= torch.zeros(n_video, dtype=torch.int64).index_add_(0, mapping, own_tied)
+    v2t = _summarise(_rank_from_counts(higher_v, equal_v), percent)
+    return t2v, v2t
 
 
 def format_metrics(metrics: dict, prefix: str = "") -> str:

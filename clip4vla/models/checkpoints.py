@@ -188,16 +188,39 @@ def _reference_file(state: dict[str, Any], source: str) -> ModelFile:
     audio = AudioEncoder.from_reference_state_dict(state, source)
     converted = {f"clip.{k}": v for k, v in clip_state.items()}
     converted.update({f"audio.{k}": v for k, v in audio.state_dict().items()})
-    ignored = sorted({k.split(".")[0] for k in state if not k.startswith(("clip.", "audio."))})
+    heads = _reference_fusion(state, config, converted, source)
+    used = ("clip.", "audio.", "cross.", "similarity_dense.") if heads else ("clip.", "audio.")
+    ignored = sorted({k.split(".")[0] for k in state if not k.startswith(used)})
     if ignored:
         log.warning("%s: task heads of the released code are not converted: %s", source, ", ".join(ignored))
     return ModelFile(
         kind="reference",
-        architecture={"clip": dataclasses.asdict(config), "audio_type_token": audio.use_type_token, "heads": {}},
+        architecture={"clip": dataclasses.asdict(config), "audio_type_token": audio.use_type_token, "heads": heads},
         state_dict=converted,
         preprocessing=None,
         extra={"ignored": ignored},
     )
+
+
+def _reference_fusion(state: dict[str, Any], config: CLIPConfig, converted: dict[str, torch.Tensor],
+                      source: str) -> dict[str, Any]:
+    """REF's retrieval ``cross`` module (+ ``similarity_dense``: L2L; without it: G2L) -> our fusion head.
+
+    Its parameter names are ours under ``heads.fusion.fusion.`` (the module was written to match);
+    a captioning checkpoint (``cls.*`` beside ``cross.*``) keeps its cross module for the caption head.
+    """
+    cross = {k[len("cross."):]: v for k, v in state.items() if k.startswith("cross.")}
+    if not cross or any(k.startswith("cls.") for k in state):
+        return {}
+    mode = "l2l" if "similarity_dense.weight" in state else "g2l"
+    layers = len({k.split(".")[2] for k in cross if k.startswith("transformer.resblocks.")})
+    positions = cross["positional_embedding"].shape[0] if "positional_embedding" in cross else config.context_length
+    tensors = {f"heads.fusion.fusion.{k}": v for k, v in cross.items()}
+    if mode == "l2l":
+        tensors.update({f"heads.fusion.{k}": state[k] for k in ("similarity_dense.weight", "similarity_dense.bias") if k in state})
+    converted.update(to_float32_state_dict(tensors, source, owned=False, drop=()))
+    return {"fusion": {"mode": mode, "layers": layers, "width": config.embed_dim,
+                       "heads": max(1, config.embed_dim // 64), "max_positions": positions}}
 
 
 def model_from_file(file: ModelFile, source: str, audio_init: str = "vision", use_type_token: bool | None = None) -> CLIP4VLA:

@@ -130,9 +130,13 @@ class CLIPConfig:
 
     @classmethod
     def micro(cls) -> CLIPConfig:
-        """The smallest model with the real input geometry: for tests of the training machinery."""
+        """The smallest model with the real input geometry: for tests of the training machinery.
+
+        The embedding is as wide as the text tower (as in every OpenAI ViT CLIP), so the fusion
+        heads start from CLIP text blocks as they do at full size.
+        """
         return cls(
-            embed_dim=32,
+            embed_dim=64,
             image_resolution=224,
             vision_layers=1,
             vision_width=64,
@@ -277,11 +281,13 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: bool, broadcastable to ``[N, heads, L, L]``, True where a query may attend
+        to a key (e.g. ``[N, 1, 1, L]`` for key padding); every query must see at least one key."""
         n, length, width = x.shape  # [N, L, W]
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
         q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [N, H, L, W/H]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)  # [N, H, L, W/H]
         return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
 
 
@@ -299,8 +305,8 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=self.causal)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=self.causal, attn_mask=attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -316,13 +322,13 @@ class Transformer(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 # recompute activations in backward: memory per block instead of per model
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, attn_mask)
         return x
 
 

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from clip4vla.models.clip import CLIPConfig
+from clip4vla.models.fusion import build_fusion_head
 
 HeadBuilder = Callable[[Mapping[str, Any], CLIPConfig], nn.Module]
 
-HEADS: dict[str, HeadBuilder] = {}
+HEADS: dict[str, HeadBuilder] = {"fusion": build_fusion_head}

@@ -216,7 +216,7 @@ def cleanup() -> None:
     _monitor_group = None
 
 
-def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs: Any) -> nn.Module:
+def wrap_ddp(model: nn.Module, info: DistInfo, ignore: list[str] | None = None, **ddp_kwargs: Any) -> nn.Module:
     """Wrap ``model`` in DDP when ``info.world_size > 1`` (otherwise return it unchanged).
 
     ``find_unused_parameters=True`` by default: not every trainable parameter takes part in every
@@ -229,6 +229,8 @@ def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs: Any) -> nn.Module:
     """
     if not info.distributed or not any(p.requires_grad for p in model.parameters()):
         return model
+    if ignore:  # trained and synchronised outside DDP (``ignore``: parameter names in ``model``)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
     ddp_kwargs.setdefault("find_unused_parameters", True)
     if info.device.type == "cuda":
         ddp_kwargs.setdefault("device_ids", [info.device.index])

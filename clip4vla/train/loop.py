@@ -129,7 +129,11 @@ class Stepper:
         self.device = dist.device
         self.model = model
         self.loss_module = task.loss_module.to(self.device)
-        self.ddp = wrap_ddp(task.forward_module, dist)
+        # parameters the loss trains (the L2L head) may also sit inside the forward module: DDP must
+        # leave them alone, the loop all-reduces their gradients itself
+        in_loss = {id(p) for p in self.loss_module.parameters()}
+        ignore = [name for name, p in task.forward_module.named_parameters() if id(p) in in_loss]
+        self.ddp = wrap_ddp(task.forward_module, dist, ignore=ignore)
         trainable = nn.ModuleDict(
             {"clip": model.clip, "audio": model.audio, "heads": model.heads, "loss": self.loss_module}
         )
@@ -294,6 +298,17 @@ class Trainer:
             raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
         self.local_batch = tc.batch_size // self.dist.world_size
         self.task = task(config, self.dist)
+        if self.task.requires_init and not config.model.init_from:
+            raise ConfigError(
+                f"model.init_from is required: {self.task.name} fine-tuning starts from a pre-trained model "
+                "(our model.pt, e.g. runs/pretrain_synthetic/model.pt after `python scripts/pretrain.py`)"
+            )
+        if config.model.init_from and not Path(config.model.init_from).is_file():
+            raise ConfigError(
+                f"model.init_from={config.model.init_from} not found"
+                + (": run `python scripts/pretrain.py` first (the quick start writes it)"
+                   if Path(config.model.init_from).as_posix().endswith("pretrain_synthetic/model.pt") else "")
+            )
         try:
             self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
         except OSError as err:

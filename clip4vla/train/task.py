@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from clip4vla.config import RunConfig
-from clip4vla.data.corpora import corpus_names, read_split
+from clip4vla.data.audio_pairs import apply_audio_pairs, read_audio_pairs
+from clip4vla.data.corpora import corpus_names, corpus_splits, read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.records import ClipRecord, check_media, missing_media_reason
 from clip4vla.data.sampler import MixtureOrder
@@ -61,6 +62,8 @@ class Task:
     batch_coupled = True
     # training-loss keys worth plotting
     loss_keys: tuple[str, ...] = ("loss",)
+    # fine-tuning starts from a pre-trained model (model.init_from), never from random towers
+    requires_init = False
 
     def __init__(self, config: RunConfig, dist: DistInfo) -> None:
         self.config = config
@@ -125,6 +128,26 @@ def _check_train_media(records: list[ClipRecord], what: str) -> None:
         raise ValueError(f"no usable training sample: all {len(records)} records of {what} miss their media")
 
 
+def evaluation_dataset(config: RunConfig, split: str, purpose: str, options: SampleOptions,
+                       corpus: str | None = None) -> TriModalDataset:
+    """One evaluation split as a dataset, with ``data.audio_pairs`` applied (for evaluation scripts).
+
+    The pairing is checked against every split of the corpus, as in training.
+    """
+    dc = config.data
+    corpus = corpus or dc.eval_corpus or dc.corpus
+    if corpus == "synthetic":
+        make_synthetic_dataset(Path(dc.synthetic.root), num_clips=dc.synthetic.clips, seed=dc.synthetic.seed)
+    records = read_split(dc, corpus, split, purpose)
+    if not records:
+        raise ValueError(f"the {split} split of {corpus} has no records")
+    if dc.audio_pairs is not None:
+        splits = {s: (records if s == split else read_split(dc, corpus, s, purpose)) for s in corpus_splits(corpus)}
+        apply_audio_pairs(list(splits.values()), splits["train"], read_audio_pairs(dc.audio_pairs),
+                          f"data.audio_pairs={dc.audio_pairs}")
+    return TriModalDataset(records, options, seed=config.train.seed)
+
+
 def split_datasets(
     config: RunConfig,
     dist: DistInfo,
@@ -169,8 +192,12 @@ def split_datasets(
         if not records:
             raise ValueError(f"data.{key}: the {split} split of {eval_corpus} has no records")
         evals.append(records)
-    seed = config.train.seed
     val, test = evals
+    if dc.audio_pairs is not None:
+        pairs = read_audio_pairs(dc.audio_pairs)
+        n = apply_audio_pairs([r for r in (train, val, test) if r], train, pairs, f"data.audio_pairs={dc.audio_pairs}")
+        log.info("%d silent clips get the audio of their nearest training clip (%s)", n, dc.audio_pairs)
+    seed = config.train.seed
     return TaskData(
         train=TriModalDataset(train, options, seed=seed),
         val=TriModalDataset(val, eval_options, seed=seed) if val else None,

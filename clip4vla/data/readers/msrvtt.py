@@ -99,13 +99,17 @@ def read_msrvtt(
     video_dir: str | os.PathLike | None = None,
     prepared_dir: str | os.PathLike | None = None,
     unfold_captions: bool | None = None,
+    val_source: str = "official",
 ) -> list[ClipRecord]:
     """MSR-VTT records.
 
     Args:
         annotation_dir: folder holding the three standard files (see module docstring).
-        split: ``task="retrieval"``: ``"train"`` (the 9k list), ``"val"`` (``MSRVTT_val.csv``)
-            or ``"test"`` (1k-A csv).
+        split: ``task="retrieval"``: ``"train"`` (the 9k list), ``"val"`` or ``"test"`` (1k-A csv).
+            ``val_source`` says where retrieval validation comes from: ``"official"`` (default)
+            holds out the official ``validate`` videos (497 in the release, one caption each,
+            1k-A style) and removes them from the 9k training list, so checkpoints are chosen on
+            videos never trained on and never on the test; ``"csv"`` reads ``MSRVTT_val.csv``.
             ``task="captioning"``: ``"train"``, ``"val"`` (= official ``validate``) or ``"test"``.
         task: ``"retrieval"`` or ``"captioning"``.
         video_dir / prepared_dir: media roots (see ``clip4vla.data.records``).
@@ -123,12 +127,20 @@ def read_msrvtt(
 
     if task == "retrieval":
         check_choice("MSR-VTT retrieval split", split, ("train", "val", "test"))
-        if split != "train":
+        check_choice("MSR-VTT val_source", val_source, ("official", "csv"))
+        if split == "test" or (split == "val" and val_source == "csv"):
             return _read_caption_csv(root, VAL_CSV if split == "val" else TEST_1KA_CSV, layout)
         meta = _MsrvttJson(require_file(root / DATA_JSON, "MSR-VTT data json"))
+        held_out = {vid for vid, (video_split, _) in meta.videos.items() if video_split == "validate"}
+        if split == "val":
+            groups = [(vid, meta.captions[vid][:1], meta.videos[vid][1]) for vid in meta.videos
+                      if vid in held_out and vid in meta.captions]
+            return _to_records(groups, layout, unfold=False)
         csv_path = require_file(root / TRAIN_9K_CSV, "MSR-VTT 9k train csv")
         groups = []
         for line, vid in read_id_list(csv_path):
+            if val_source == "official" and vid in held_out:
+                continue  # the validation videos
             if vid not in meta.videos:
                 raise AnnotationError(
                     csv_path, f"video {vid!r} is not in {DATA_JSON}", line=line, field="video_id"

@@ -1,0 +1,179 @@
+"""Text-video retrieval with a fusion head: encode every video and every caption once, then score.
+
+Used for validation and test during fine-tuning and by ``scripts/evaluate_retrieval.py``. Every
+caption of a clip is a query (multi-caption ground truth: VATEX 10, AudioCaps 5); videos are the
+candidates. Scores are streamed in chunks of captions (``streamed_retrieval_metrics``), so a
+large set never holds its ``[N_text, N_video]`` matrix — except L2L, whose pair scores are
+computed once and kept (``N_text x N_video`` floats; the transformer pass per pair is the cost).
+
+Which clips take part depends on the modality: ``v`` needs frames, ``a`` needs an audio track,
+``av`` either (a silent clip is scored with vision alone). Unreadable clips take no part; the
+counts are in the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from clip4vla.data.dataset import TriModalDataset, collate_samples
+from clip4vla.evaluation.retrieval import streamed_retrieval_metrics
+from clip4vla.models.clip4vla import CLIP4VLA
+from clip4vla.models.fusion import FusionHead
+from clip4vla.precision import autocast
+from clip4vla.text import tokenize
+
+__all__ = ["EncodedSet", "encode_retrieval_set", "evaluate_fusion_retrieval", "text_side", "video_items"]
+
+METRIC_KEYS = ("R1", "R5", "R10", "MedR", "MeanR")
+# L2L keeps its pair scores: refuse sets whose matrix would not fit comfortably
+L2L_MAX_PAIRS = 50_000_000
+
+
+@dataclasses.dataclass
+class EncodedSet:
+    """Per clip: frame and segment features with masks; per caption: its tokens and clip index."""
+
+    frames: torch.Tensor  # [V, F, D]
+    frame_mask: torch.Tensor  # [V, F]
+    segments: torch.Tensor  # [V, L, D]
+    segment_mask: torch.Tensor  # [V, L]
+    readable: torch.Tensor  # [V] bool: the media could be read
+    tokens: torch.Tensor  # [T, S]
+    text_to_video: torch.Tensor  # [T]
+    video_ids: list[str]
+
+
+def text_side(model: CLIP4VLA, head: FusionHead, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    token_features, text_global = model.encode_text_tokens(tokens)
+    return head.text_side(tokens, token_features, text_global)
+
+
+def video_items(model: CLIP4VLA, frames: torch.Tensor, frame_mask: torch.Tensor, audio: torch.Tensor,
+                audio_mask: torch.Tensor, audio_type: Any, modality: str = "av") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame and segment features ``[B, F, D]``, ``[B, L, D]``; the modality left out is not encoded."""
+    dim = model.clip.config.embed_dim
+    if modality == "a":
+        frame_features = frames.new_zeros(*frame_mask.shape, dim)
+    else:
+        frame_features = model.encode_video(frames, frame_mask)[0]
+    if modality == "v":
+        segment_features = audio.new_zeros(*audio_mask.shape, dim)
+    else:
+        segment_features = model.encode_audio(audio, audio_mask, audio_type)[0]
+    return frame_features, segment_features
+
+
+def resolve_audio_type(setting: Any, batch_ids: torch.Tensor) -> Any:
+    """``"clip"``: each clip's own type id; otherwise the setting (``"vb"``, ``"nb"``, ``"both"``, w)."""
+    return batch_ids if setting == "clip" else setting
+
+
+@torch.no_grad()
+def encode_retrieval_set(model: CLIP4VLA, dataset: TriModalDataset, batch_size: int, device: torch.device,
+                         precision: str, audio_type: Any) -> EncodedSet:
+    """Encode every clip's frames and segments once, and tokenize every caption."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("frames", "frame_mask", "segments", "segment_mask", "readable")}
+    for batch in loader:
+        with autocast(device, precision):
+            frames, segments = video_items(
+                model, batch["frames"].to(device), batch["frame_mask"].to(device), batch["audio"].to(device),
+                batch["audio_mask"].to(device), resolve_audio_type(audio_type, batch["audio_type"].to(device)),
+            )
+        parts["frames"].append(frames.float().cpu())
+        parts["segments"].append(segments.float().cpu())
+        parts["frame_mask"].append(batch["frame_mask"])
+        parts["segment_mask"].append(batch["audio_mask"])
+        parts["readable"].append(batch["valid"])
+    captions = [(i, c) for i, record in enumerate(dataset.records) for c in record.captions]
+    tokens = tokenize([c for _, c in captions], context_length=dataset.options.max_words, truncate=True)
+    return EncodedSet(
+        **{k: torch.cat(v) for k, v in parts.items()},
+        tokens=tokens,
+        text_to_video=torch.tensor([i for i, _ in captions], dtype=torch.long),
+        video_ids=[r.video_id for r in dataset.records],
+    )
+
+
+def _pool(encoded: EncodedSet, modality: str) -> torch.Tensor:
+    """The clips that can take part in ``modality`` (bool ``[V]``)."""
+    has_frames = encoded.frame_mask.any(1)
+    has_audio = encoded.segment_mask.any(1)
+    usable = {"v": has_frames, "a": has_audio, "av": has_frames | has_audio}[modality]
+    return usable & encoded.readable
+
+
+@torch.no_grad()
+def _score(model: CLIP4VLA, head: FusionHead, encoded: EncodedSet, modality: str, scale: float,
+           device: torch.device, precision: str, batch_size: int) -> tuple[Any, int, int, torch.Tensor]:
+    """The score function of one modality's pool, and the pool's sizes and caption -> video map."""
+    keep = _pool(encoded, modality)
+    index = torch.full((len(keep),), -1, dtype=torch.long)
+    index[keep] = torch.arange(int(keep.sum()))
+    text_keep = keep[encoded.text_to_video]
+    text_to_video = index[encoded.text_to_video[text_keep]]
+    tokens = encoded.tokens[text_keep]
+
+    def video_side(rows: slice) -> dict[str, torch.Tensor]:
+        sel = {k: getattr(encoded, k)[keep][rows].to(device) for k in ("frames", "frame_mask", "segments", "segment_mask")}
+        return head.video_side(sel["frames"], sel["frame_mask"], sel["segments"], sel["segment_mask"], modality)
+
+    def texts(rows: slice) -> dict[str, torch.Tensor]:
+        with autocast(device, precision):
+            side = text_side(model, head, tokens[rows].to(device))
+        return {k: v.float() if v.is_floating_point() else v for k, v in side.items()}
+
+    n_video, n_text = int(keep.sum()), len(tokens)
+    videos = _cat_sides([video_side(slice(i, i + batch_size)) for i in range(0, n_video, batch_size)])
+    if head.mode == "l2l":
+        if n_text * n_video > L2L_MAX_PAIRS:
+            raise ValueError(f"L2L over {n_text} x {n_video} pairs is too many to score (limit {L2L_MAX_PAIRS})")
+        matrix = torch.cat([head.similarity(texts(slice(i, i + batch_size)), videos, scale).cpu()
+                            for i in range(0, n_text, batch_size)])
+        return (lambda rows: matrix[rows]), n_text, n_video, text_to_video
+    text_all = _cat_sides([texts(slice(i, i + batch_size)) for i in range(0, n_text, batch_size)])
+    return (lambda rows: head.similarity({k: v[rows] for k, v in text_all.items()}, videos, scale).cpu()), \
+        n_text, n_video, text_to_video
+
+
+def _cat_sides(sides: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([s[k] for s in sides]) for k in sides[0]}
+
+
+def evaluate_fusion_retrieval(
+    model: CLIP4VLA,
+    encoded: EncodedSet,
+    modalities: Sequence[str],
+    scale: float,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """t2v and v2t R@1/5/10, MedR, MeanR per modality, with the pool sizes."""
+    if "fusion" not in model.heads:
+        raise ValueError("the model has no fusion head: evaluate a model fine-tuned for retrieval "
+                         "(scripts/finetune_retrieval.py), or give --fusion g2g to score global features")
+    head = model.heads["fusion"]
+    results: dict[str, Any] = {}
+    for modality in modalities:
+        score_rows, n_text, n_video, text_to_video = _score(model, head, encoded, modality, scale, device, precision,
+                                                            batch_size)
+        if n_video == 0:
+            raise ValueError(f"no clip of the split can take part in modality {modality!r} "
+                             f"({'no audio track' if modality == 'a' else 'no readable media'})")
+        t2v, v2t = streamed_retrieval_metrics(score_rows, n_text, n_video, text_to_video)
+        results[modality] = {
+            "t2v": {k: float(t2v[k]) for k in METRIC_KEYS},
+            "v2t": {k: float(v2t[k]) for k in METRIC_KEYS},
+            "n_videos": n_video,
+            "n_texts": n_text,
+        }
+    return {
+        "modalities": results,
+        "n_clips": len(encoded.video_ids),
+        "n_unreadable": int((~encoded.readable).sum()),
+        "n_silent": int((encoded.readable & ~encoded.segment_mask.any(1)).sum()),
+    }

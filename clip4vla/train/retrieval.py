@@ -1,0 +1,187 @@
+"""Retrieval fine-tuning as a task of the one loop: text <-> (video + audio) with a fusion head.
+
+The fusion head (``clip4vla.models.fusion``: G2G, G2L, L2L) is added to the model (or taken from
+``model.init_from`` when that file has one of the same mode). What DDP wraps
+(:class:`RetrievalForward`) encodes text, frames and segments and, for G2G/G2L, pools the video
+side; the loss (``clip4vla.losses.RetrievalLoss``) scores local rows against the gathered batch.
+L2L scores (text, video) *pairs*, so its transformer runs in the loss, on gathered features,
+outside DDP. Checkpoints are chosen on the validation split (``t2v/R1`` by default), never on test.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from clip4vla.config import ConfigError, RetrievalConfig
+from clip4vla.data.dataset import SampleOptions, TriModalDataset
+from clip4vla.evaluation.fusion_retrieval import (
+    encode_retrieval_set,
+    evaluate_fusion_retrieval,
+    resolve_audio_type,
+    text_side,
+    video_items,
+)
+from clip4vla.losses import RetrievalLoss
+from clip4vla.models.clip4vla import CLIP4VLA
+from clip4vla.models.fusion import FusionHead
+from clip4vla.models.preprocessing import Preprocessing
+from clip4vla.train.distributed import DistInfo
+from clip4vla.train.task import Batch, Features, Task, TaskData, split_datasets
+
+__all__ = ["RetrievalForward", "RetrievalTask", "attach_fusion_head", "format_retrieval_table"]
+
+log = logging.getLogger(__name__)
+
+
+def attach_fusion_head(model: CLIP4VLA, mode: str, layers: int) -> FusionHead:
+    """The model's fusion head of ``mode``: the one it has, or a new one from its CLIP text blocks."""
+    if "fusion" in model.heads:
+        head = model.heads["fusion"]
+        if head.mode != mode:
+            raise ConfigError(f"model.init_from holds a {head.mode} fusion head, but retrieval.fusion={mode}")
+        return head
+    head = FusionHead.from_clip(model.clip, mode, layers)
+    model.attach_head("fusion", head)
+    return head
+
+
+def _prefixed(prefix: str, side: dict[str, torch.Tensor]) -> Features:
+    return {f"{prefix}{k}": v for k, v in side.items()}
+
+
+def _side(features: Features, prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: (v.float() if v.is_floating_point() else v)
+            for k, v in features.items() if k.startswith(prefix)}
+
+
+class RetrievalForward(nn.Module):
+    """Batch tensors -> text side and video side (the module DDP wraps).
+
+    ``encode_text`` False: the text tower is frozen and :meth:`RetrievalTask.frozen_features`
+    supplies the text side once per micro-batch.
+    """
+
+    def __init__(self, model: CLIP4VLA, head: FusionHead, modality: str, audio_type: Any, encode_text: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.modality = modality
+        self.audio_type = audio_type
+        self.encode_text = encode_text
+
+    def forward(
+        self,
+        text: torch.Tensor,  # [B, max_words]
+        frames: torch.Tensor,  # [B, F, 3, H, W]
+        frame_mask: torch.Tensor,  # [B, F]
+        audio: torch.Tensor,  # [B, L, 3, 224, 224]
+        audio_mask: torch.Tensor,  # [B, L]
+        audio_type: torch.Tensor,  # [B]
+    ) -> Features:
+        out: Features = _prefixed("text.", text_side(self.model, self.head, text)) if self.encode_text else {}
+        frame_features, segment_features = video_items(
+            self.model, frames, frame_mask, audio, audio_mask, resolve_audio_type(self.audio_type, audio_type),
+            self.modality,
+        )
+        out.update(_prefixed("video.", self.head.video_side(frame_features, frame_mask, segment_features, audio_mask,
+                                                             self.modality)))
+        return out
+
+
+class RetrievalTask(Task):
+    """Fine-tuning text -> video retrieval with vision and audio (paper §3.3)."""
+
+    name = "retrieval"
+    select_metric = "t2v/R1"
+    export = "best"
+    loss_keys = ("loss", "t2v", "v2t")
+    requires_init = True
+
+    def __init__(self, config: RetrievalConfig, dist: DistInfo) -> None:
+        super().__init__(config, dist)
+        rc = config.retrieval
+        self.options = SampleOptions.from_config(config.data, config.audio, masked_audio=False,
+                                                 random_caption=rc.epoch == "videos")
+        self.video_numbers: dict[str, int] = {}
+        self.model: CLIP4VLA | None = None
+
+    def datasets(self) -> TaskData:
+        data = split_datasets(self.config, self.dist, "retrieval", self.options, self.options.evaluation(),
+                              unfold_train=self.config.retrieval.epoch == "captions")
+        self.video_numbers = {vid: i for i, vid in enumerate(dict.fromkeys(r.video_id for r in data.train.records))}
+        log.info("retrieval: an epoch visits every %s once (retrieval.epoch=%s): %d training rows, %d videos",
+                 "caption" if self.config.retrieval.epoch == "captions" else "video (one random caption)",
+                 self.config.retrieval.epoch, len(data.train), len(self.video_numbers))
+        return data
+
+    def preprocessing(self) -> Preprocessing:
+        audio_type = self.config.retrieval.audio_type
+        return self.options.preprocessing(audio_type=None if audio_type == "clip" else audio_type)
+
+    def setup(self, model: CLIP4VLA) -> None:
+        rc = self.config.retrieval
+        self.model = model
+        head = attach_fusion_head(model, rc.fusion, rc.fusion_layers)
+        self.loss_module = RetrievalLoss(head, direction=rc.loss, learnable_scale=rc.learnable_scale,
+                                         init_scale=rc.init_scale, train_head=rc.fusion == "l2l").to(self.device)
+        self.forward_module = RetrievalForward(model, head, rc.modality, rc.audio_type,
+                                               encode_text=self.config.model.train_clip)
+
+    def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        keys = ("text", "frames", "frame_mask", "audio", "audio_mask", "audio_type")
+        return {k: batch[k].to(self.device, non_blocking=True) for k in keys}
+
+    @torch.no_grad()
+    def frozen_features(self, inputs: dict[str, torch.Tensor]) -> Features:
+        if self.config.model.train_clip:
+            return {}
+        return _prefixed("text.", text_side(self.model, self.model.heads["fusion"], inputs["text"]))
+
+    def _usable(self, batch: Batch) -> torch.Tensor:
+        has_frames, has_audio = batch["frame_mask"].any(1), batch["audio_mask"].any(1)
+        content = {"v": has_frames, "a": has_audio, "av": has_frames | has_audio}[self.config.retrieval.modality]
+        return batch["valid"] & content
+
+    def loss(self, features: Features, batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        valid = torch.cat([self._usable(b) for b in batches]).to(self.device)
+        index = torch.tensor([self.video_numbers.get(v, -1) for b in batches for v in b["video_id"]], device=self.device)
+        return self.loss_module(_side(features, "text."), _side(features, "video."), valid, index)
+
+    def evaluate(self, model: CLIP4VLA, dataset: TriModalDataset, split: str) -> dict[str, Any]:
+        rc = self.config.retrieval
+        batch = self.config.train.batch_size // self.dist.world_size
+        encoded = encode_retrieval_set(model, dataset, batch, self.device, self.config.train.precision, rc.audio_type)
+        modalities = [rc.modality] if split == "val" else list(rc.test_modalities)
+        scale = float(self.loss_module.logit_scale().detach())
+        result = evaluate_fusion_retrieval(model, encoded, modalities, scale, self.device,
+                                           self.config.train.precision, batch)
+        flat = {}
+        for modality, m in result["modalities"].items():
+            prefix = "" if split == "val" else f"{modality}/"
+            flat.update({f"{prefix}{d}/{k}": v for d in ("t2v", "v2t") for k, v in m[d].items()})
+        return {**result, "split": split, "fusion": rc.fusion, "metrics": flat}
+
+    def report(self, result: dict[str, Any]) -> str:
+        return format_retrieval_table(result)
+
+    def summary(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {"split": result["split"], "fusion": result["fusion"], **result["modalities"],
+                "n_unreadable": result["n_unreadable"], "n_silent": result["n_silent"]}
+
+
+def format_retrieval_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"text<->video retrieval on the {result['split']} split ({result['fusion'].upper()}, {result['n_clips']} clips, "
+        f"{result['n_silent']} without audio, {result['n_unreadable']} unreadable):",
+        f"  {'modality':<9}{'task':<6}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'MeanR':>8}  {'videos':>7}{'texts':>7}",
+    ]
+    for modality, m in result["modalities"].items():
+        for direction in ("t2v", "v2t"):
+            r = m[direction]
+            lines.append(f"  {modality.upper():<9}{direction:<6}{r['R1']:7.1f}{r['R5']:7.1f}{r['R10']:7.1f}"
+                         f"{r['MedR']:7.1f}{r['MeanR']:8.1f}  {m['n_videos']:>7}{m['n_texts']:>7}")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Zero-shot text -> audio retrieval while the audio type token moves from [VB] to [NB] (paper Fig. 4).
+
+    python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model.pt
+    python scripts/sweep_audio_type.py --model runs/pretrain_howto_audioset/model.pt \
+        --config configs/finetune_audiocaps.yaml --split test
+
+For w = 0, 0.1, ..., 1 the audio encoder gets the single type token (1 - w)·[VB] + w·[NB]; every
+caption of the split's clips with audio queries their audio (R@1/5/10, MedR). Prints the table,
+writes a PNG plot (--plot, default <model dir>/audio_type_sweep.png) and a JSON object as the last
+stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune_synthetic.yaml",
+                        help="a retrieval config: its data section locates the corpus")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--split", default=None, help="default: the config's data.test_split")
+    parser.add_argument("--steps", type=int, default=11, help="number of mixing ratios from 0 to 1")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    from clip4vla import load_model
+    from clip4vla.config import ConfigError, RetrievalConfig, load_config
+    from clip4vla.data.dataset import SampleOptions
+    from clip4vla.evaluation.audio_type_sweep import plot_sweep, sweep_audio_type
+    from clip4vla.models.loading import CheckpointError
+    from clip4vla.train.task import evaluation_dataset
+
+    if args.steps < 2:
+        parser.error("--steps must be at least 2")
+    try:
+        config = load_config(RetrievalConfig, args.config, args.overrides)
+        model = load_model(args.model)
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    split = args.split or config.data.test_split
+    options = SampleOptions.for_inference(model.preprocessing, media=config.data.media)
+    dataset = evaluation_dataset(config, split, "retrieval", options)
+    ratios = [round(i / (args.steps - 1), 4) for i in range(args.steps)]
+    rows = sweep_audio_type(model, dataset, ratios, batch_size=args.batch_size)
+    print(f"zero-shot text->audio on the {split} split ({rows[0]['n_clips']} clips with audio, "
+          f"{rows[0]['n_texts']} captions):")
+    print(f"  {'w':>5}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}")
+    for row in rows:
+        print(f"  {row['w']:>5.1f}{row['R1']:8.1f}{row['R5']:8.1f}{row['R10']:8.1f}{row['MedR']:8.1f}")
+    plot = args.plot or args.model.parent / "audio_type_sweep.png"
+    plot_sweep(rows, plot, title=f"{split} split, {args.model.name}")
+    print(f"plot: {plot}", file=sys.stderr)
+    print(json.dumps({"split": split, "sweep": rows}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
