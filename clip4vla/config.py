@@ -270,6 +270,26 @@ class RetrievalConfig(RunConfig):
     retrieval: RetrievalSection = dataclasses.field(default_factory=RetrievalSection)
 
 
+@dataclasses.dataclass
+class CaptionSection:
+    fusion_layers: int = 4
+    # what the generator sees besides the caption so far: vision, audio, or both
+    modality: Literal["v", "a", "av"] = "av"
+    audio_type: Literal["clip", "vb", "nb", "both"] | float = 0.5
+    # REF also trains the padding positions after [EOT] (predicting id 0): an option
+    train_on_padding: bool = False
+    # decoding: beam width for the test (1 = greedy), and for validation (CIDEr picks best.pt)
+    beam: int = 5
+    val_beam: int = 1
+    # the best ending is chosen by log-probability / length ** length_penalty (0: none)
+    length_penalty: float = 0.0
+
+
+@dataclasses.dataclass
+class CaptionConfig(RunConfig):
+    caption: CaptionSection = dataclasses.field(default_factory=CaptionSection)
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -471,6 +491,14 @@ def validate_config(config: RunConfig) -> None:
                "a mixing ratio must lie in [0, 1]")
         _check(len(rc.test_modalities) > 0 and set(rc.test_modalities) <= {"v", "a", "av"},
                "retrieval.test_modalities", list(rc.test_modalities), "must be a non-empty list of v, a, av")
+    if isinstance(config, CaptionConfig):
+        cc = config.caption
+        _check(cc.fusion_layers >= 1, "caption.fusion_layers", cc.fusion_layers, "must be at least 1")
+        _check(cc.beam >= 1, "caption.beam", cc.beam, "must be at least 1 (1 = greedy)")
+        _check(cc.val_beam >= 1, "caption.val_beam", cc.val_beam, "must be at least 1 (1 = greedy)")
+        _check(cc.length_penalty >= 0, "caption.length_penalty", cc.length_penalty, "must be >= 0")
+        _check(isinstance(cc.audio_type, str) or 0 <= cc.audio_type <= 1, "caption.audio_type", cc.audio_type,
+               "a mixing ratio must lie in [0, 1]")
     if dc.mixture_weights is not None:
         _check(all(w >= 0 for w in dc.mixture_weights) and sum(dc.mixture_weights) > 0, "data.mixture_weights",
                list(dc.mixture_weights), "must be non-negative with a positive sum")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip4vla.config import PretrainConfig, RetrievalConfig, load_config
+from clip4vla.config import CaptionConfig, PretrainConfig, RetrievalConfig, load_config
 from clip4vla.data.synthetic_formats import write_corpus_format
 from clip4vla.models.clip import CLIPConfig
 
@@ -34,8 +34,12 @@ CONFIG_RUNS = {
     "finetune_msrvtt.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_msrvtt_retrieval_config_with_paired_audio"),
     "finetune_vatex.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_vatex_and_audiocaps_retrieval_configs"),
     "finetune_audiocaps.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_vatex_and_audiocaps_retrieval_configs"),
+    "caption_synthetic.yaml": ("finetune_caption.py", "test_configs_run.py::test_synthetic_caption_config_then_evaluation"),
+    "caption_msrvtt.yaml": ("finetune_caption.py", "test_configs_run.py::test_msrvtt_and_vatex_caption_configs"),
+    "caption_vatex.yaml": ("finetune_caption.py", "test_configs_run.py::test_msrvtt_and_vatex_caption_configs"),
 }
-CONFIG_CLASSES = {"pretrain.py": PretrainConfig, "finetune_retrieval.py": RetrievalConfig}
+CONFIG_CLASSES = {"pretrain.py": PretrainConfig, "finetune_retrieval.py": RetrievalConfig,
+                  "finetune_caption.py": CaptionConfig}
 
 
 def test_every_config_has_an_end_to_end_run():
@@ -202,3 +206,47 @@ def test_vatex_and_audiocaps_retrieval_configs(twins, micro_export, tmp_path):
         assert expected <= set(summary), name
         if "vatex" in name:  # 10 captions per clip: every one is a query
             assert summary["v"]["n_texts"] == 10 * summary["v"]["n_videos"]
+
+
+CAPTION_SIZES = {
+    "model.arch": "null", "data.num_workers": 0, "data.max_frames": 2, "audio.max_segments": 2,
+    "train.batch_size": 4, "train.max_steps": 2, "train.eval_every_steps": 2, "train.log_every": 1,
+    "train.precision": "fp32", "train.device": "cpu", "caption.fusion_layers": 1, "caption.beam": 2,
+}
+
+
+def test_synthetic_caption_config_then_evaluation(synthetic_root, micro_export, tmp_path):
+    out = tmp_path / "cap"
+    data = {"data.synthetic.root": synthetic_root, "data.synthetic.clips": 24}
+    summary = last_json(run("finetune_caption.py", sets({**CAPTION_SIZES, **data, "model.init_from": micro_export,
+                                                         "train.output_dir": out})))  # default: caption_synthetic.yaml
+    assert summary["split"] == "test" and {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(summary)
+    assert "most frequent training caption" in summary["baselines"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/CIDEr" in r] == [2]
+    written = json.loads((out / "captions_test.json").read_text())
+    assert set(written["predictions"]) == set(written["references"]) and written["references"]
+    evaluated = run("evaluate_caption.py", ["--model", str(out / "model.pt"), "--beam", "2", "--out",
+                                            str(tmp_path / "eval.json"), *sets(data)])
+    assert last_json(evaluated)["CIDEr"] == pytest.approx(summary["CIDEr"])  # the file reproduces the run
+    assert "captioning on the test split" in evaluated.stdout
+    # a model without a caption generator: a clear error, nothing written
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    refused = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate_caption.py"), "--model", str(micro_export),
+                              "--out", str(tmp_path / "never.json"), *sets(data)], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert refused.returncode == 2 and "no caption generator" in refused.stderr
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_msrvtt_and_vatex_caption_configs(twins, micro_export, tmp_path):
+    for name, data in (
+        ("caption_msrvtt.yaml", {"data.msrvtt.annotation_dir": twins / "msrvtt", "data.msrvtt.video_dir": twins / "msrvtt" / "videos"}),
+        ("caption_vatex.yaml", {"data.vatex.annotation_dir": twins / "vatex", "data.vatex.video_dir": twins / "vatex" / "videos"}),
+    ):
+        out = tmp_path / name
+        summary = last_json(run("finetune_caption.py", ["--config", str(CONFIGS / name), *sets({
+            **CAPTION_SIZES, **data, "model.init_from": micro_export, "train.output_dir": out})]))
+        assert summary["split"] == "test" and "CIDEr" in summary, name
+        head = torch.load(out / "model.pt", weights_only=True)["architecture"]["heads"]["caption"]
+        assert head["max_words"] == (48 if "vatex" in name else 32)

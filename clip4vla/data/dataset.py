@@ -34,7 +34,7 @@ from clip4vla.config import AudioConfig, DataConfig
 from clip4vla.data.records import ClipRecord
 from clip4vla.models.audio import AUDIO_TYPE_IDS
 from clip4vla.models.preprocessing import Preprocessing
-from clip4vla.text import tokenize
+from clip4vla.text import default_tokenizer, tokenize
 from clip4vla.video import load_prepared_frames, load_video_frames
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class SampleOptions:
     # TriModalDataset.fill_cache). Only for small sets with num_workers=0 (a worker's cache dies
     # with the worker at the epoch's end).
     cache_decoded: bool = False
+    # Captioning: also the teacher-forcing pair caption_input = [SOT] + words[:max_words-1] and
+    # caption_target = words[:max_words-1] + [EOT] (IGNORE_INDEX where padded)
+    caption_targets: bool = False
 
 
     @classmethod
@@ -106,6 +109,25 @@ class SampleOptions:
 _PREPROCESSING_FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing) if f.name != "audio_type")
 
 
+IGNORE_INDEX = -100  # cross-entropy's ignore_index: caption positions that are padding
+
+
+def caption_pair(caption: str, max_words: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(input [max_words], target [max_words], truncated)`` for teacher forcing.
+
+    ``input = [SOT] + words[:max_words-1]`` padded with 0, ``target = words[:max_words-1] + [EOT]``
+    padded with :data:`IGNORE_INDEX`; ``truncated`` says the caption had more words.
+    """
+    tokenizer = default_tokenizer()
+    words = tokenizer.encode(caption)
+    kept = words[: max_words - 1]
+    inputs = torch.zeros(max_words, dtype=torch.long)
+    targets = torch.full((max_words,), IGNORE_INDEX, dtype=torch.long)
+    inputs[: len(kept) + 1] = torch.tensor([tokenizer.sot_id] + kept)
+    targets[: len(kept) + 1] = torch.tensor(kept + [tokenizer.eot_id])
+    return inputs, targets, len(words) > len(kept)
+
+
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """RNG for one sample visit, independent of worker count and order, so augmentation replays exactly."""
     state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
@@ -135,12 +157,12 @@ class TriModalDataset(torch.utils.data.Dataset):
 
     # -- modalities ---------------------------------------------------------------------------
 
-    def _text(self, record: ClipRecord, generator: torch.Generator) -> torch.Tensor:
+    def _caption(self, record: ClipRecord, generator: torch.Generator) -> str:
         captions = list(record.captions)
         pick = 0
         if self.options.random_caption and len(captions) > 1:
             pick = int(torch.randint(len(captions), (1,), generator=generator))
-        return tokenize(captions[pick], context_length=self.options.max_words, truncate=True)[0]
+        return captions[pick]
 
     def _frames(self, record: ClipRecord, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         opts = self.options
@@ -231,7 +253,8 @@ class TriModalDataset(torch.utils.data.Dataset):
         record = self.records[index]
         generator = sample_generator(self.seed, self.epoch, index)
         try:
-            text = self._text(record, generator)
+            caption = self._caption(record, generator)
+            text = tokenize(caption, context_length=self.options.max_words, truncate=True)[0]
             if index in self._cache:
                 frames, frame_mask, spectrogram = self._cache[index]
             else:
@@ -254,6 +277,9 @@ class TriModalDataset(torch.utils.data.Dataset):
             "skip_reason": "",
         }
         sample.update(audio)
+        if self.options.caption_targets:
+            inputs, targets, truncated = caption_pair(caption, self.options.max_words)
+            sample.update(caption_input=inputs, caption_target=targets, caption_truncated=truncated)
         return sample
 
     def placeholder(self, index: int, record: ClipRecord, reason: str) -> dict[str, Any]:
@@ -274,6 +300,10 @@ class TriModalDataset(torch.utils.data.Dataset):
         }
         if opts.masked_audio:
             sample["masked_audio"] = segments.clone()
+        if opts.caption_targets:
+            sample.update(caption_input=torch.zeros(opts.max_words, dtype=torch.long),
+                          caption_target=torch.full((opts.max_words,), IGNORE_INDEX, dtype=torch.long),
+                          caption_truncated=False)
         return sample
 
 
@@ -301,7 +331,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         values = [s[key] for s in samples]
         if isinstance(values[0], torch.Tensor):
             batch[key] = torch.stack(values)
-        elif key == "valid":
+        elif key in ("valid", "caption_truncated"):
             batch[key] = torch.tensor(values, dtype=torch.bool)
         elif key == "index":
             batch[key] = torch.tensor(values, dtype=torch.long)

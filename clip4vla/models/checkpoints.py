@@ -188,8 +188,8 @@ def _reference_file(state: dict[str, Any], source: str) -> ModelFile:
     audio = AudioEncoder.from_reference_state_dict(state, source)
     converted = {f"clip.{k}": v for k, v in clip_state.items()}
     converted.update({f"audio.{k}": v for k, v in audio.state_dict().items()})
-    heads = _reference_fusion(state, config, converted, source)
-    used = ("clip.", "audio.", "cross.", "similarity_dense.") if heads else ("clip.", "audio.")
+    heads = _reference_fusion(state, config, converted, source) or _reference_caption(state, config, converted, source)
+    used = ("clip.", "audio.", "cross.", "similarity_dense.", "cls.") if heads else ("clip.", "audio.")
     ignored = sorted({k.split(".")[0] for k in state if not k.startswith(used)})
     if ignored:
         log.warning("%s: task heads of the released code are not converted: %s", source, ", ".join(ignored))
@@ -200,6 +200,26 @@ def _reference_file(state: dict[str, Any], source: str) -> ModelFile:
         preprocessing=None,
         extra={"ignored": ignored},
     )
+
+
+def _reference_caption(state: dict[str, Any], config: CLIPConfig, converted: dict[str, torch.Tensor],
+                       source: str) -> dict[str, Any]:
+    """REF's captioning ``cross`` + ``cls.predictions`` -> our caption head (the decoder weight is
+    CLIP's token embedding, tied; REF's 3 extra vocabulary rows of the bias are dropped). REF padded
+    training captions to max_words (32 for MSR-VTT), which puts frames where ours are; a VATEX
+    model (48) needs its ``heads.caption`` architecture's ``max_words`` set to 48 after loading."""
+    if not any(k.startswith("cross.") for k in state) or "cls.predictions.bias" not in state:
+        return {}
+    cross = {k[len("cross."):]: v for k, v in state.items() if k.startswith("cross.")}
+    tensors = {f"heads.caption.fusion.{k}": v for k, v in cross.items()}
+    prefix = "cls.predictions.transform."
+    tensors.update({f"heads.caption.transform.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)})
+    tensors["heads.caption.bias"] = state["cls.predictions.bias"][:OPENAI_VOCAB]
+    converted.update(to_float32_state_dict(tensors, source, owned=False, drop=()))
+    layers = len({k.split(".")[2] for k in cross if k.startswith("transformer.resblocks.")})
+    return {"caption": {"layers": layers, "width": config.embed_dim, "heads": max(1, config.embed_dim // 64),
+                        "max_words": 32, "max_positions": cross["positional_embedding"].shape[0],
+                        "vocab_size": OPENAI_VOCAB}}
 
 
 def _reference_fusion(state: dict[str, Any], config: CLIPConfig, converted: dict[str, torch.Tensor],

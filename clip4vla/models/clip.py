@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -281,14 +281,24 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[N, L, W]`` -> queries, keys, values ``[N, heads, L, W / heads]``."""
+        n, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
+        q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries ``[N, H, Lq, d]`` over keys/values ``[N, H, Lk, d]`` -> ``[N, Lq, W]`` (output projection applied)."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)  # [N, H, Lq, d]
+        n, heads, length, width = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, heads * width))
+
     def forward(self, x: torch.Tensor, causal: bool = False, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``attn_mask``: bool, broadcastable to ``[N, heads, L, L]``, True where a query may attend
         to a key (e.g. ``[N, 1, 1, L]`` for key padding); every query must see at least one key."""
-        n, length, width = x.shape  # [N, L, W]
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
-        q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)  # [N, H, L, W/H]
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+        return self.attend(*self.project(x), causal=causal, attn_mask=attn_mask)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -308,6 +318,21 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=self.causal, attn_mask=attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(
+        self, x: torch.Tensor, keys: Callable[[torch.Tensor], torch.Tensor], values: Callable[[torch.Tensor], torch.Tensor],
+        attn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block on new tokens ``x [N, n, W]`` attending to cached keys and values as well.
+
+        ``keys(k_new)`` / ``values(v_new)`` place the new tokens' keys / values among the cached
+        ones (in the order of the uncached sequence, so the sums run in the same order);
+        ``attn_mask`` is ``[N, 1, n, K]`` over the result. Returns the block output and the new
+        tokens' keys and values ``[N, H, n, d]`` for the cache.
+        """
+        q, k, v = self.attn.project(self.ln_1(x))
+        x = x + self.attn.attend(q, keys(k), values(v), attn_mask=attn_mask)
+        return x + self.mlp(self.ln_2(x)), k, v
 
 
 class Transformer(nn.Module):
@@ -459,6 +484,33 @@ class TextTransformer(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[N, S]`` token ids -> ``[N, D]`` unnormalised global text feature."""
         return self.forward_head(self.forward_features(tokens), tokens)
+
+    def forward_features_cached(
+        self, tokens: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]] | None
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Features of new tokens ``[N, n]`` that follow the prefix a cache holds; ``[N, n, W]``.
+
+        ``cache``: per block the prefix's keys and values ``[N, H, t, d]`` (None: no prefix).
+        Returns the features after ``ln_final`` and the cache extended by the new tokens, so that
+        decoding runs each token through the tower once (equal to :meth:`forward_features` on the
+        whole prefix, up to float rounding).
+        """
+        past = 0 if cache is None else cache[0][0].shape[2]
+        n = tokens.shape[1]
+        if past + n > self.positional_embedding.shape[0]:
+            raise ValueError(f"{past + n} tokens exceed the {self.positional_embedding.shape[0]} text positions")
+        x = self.token_embedding(tokens.long()) + self.positional_embedding[past:past + n].to(self.token_embedding.weight.dtype)
+        visible = torch.ones(n, past + n, dtype=torch.bool, device=tokens.device).tril(diagonal=past)  # causal
+        new_cache = []
+        for i, block in enumerate(self.transformer.resblocks):
+            pk, pv = (None, None) if cache is None else cache[i]
+            x, k, v = block.forward_cached(
+                x, (lambda k_: k_) if pk is None else (lambda k_, pk=pk: torch.cat([pk, k_], dim=2)),
+                (lambda v_: v_) if pv is None else (lambda v_, pv=pv: torch.cat([pv, v_], dim=2)),
+                visible[None, None],
+            )
+            new_cache.append((k if pk is None else torch.cat([pk, k], dim=2), v if pv is None else torch.cat([pv, v], dim=2)))
+        return self.ln_final(x), new_cache
 
     def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, S]`` token ids -> (``[N, S, D]`` every token projected, ``[N, D]`` global).

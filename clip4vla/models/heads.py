@@ -11,9 +11,10 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from clip4vla.models.captioner import build_caption_head
 from clip4vla.models.clip import CLIPConfig
 from clip4vla.models.fusion import build_fusion_head
 
 HeadBuilder = Callable[[Mapping[str, Any], CLIPConfig], nn.Module]
 
-HEADS: dict[str, HeadBuilder] = {"fusion": build_fusion_head}
+HEADS: dict[str, HeadBuilder] = {"fusion": build_fusion_head, "caption": build_caption_head}
