@@ -25,7 +25,9 @@ setup(
         "av>=12.0",
         "soundfile>=0.12",
         "matplotlib",
+        "ijson>=3.2",  # streams HowTo100M's caption.json into the span index
     ],
+    entry_points={"console_scripts": ["clip4vla-search = clip4vla.search:main"]},
     extras_require={
         "dev": ["pytest>=7.4"],
         # only the front-end benchmark compares against librosa

@@ -1,11 +1,12 @@
-"""Retrieval fine-tuning step at ViT-B/32 size on CPU: samples/s and peak RSS.
+"""Fine-tuning step at ViT-B/32 size on CPU (retrieval or captioning): samples/s and peak RSS.
 
-One step = ``clip4vla.train.loop.Stepper.train_step`` with the retrieval task of
-``configs/finetune_msrvtt.yaml`` (every tower trains, G2L fusion, 12 frames, 16 audio segments,
-32-token captions, symmetric InfoNCE), random weights and inputs, fp32. Each run is a fresh
-process, so the peak RSS (VmHWM) is its own.
+One step = ``clip4vla.train.loop.Stepper.train_step`` with the task of
+``configs/finetune_msrvtt.yaml`` (retrieval: every tower trains, G2L fusion, 12 frames, 16 audio
+segments, 32-token captions, symmetric InfoNCE) or ``configs/caption_msrvtt.yaml`` (captioning:
+teacher forcing through the caption generator, cross-entropy over the 49408-word vocabulary),
+random weights and inputs, fp32. Each run is a fresh process, so the peak RSS (VmHWM) is its own.
 
-    PYTHONPATH=. python benchmarks/finetune_step.py [--batch 8 --steps 2 --fusion g2l --ckpt]
+    PYTHONPATH=. python benchmarks/finetune_step.py [--task retrieval|caption --batch 8 --steps 2 --fusion g2l --ckpt]
 """
 
 from __future__ import annotations
@@ -32,21 +33,27 @@ def peak_rss_gib() -> float:
 
 
 def child(args) -> None:
-    from clip4vla.config import RetrievalConfig, load_config
+    from clip4vla.config import CaptionConfig, RetrievalConfig, load_config
+    from clip4vla.data.dataset import caption_pair
     from clip4vla.models.clip import CLIPConfig
     from clip4vla.models.clip4vla import CLIP4VLA
+    from clip4vla.train.caption import CaptionTask
     from clip4vla.train.distributed import init_distributed
     from clip4vla.train.loop import Stepper
     from clip4vla.train.retrieval import RetrievalTask
 
-    config = load_config(RetrievalConfig, ROOT / "configs" / "finetune_msrvtt.yaml", [
-        f"train.batch_size={args.batch}", "train.precision=fp32", f"retrieval.fusion={args.fusion}",
-        f"model.grad_checkpointing={str(args.ckpt).lower()}",
-    ])
+    common = [f"train.batch_size={args.batch}", "train.precision=fp32", f"model.grad_checkpointing={str(args.ckpt).lower()}"]
+    if args.task == "retrieval":
+        config = load_config(RetrievalConfig, ROOT / "configs" / "finetune_msrvtt.yaml",
+                             common + [f"retrieval.fusion={args.fusion}"])
+        task_cls = RetrievalTask
+    else:
+        config = load_config(CaptionConfig, ROOT / "configs" / "caption_msrvtt.yaml", common)
+        task_cls = CaptionTask
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.vit_b_32())
     model.set_grad_checkpointing(args.ckpt)
-    task = RetrievalTask(config, init_distributed(device="cpu"))
+    task = task_cls(config, init_distributed(device="cpu"))
     task.setup(model)
     stepper = Stepper(config, task, model, task.dist, total_steps=1000)
     b, f, seg = args.batch, config.data.max_frames, config.audio.max_segments
@@ -54,13 +61,16 @@ def child(args) -> None:
     text = torch.zeros(b, WORDS, dtype=torch.long)
     text[:, :20] = torch.randint(1, 49406, (b, 20), generator=g)
     text[:, 0], text[:, 19] = 49406, 49407
+    pairs = [caption_pair("a man is cooking pasta in a kitchen while music plays", WORDS) for _ in range(b)]
     batch = {
         "text": text, "frames": torch.randn(b, f, 3, 224, 224, generator=g), "frame_mask": torch.ones(b, f, dtype=torch.bool),
         "audio": torch.randn(b, seg, 3, 224, 224, generator=g), "audio_mask": torch.ones(b, seg, dtype=torch.bool),
         "audio_type": torch.ones(b, dtype=torch.long), "valid": torch.ones(b, dtype=torch.bool),
         "video_id": [f"v{i}" for i in range(b)],
+        "caption_input": torch.stack([p[0] for p in pairs]), "caption_target": torch.stack([p[1] for p in pairs]),
     }
-    task.video_numbers = {v: i for i, v in enumerate(batch["video_id"])}
+    if args.task == "retrieval":
+        task.video_numbers = {v: i for i, v in enumerate(batch["video_id"])}
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -73,6 +83,7 @@ def child(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("retrieval", "caption"), default="retrieval")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -82,11 +93,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
+    cmd = [sys.executable, __file__, "--child", "--task", args.task, "--batch", str(args.batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--fusion", args.fusion] + (["--ckpt"] if args.ckpt else [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ViT-B/32, {args.fusion.upper()}, batch "
+    what = args.fusion.upper() if args.task == "retrieval" else "caption generator"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ViT-B/32 {args.task}, {what}, batch "
           f"{args.batch} (12 frames + 16 segments + 32 tokens each), fp32, checkpointing {'on' if args.ckpt else 'off'}")
     print(f"{result['seconds']:.1f} s/step, {args.batch / result['seconds']:.3f} samples/s, "
           f"peak RSS {result['peak_rss_gib']:.2f} GiB")

@@ -2,6 +2,9 @@
 
     import clip4vla
     model = clip4vla.load_model("runs/pretrain_synthetic/model.pt")   # any model file, eval mode
+    texts = clip4vla.embed_text(model, ["a red circle moves left"])    # [1, D] unit rows
+    videos = clip4vla.embed_video(model, ["clip.mp4"])                  # vision
+    sounds = clip4vla.embed_audio(model, ["clip.mp4"], audio_type="auto")  # its sound track
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "embed_audio", "embed_text", "embed_video", "load_model"]
 
 
 def load_model(path: Any, device: Any = "cpu") -> Any:
@@ -23,3 +26,24 @@ def load_model(path: Any, device: Any = "cpu") -> Any:
     from clip4vla.models.checkpoints import load_model as _load
 
     return _load(path, device)
+
+
+def embed_text(model: Any, texts: Any) -> Any:
+    """Unit text embeddings ``[N, D]`` (``clip4vla.embed``)."""
+    from clip4vla.embed import embed_text as _embed
+
+    return _embed(model, texts)
+
+
+def embed_video(model: Any, videos: Any) -> Any:
+    """Unit video embeddings ``[N, D]`` of video files, deterministic (``clip4vla.embed``)."""
+    from clip4vla.embed import embed_video as _embed
+
+    return _embed(model, videos)
+
+
+def embed_audio(model: Any, media: Any, audio_type: Any = "nb", strict: bool = True) -> Any:
+    """Unit audio embeddings ``[N, D]``; ``audio_type`` "vb" | "nb" | w | "auto" (``clip4vla.embed``)."""
+    from clip4vla.embed import embed_audio as _embed
+
+    return _embed(model, media, audio_type=audio_type, strict=strict)

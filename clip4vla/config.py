@@ -290,6 +290,28 @@ class CaptionConfig(RunConfig):
     caption: CaptionSection = dataclasses.field(default_factory=CaptionSection)
 
 
+@dataclasses.dataclass
+class ProbeSection:
+    # linear probes (Table 6), zero-shot classification by prompts, or both
+    mode: Literal["linear", "zero_shot", "both"] = "both"
+    # UCF101's probe input; ESC-50's is always the audio encoder's
+    ucf101_features: Literal["video", "audio", "video+audio"] = "video+audio"
+    audio_type: Literal["vb", "nb", "auto"] | float = "nb"  # the paper probes ESC-50 with [NB]
+    ucf101_splits: tuple = (1, 2, 3)
+    # L2 strengths tried on a held-out slice of the training folds (never the test fold)
+    weight_decays: tuple = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    val_fraction: float = 0.2
+    max_iter: int = 300  # L-BFGS iterations per fit
+    seed: int = 0
+    esc50_prompt: str = "the sound of a {}"
+    ucf101_prompt: str = "a video of {}"
+
+
+@dataclasses.dataclass
+class ProbeConfig(RunConfig):
+    probe: ProbeSection = dataclasses.field(default_factory=ProbeSection)
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -498,6 +520,18 @@ def validate_config(config: RunConfig) -> None:
         _check(cc.val_beam >= 1, "caption.val_beam", cc.val_beam, "must be at least 1 (1 = greedy)")
         _check(cc.length_penalty >= 0, "caption.length_penalty", cc.length_penalty, "must be >= 0")
         _check(isinstance(cc.audio_type, str) or 0 <= cc.audio_type <= 1, "caption.audio_type", cc.audio_type,
+               "a mixing ratio must lie in [0, 1]")
+    if isinstance(config, ProbeConfig):
+        pc = config.probe
+        _check(set(pc.ucf101_splits) <= {1, 2, 3} and len(pc.ucf101_splits) > 0, "probe.ucf101_splits",
+               list(pc.ucf101_splits), "must be a non-empty list of 1, 2, 3")
+        _check(len(pc.weight_decays) > 0 and all(w >= 0 for w in pc.weight_decays), "probe.weight_decays",
+               list(pc.weight_decays), "must be a non-empty list of numbers >= 0")
+        _check(0 < pc.val_fraction < 1, "probe.val_fraction", pc.val_fraction, "is a fraction in (0, 1)")
+        _check(pc.max_iter >= 1, "probe.max_iter", pc.max_iter, "must be at least 1")
+        for key in ("esc50_prompt", "ucf101_prompt"):
+            _check("{}" in getattr(pc, key), f"probe.{key}", getattr(pc, key), "must contain {} for the class name")
+        _check(isinstance(pc.audio_type, str) or 0 <= pc.audio_type <= 1, "probe.audio_type", pc.audio_type,
                "a mixing ratio must lie in [0, 1]")
     if dc.mixture_weights is not None:
         _check(all(w >= 0 for w in dc.mixture_weights) and sum(dc.mixture_weights) > 0, "data.mixture_weights",

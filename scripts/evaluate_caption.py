@@ -7,7 +7,7 @@
 The model file decides the preprocessing and holds the caption generator; the config says where
 the data is (its data section). Scores one caption per video against all of its references
 (pycocoevalcap with its PTB tokenizer; without Java, a labelled whitespace tokenisation and no
-METEOR). Prints a table with two video-blind baselines, writes every caption to --out (default
+METEOR). Prints a table with three video-blind baselines, writes every caption to --out (default
 <model dir>/captions_<split>.json) and prints the metrics as one JSON object on the last line.
 """
 

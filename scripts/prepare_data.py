@@ -1,7 +1,12 @@
 #!/usr/bin/env python
-"""Prepare raw videos: 1-fps frames, 16 kHz stereo wav and a manifest.
+"""Prepare raw videos: 1-fps frames, 16 kHz stereo wav and a manifest; or index HowTo100M's captions.
 
     python scripts/prepare_data.py --videos data/synthetic/videos --out data/synthetic/prepared --workers 2
+    python scripts/prepare_data.py --howto100m-index data/howto100m/caption.json --out data/howto100m/spans
+
+The second form turns the transcript file into the compact span index (``clip4vla.data.span_table``:
+~25 bytes per window, memory-mapped by every rank) once; then set ``data.howto100m.caption_path``
+to the ``--out`` folder. It must use the same ``--min-seconds`` / ``--min-words`` as the config.
 
 Resumable: rerunning skips the videos the manifest lists as done; failures are recorded in
 ``<out>/manifest.jsonl`` and do not stop the run (``--retry-errors`` tries them again).
@@ -21,7 +26,12 @@ from clip4vla.data.prepare import prepare_videos  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=Path, required=True, help="folder of raw videos (searched recursively)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--videos", type=Path, help="folder of raw videos (searched recursively)")
+    source.add_argument("--howto100m-index", type=Path, metavar="CAPTION_FILE",
+                        help="build the HowTo100M span index of caption.json / caption.pickle into --out")
+    parser.add_argument("--min-seconds", type=float, default=10.0, help="with --howto100m-index: window growth")
+    parser.add_argument("--min-words", type=int, default=5, help="with --howto100m-index: window growth")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="frame image format")
@@ -31,6 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.howto100m_index is not None:
+        from clip4vla.data.records import AnnotationError
+        from clip4vla.data.readers.howto100m import build_howto100m_index
+
+        try:
+            stats = build_howto100m_index(args.howto100m_index, args.out, args.min_seconds, args.min_words,
+                                          progress=not args.no_progress)
+        except (AnnotationError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{stats['videos']} videos ({stats['empty_videos']} without transcript): {stats['windows']} windows "
+              f"in {stats['total_s']} s -> {args.out} (set data.howto100m.caption_path to it)")
+        return 0
     summary = prepare_videos(args.videos, args.out, workers=args.workers, image_format=args.format,
                              quality=args.quality, audio_subtype=args.audio_subtype,
                              retry_errors=args.retry_errors, progress=not args.no_progress)

@@ -21,6 +21,14 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def synthetic_300(tmp_path_factory) -> Path:
+    """300 synthetic clips for the tests that check something is learned (retrieval, captioning)."""
+    root = tmp_path_factory.mktemp("synthetic300")
+    make_synthetic_dataset(root, num_clips=300, seed=0, workers=2, progress=False)
+    return root
+
+
 def micro_pretrain_settings(root: Path, out: Path) -> dict[str, object]:
     """Config overrides for a seconds-long run of the micro model on ``synthetic_root``."""
     return {

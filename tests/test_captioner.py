@@ -99,7 +99,8 @@ def test_cached_and_uncached_decoding_choose_the_same_words(model, beam):
     assert any(len(words) > 0 for words in cached)
 
 
-def test_beam_search_scores_at_least_as_well_as_greedy(model):
+@pytest.mark.parametrize("penalty", [0.0, 1.0])
+def test_beam_search_scores_at_least_as_well_as_greedy(model, penalty):
     frames, fmask, segs, smask = items(b=2, seed=7)
     head = model.heads["caption"]
 
@@ -108,10 +109,11 @@ def test_beam_search_scores_at_least_as_well_as_greedy(model):
         with torch.no_grad():
             logits = logits_of(model, tokens, frames[row:row + 1], fmask[row:row + 1], segs[row:row + 1], smask[row:row + 1])
         logp = torch.log_softmax(logits[0], dim=-1)
-        return float(sum(logp[i, t] for i, t in enumerate(words + [EOT])))
+        total = float(sum(logp[i, t] for i, t in enumerate(words + [EOT])))
+        return total / (len(words) + 1) ** penalty
 
     greedy = generate(model, frames, fmask, segs, smask, beam=1, max_words=MAX_WORDS)
-    beam = generate(model, frames, fmask, segs, smask, beam=4, max_words=MAX_WORDS)
+    beam = generate(model, frames, fmask, segs, smask, beam=4, max_words=MAX_WORDS, length_penalty=penalty)
     for row in range(2):
         assert log_prob(beam[row], row) >= log_prob(greedy[row], row) - 1e-4
     assert head.config.max_words == MAX_WORDS

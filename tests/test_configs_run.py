@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip4vla.config import CaptionConfig, PretrainConfig, RetrievalConfig, load_config
+from clip4vla.config import CaptionConfig, PretrainConfig, ProbeConfig, RetrievalConfig, load_config
 from clip4vla.data.synthetic_formats import write_corpus_format
 from clip4vla.models.clip import CLIPConfig
 
@@ -37,9 +37,12 @@ CONFIG_RUNS = {
     "caption_synthetic.yaml": ("finetune_caption.py", "test_configs_run.py::test_synthetic_caption_config_then_evaluation"),
     "caption_msrvtt.yaml": ("finetune_caption.py", "test_configs_run.py::test_msrvtt_and_vatex_caption_configs"),
     "caption_vatex.yaml": ("finetune_caption.py", "test_configs_run.py::test_msrvtt_and_vatex_caption_configs"),
+    "probe_synthetic.yaml": ("linear_probe.py", "test_configs_run.py::test_probe_configs_on_esc50_and_ucf101_twins"),
+    "probe_esc50.yaml": ("linear_probe.py", "test_configs_run.py::test_probe_configs_on_esc50_and_ucf101_twins"),
+    "probe_ucf101.yaml": ("linear_probe.py", "test_configs_run.py::test_probe_configs_on_esc50_and_ucf101_twins"),
 }
 CONFIG_CLASSES = {"pretrain.py": PretrainConfig, "finetune_retrieval.py": RetrievalConfig,
-                  "finetune_caption.py": CaptionConfig}
+                  "finetune_caption.py": CaptionConfig, "linear_probe.py": ProbeConfig}
 
 
 def test_every_config_has_an_end_to_end_run():
@@ -57,6 +60,8 @@ def twins(synthetic_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("twins")
     for fmt in ("howto100m", "audioset", "msrvtt", "vatex", "audiocaps"):
         write_corpus_format(synthetic_root, fmt, out / fmt, prepared=True)
+    for fmt in ("esc50", "ucf101"):  # the probes read raw media
+        write_corpus_format(synthetic_root, fmt, out / fmt)
     return out
 
 
@@ -79,10 +84,13 @@ def sets(overrides: dict[str, object]) -> list[str]:
 
 def test_paper_pretraining_config_runs_on_two_ranks_and_resumes(twins, micro_openai_clip, tmp_path):
     out = tmp_path / "paper"
+    spans = tmp_path / "spans"  # the compact span index, as the config expects
+    run("prepare_data.py", ["--howto100m-index", str(twins / "howto100m" / "caption.json"), "--out", str(spans),
+                            "--no-progress"])
     overrides = sets({
         "model.init_from": micro_openai_clip,
         "model.arch": "null",  # the file's (micro), not ViT-B/32
-        "data.howto100m.caption_path": twins / "howto100m" / "caption.json",
+        "data.howto100m.caption_path": spans,
         "data.howto100m.prepared_dir": twins / "howto100m" / "prepared",
         "data.audioset.segments_csv": twins / "audioset" / "unbalanced_train_segments.csv",
         "data.audioset.ontology_json": twins / "audioset" / "ontology.json",
@@ -250,3 +258,34 @@ def test_msrvtt_and_vatex_caption_configs(twins, micro_export, tmp_path):
         assert summary["split"] == "test" and "CIDEr" in summary, name
         head = torch.load(out / "model.pt", weights_only=True)["architecture"]["heads"]["caption"]
         assert head["max_words"] == (48 if "vatex" in name else 32)
+
+
+def test_probe_configs_on_esc50_and_ucf101_twins(twins, synthetic_root, micro_export, tmp_path):
+    fast = {"probe.weight_decays": "[0.0001, 0.1]", "probe.max_iter": 50}
+    esc = run("linear_probe.py", ["--model", str(micro_export), "--config", str(CONFIGS / "probe_esc50.yaml"),
+                                  "--no-progress", *sets({**fast, "data.esc50.root": twins / "esc50",
+                                                          "train.output_dir": tmp_path / "esc"})])
+    report = last_json(esc)["esc50"]
+    assert len(report["rows"]["linear audio"]["folds"]) == 5 and report["skipped"] == 0
+    assert set(report["rows"]["linear audio"]["weight_decay"]) <= {0.0001, 0.1}
+    assert any(row.startswith("zero-shot a: the sound of a") for row in report["rows"])
+    assert "ESC-50: accuracy (%) per fold" in esc.stdout
+    shards = sorted((tmp_path / "esc" / "features" / "esc50").rglob("shard_*.pt"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    assert shards
+    # a second mode reuses the cached features: nothing extracted again
+    again = run("linear_probe.py", ["--model", str(micro_export), "--config", str(CONFIGS / "probe_esc50.yaml"),
+                                    "--no-progress", *sets({**fast, "data.esc50.root": twins / "esc50",
+                                                            "train.output_dir": tmp_path / "esc", "probe.mode": "zero_shot"})])
+    assert list(last_json(again)["esc50"]["rows"]) == [r for r in report["rows"] if r.startswith("zero-shot")]
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    ucf = last_json(run("linear_probe.py", [
+        "--model", str(micro_export), "--config", str(CONFIGS / "probe_ucf101.yaml"), "--no-progress",
+        *sets({**fast, "data.ucf101.list_dir": twins / "ucf101" / "ucfTrainTestlist",
+               "data.ucf101.video_dir": twins / "ucf101" / "UCF-101", "train.output_dir": tmp_path / "ucf"})]))["ucf101"]
+    assert len(ucf["rows"]["linear video+audio"]["folds"]) == 3
+    assert {"zero-shot v: a video of {}", "zero-shot av: a video of {}"} <= set(ucf["rows"])
+    # the default config: the synthetic set laid out as both, probed in one run
+    both = last_json(run("linear_probe.py", ["--model", str(micro_export), "--no-progress", *sets({
+        **fast, "data.synthetic.root": synthetic_root, "data.synthetic.clips": 24, "train.output_dir": tmp_path / "syn"})]))
+    assert {"esc50", "ucf101"} <= set(both) and (tmp_path / "syn" / "probe.json").is_file()

@@ -166,3 +166,43 @@ def test_two_rank_run_matches_one_process(synthetic_root, tmp_path):
     for r1, r2 in zip(one_rows, ddp_rows, strict=True):
         for key in ("loss", "ta", "va", "aa", "grad_norm"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (r1["step"], key)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_through_the_c10d_rendezvous_match_one_process(synthetic_root, tmp_path):
+    """Two torchrun agents ("nodes", one process each) meet at a c10d rendezvous, as on a cluster
+    (README: multi-node), and train the same weights as one process with the same global batch."""
+    launcher = tmp_path / "launch_pretrain.py"
+    launcher.write_text(LAUNCHER)
+    out = tmp_path / "nodes"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), CLIP4VLA_TEST_LEDGER=str(tmp_path / "nodes.ledger"))
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+             f"--rdzv_endpoint={endpoint}", "--rdzv_id=clip4vla-test", "--max_restarts=0", str(launcher), str(SCRIPT),
+             *overrides(synthetic_root, out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    results = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, results):
+        assert node.returncode == 0, err[-4000:]
+    ledger = (tmp_path / "nodes.ledger").read_text().splitlines()
+    assert {line.split()[0] for line in ledger} == {"0"}  # one writer across both nodes...
+    assert ledger.count("0 checkpoint 1") == 1  # ...of one run (two separate runs would both write)
+    _, one_out, _ = launch(tmp_path, "one", synthetic_root, nproc=1)
+    steps = len(step_rows(one_out))
+    assert [r["step"] for r in step_rows(out)] == list(range(1, steps + 1))
+    a, b = checkpoint_model(one_out, steps), checkpoint_model(out, steps)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= ATOL, f"2-node weights differ from 1-process weights by {worst:.3g}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import pickle
 from pathlib import Path
@@ -425,13 +424,41 @@ def test_howto100m_windows_follow_the_growth_rule(tmp_path):
     pkl = tmp_path / "caption.pickle"
     with open(pkl, "wb") as f:
         pickle.dump({k: {f: np.asarray(v) for f, v in d.items()} for k, d in HOWTO.items()}, f)
-    assert read_howto100m(pkl, video_dir=tmp_path / "videos") == records
+    assert list(read_howto100m(pkl, video_dir=tmp_path / "videos")) == list(records)
 
-    assert gc.isenabled()  # the reader pauses the collector only while it builds records
     only = read_howto100m(path, video_ids=["v2"])
     assert [r.video_id for r in only] == ["v2"]
     with pytest.raises(ValueError, match="not in"):
         read_howto100m(path, video_ids=["v9"])
+
+
+def test_howto100m_span_index_is_the_same_records_memory_mapped(tmp_path):
+    from clip4vla.data.readers.howto100m import build_howto100m_index
+    from clip4vla.data.span_table import SpanTable
+
+    path = write(tmp_path / "caption.json", json.dumps(HOWTO))
+    direct = read_howto100m(path, video_dir=tmp_path / "videos")
+    stats = build_howto100m_index(path, tmp_path / "spans", progress=False)  # caption.json streamed
+    assert stats["videos"] == 3 and stats["windows"] == len(direct) == 8
+    mapped = read_howto100m(tmp_path / "spans", video_dir=tmp_path / "videos")
+    assert isinstance(mapped, SpanTable) and isinstance(mapped.arrays["video"], np.memmap)
+    assert list(mapped) == list(direct) and mapped[-1] == direct[7] and mapped[2:4] == list(direct)[2:4]
+    # per window: 4 + 2 x 4 + 2 x 4 bytes, the texts once (not once per window that uses them)
+    fixed = sum(mapped.arrays[k].nbytes for k in ("video", "start", "end", "text_lo", "text_hi"))
+    assert fixed == 20 * len(mapped)
+    assert mapped.arrays["text_bytes"].nbytes == sum(len(t.encode()) for d in HOWTO.values() for t in d["text"])
+    assert [r.video_id for r in read_howto100m(tmp_path / "spans", video_ids=["v3", "v1"])] == ["v3"] * 2 + ["v1"] * 5
+    assert [r.video_id for r in mapped.video_records()] == ["v1", "v2", "v3"]  # one per video for media checks
+    with pytest.raises(ValueError, match="min_seconds=10.0"):
+        read_howto100m(tmp_path / "spans", min_seconds=5.0)
+    with pytest.raises(ValueError, match="not in"):
+        read_howto100m(tmp_path / "spans", video_ids=["v9"])
+    write(tmp_path / "broken.json", json.dumps(HOWTO)[:-20])
+    with pytest.raises(AnnotationError, match="invalid JSON"):
+        build_howto100m_index(tmp_path / "broken.json", tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(FileNotFoundError, match="not a HowTo100M span index"):
+        read_howto100m(tmp_path)  # a folder, but no index in it
 
 
 def _reference_window(starts, ends, words, i, min_seconds, min_words):

@@ -16,16 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from clip4vla.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def synthetic_300(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic300")
-    make_synthetic_dataset(root, num_clips=300, seed=0, workers=2, progress=False)
-    return root
 
 
 def finetune(root: Path, export: Path, out: Path, modality: str) -> dict:

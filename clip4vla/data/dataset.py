@@ -11,6 +11,7 @@ shape (so all ranks gather equal-sized batches) and reports the skipped ids upwa
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import logging
 from collections import Counter
@@ -140,7 +141,8 @@ class TriModalDataset(torch.utils.data.Dataset):
     def __init__(self, records: Sequence[ClipRecord], options: SampleOptions, seed: int = 0) -> None:
         if len(records) == 0:
             raise ValueError("dataset has no records: check the annotation files and split")
-        self.records = list(records)
+        # a list, or a sequence that builds records on access (HowTo100M's compact span table)
+        self.records = records if isinstance(records, collections.abc.Sequence) else list(records)
         self.options = options
         self.seed = seed
         self.epoch = 0

@@ -91,16 +91,20 @@ class MixtureOrder:
         return chain[offset : offset + count]
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """The whole epoch's order over all ranks (the sampler shards it)."""
+        """The whole epoch's order over all ranks (the sampler shards it).
+
+        int32 while the records fit (HowTo100M's 136 M: 0.5 GB instead of 1.1 GB per rank); the
+        same order as int64 (the shuffle draws do not depend on the item size).
+        """
         epoch = int(epoch)
+        dtype = np.int32 if int(self.offsets[-1]) < 2**31 and self.num_samples < 2**31 else np.int64
+        shuffled = _rng(self.seed, 0, epoch).permutation(np.arange(self.num_samples, dtype=dtype))
         if self.weights is None and self.num_samples == sum(self.sizes):
-            order = _rng(self.seed, 0, epoch).permutation(self.num_samples)
-        else:
-            parts = [
-                self.offsets[d] + self._stream(d, epoch * c, c) for d, c in enumerate(self.counts) if c > 0
-            ]
-            order = np.concatenate(parts)[_rng(self.seed, 0, epoch).permutation(self.num_samples)]
-        return order.astype(np.int64)
+            return shuffled
+        parts = [
+            (self.offsets[d] + self._stream(d, epoch * c, c)).astype(dtype) for d, c in enumerate(self.counts) if c > 0
+        ]
+        return np.concatenate(parts)[shuffled]
 
 
 class ResumableShardedSampler(torch.utils.data.Sampler[int]):
@@ -140,7 +144,9 @@ class ResumableShardedSampler(torch.utils.data.Sampler[int]):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.from_numpy(self.order.epoch_indices(self.epoch))
+        order = self.order.epoch_indices(self.epoch)
         used = order[: self.batches_per_epoch * self.batch_size * self.world_size]
-        per_batch = used.view(self.batches_per_epoch, self.world_size, self.batch_size)
-        return iter(per_batch[self.start_batch :, self.rank].reshape(-1).tolist())
+        mine = used.reshape(self.batches_per_epoch, self.world_size, self.batch_size)[self.start_batch :, self.rank]
+        # a few batches at a time: Python ints for a rank's whole epoch would cost ~30 bytes each
+        for start in range(0, len(mine), 1024):
+            yield from mine[start : start + 1024].reshape(-1).tolist()

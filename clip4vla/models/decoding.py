@@ -5,9 +5,14 @@ generator's fusion layers, reusing every earlier token's keys and values and the
 segments' (``CaptionGenerator.start`` / ``step``). ``cached=False`` re-encodes the whole prefix
 every step, as a plain implementation would; both choose the same tokens (the tests check it).
 
-Beam search keeps ``beam`` hypotheses per video. A hypothesis ends at [EOT] (its score is frozen)
-or after ``max_words`` predictions: a caption has at most ``max_words - 1`` words, as in training. The best ending is chosen by
-``score / length ** length_penalty`` (0: the plain log-probability).
+Beam search keeps ``beam`` live hypotheses per video. A hypothesis that ends ([EOT] among the best
+``beam`` continuations) leaves the beam for a per-video pool of finished captions, scored by
+``log-probability / length ** length_penalty`` (0: the plain log-probability; length counts the
+[EOT]); the beam goes on with the best continuations that do not end, so short finished captions
+never crowd out the longer ones still being built. The ``max_words``-th prediction can only be
+[EOT] (a caption has at most ``max_words - 1`` words, as in training). A video is done when no
+live hypothesis can still beat its best finished caption (log-probabilities only fall); with
+``beam=1`` and no length penalty this is greedy decoding.
 """
 
 from __future__ import annotations
@@ -51,11 +56,13 @@ def generate(
     scores = torch.zeros(b, beam, device=device)
     scores[:, 1:] = float("-inf")  # at the start all beams are the same prefix: expand one
     scores = scores.view(n)
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    offsets = torch.arange(b, device=device)[:, None] * beam
+    best_score = torch.full((b,), float("-inf"), device=device)  # of the best ended caption per video
+    best_words: list[list[int]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool, device=device)
     state = head.start(frames, frame_mask, segments, segment_mask) if cached else None
     embedding = model.clip.token_embedding.weight
-    for _ in range(max_words):
+    for step in range(max_words):
         if cached:
             features, state.tower = model.clip.forward_features_cached(tokens[:, -1:], state.tower)
             logits, state = head.step(_project(model, features), state, embedding)
@@ -65,27 +72,30 @@ def generate(
             mask = torch.ones_like(tokens, dtype=torch.bool)
             logits = head(prefix, mask, frames, frame_mask, segments, segment_mask, embedding)[:, -1]
         logp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
-        # an ended hypothesis continues only with [EOT], at no cost (its score stays as it was)
-        logp[finished] = float("-inf")
-        logp[finished, EOT] = 0.0
-        candidates = (scores[:, None] + logp).view(b, beam * logp.shape[1])
-        best, flat = candidates.topk(beam, dim=1)  # [B, beam]
-        source = (flat // logp.shape[1] + torch.arange(b, device=device)[:, None] * beam).view(n)
-        word = (flat % logp.shape[1]).view(n)
-        tokens = torch.cat([tokens[source], word[:, None]], dim=1)
-        was_finished = finished[source]
-        lengths = torch.where(was_finished, lengths[source], lengths[source] + 1)
-        finished = was_finished | (word == EOT)
-        scores = best.view(n)
+        vocab = logp.shape[1]
+        if step == max_words - 1:  # the last slot: training never shows more than max_words - 1 words
+            logp = torch.where(torch.arange(vocab, device=device) == EOT, logp, torch.full_like(logp, float("-inf")))
+        top, flat = (scores[:, None] + logp).view(b, beam * vocab).topk(2 * beam, dim=1)  # [B, 2 beam]
+        source, word = flat // vocab + offsets, flat % vocab
+        ends = word == EOT
+        # an ending among the best `beam` candidates is a finished caption (scored with its length)
+        ended = torch.where(ends, top / float(step + 1) ** length_penalty, float("-inf"))
+        ended[:, beam:] = float("-inf")
+        candidate, rank = ended.max(dim=1)
+        better = (candidate > best_score) & ~done
+        for i in better.nonzero().flatten().tolist():
+            best_words[i] = tokens[source[i, rank[i]], 1:].tolist()
+        best_score = torch.where(better, candidate, best_score)
+        # the best `beam` candidates that do not end live on (at most `beam` of the 2 beam end)
+        keep = (ends.long() * 2 * beam + torch.arange(2 * beam, device=device)).argsort(dim=1)[:, :beam]
+        chosen = source.gather(1, keep).view(n)
+        scores = top.gather(1, keep).view(n)
+        tokens = torch.cat([tokens[chosen], word.gather(1, keep).view(n, 1)], dim=1)
         if state is not None:
-            state = state.select(source)
-        if bool(finished.all()):
+            state = state.select(chosen)
+        # log-probabilities only fall: no live caption can end above raw score / max_words ** penalty
+        bound = scores.view(b, beam).max(dim=1).values / float(max_words) ** length_penalty
+        done |= best_score >= bound
+        if bool(done.all()):
             break
-    ranked = (scores / lengths.clamp(min=1).float() ** length_penalty).view(b, beam)
-    choice = ranked.argmax(dim=1) + torch.arange(b, device=device) * beam
-    out = []
-    for row in tokens[choice].tolist():
-        words = row[1:]
-        # training never shows more than max_words - 1 words (the last slot is [EOT])
-        out.append(words[: words.index(EOT)] if EOT in words else words[: max_words - 1])
-    return out
+    return best_words

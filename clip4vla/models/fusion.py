@@ -174,7 +174,9 @@ class FusionHead(nn.Module):
     def text_side(self, tokens: torch.Tensor, token_features: torch.Tensor, text_global: torch.Tensor) -> dict[str, torch.Tensor]:
         """From ``encode_text_tokens``: unit global features (G2G/G2L) or the token sequence (L2L)."""
         if self.mode == "l2l":
-            return {"tokens": token_features, "token_mask": tokens != 0}
+            # real tokens run to the first [EOT] (the largest id); 0 pads, but is also the id of "!"
+            eot = tokens.argmax(dim=-1, keepdim=True)
+            return {"tokens": token_features, "token_mask": torch.arange(tokens.shape[1], device=tokens.device) <= eot}
         if text_global.dtype in (torch.float16, torch.bfloat16):
             text_global = text_global.float()
         return {"text": F.normalize(text_global, dim=-1)}

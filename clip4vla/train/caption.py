@@ -5,9 +5,9 @@ cross-entropy of the next word at every real caption position (padding is ignore
 code's "train on padding" is ``caption.train_on_padding``); it couples no samples, so
 accumulation sums micro-batch gradients. Checkpoints are chosen by validation CIDEr
 (``caption.val_beam``, greedy by default); the test decodes with beam search
-(``caption.beam``) and reports BLEU-4, METEOR, ROUGE-L and CIDEr next to two baselines that use
-no video at all: the most frequent training caption for every video, and the model's own captions
-shuffled across videos.
+(``caption.beam``) and reports BLEU-4, METEOR, ROUGE-L and CIDEr next to three baselines that use
+no video at all: the most frequent training caption for every video, another video's reference
+caption, and the model's own captions shuffled across videos.
 """
 
 from __future__ import annotations
@@ -193,15 +193,21 @@ class CaptionTask(Task):
 
 def caption_baselines(predictions: dict[str, str], references: dict[str, list[str]],
                       train_captions: list[str]) -> dict[str, dict[str, float]]:
-    """CIDEr and BLEU-4 of captions that do not look at the video (to compare the model with)."""
+    """CIDEr and BLEU-4 of captions that do not look at the video (to compare the model with).
+
+    Most frequent training caption: the language prior. Another video's reference: a fluent,
+    plausible caption of the wrong clip. The model's captions shuffled: what the model says
+    whatever the clip (close to the model's score when it ignores the video).
+    """
     out = {}
     if train_captions:
         frequent = Counter(train_captions).most_common(1)[0][0]
         out["most frequent training caption"] = {"caption": frequent, **_scores({v: frequent for v in predictions}, references)}
     ids = sorted(predictions)
     if len(ids) > 1:  # every video gets the next video's caption: specific captions lose their video
-        shuffled = {vid: predictions[ids[(i + 1) % len(ids)]] for i, vid in enumerate(ids)}
-        out["captions shuffled across videos"] = _scores(shuffled, references)
+        following = {vid: ids[(i + 1) % len(ids)] for i, vid in enumerate(ids)}
+        out["another video's reference"] = _scores({vid: references[following[vid]][0] for vid in ids}, references)
+        out["model captions, shuffled"] = _scores({vid: predictions[following[vid]] for vid in ids}, references)
     return out
 
 

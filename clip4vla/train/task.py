@@ -23,6 +23,7 @@ from clip4vla.data.corpora import corpus_names, corpus_splits, read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.records import ClipRecord, check_media, missing_media_reason
 from clip4vla.data.sampler import MixtureOrder
+from clip4vla.data.span_table import concat_records, media_representatives
 from clip4vla.data.synthetic import make_synthetic_dataset
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.preprocessing import Preprocessing
@@ -117,15 +118,19 @@ class Task:
 # ---------------------------------------------------------------------------------- datasets
 
 
-def _check_train_media(records: list[ClipRecord], what: str) -> None:
-    present, missing = check_media(records, require_audio=False)
+def _check_train_media(records: Sequence[ClipRecord], what: str) -> None:
+    """Existence of the training media at start-up: one check per video (a HowTo100M video
+    stands for all of its windows), so 136 M windows cost 1.2 M checks, not 136 M."""
+    checked = media_representatives(records)
+    present, missing = check_media(checked, require_audio=False)
+    unit = "videos" if len(checked) != len(records) else "training records"
     if missing:
         log.warning(
-            "%d of %d training records have missing media (they will be skipped), e.g. %s",
-            len(missing), len(records), missing_media_reason(missing[0], False),
+            "%d of %d %s have missing media (their samples will be skipped), e.g. %s",
+            len(missing), len(checked), unit, missing_media_reason(missing[0], False),
         )
     if not present:
-        raise ValueError(f"no usable training sample: all {len(records)} records of {what} miss their media")
+        raise ValueError(f"no usable training sample: all {len(checked)} {unit} of {what} miss their media")
 
 
 def evaluation_dataset(config: RunConfig, split: str, purpose: str, options: SampleOptions,
@@ -166,13 +171,13 @@ def split_datasets(
         if dist.is_main:
             make_synthetic_dataset(Path(dc.synthetic.root), num_clips=dc.synthetic.clips, seed=dc.synthetic.seed)
         barrier()
-    train: list[ClipRecord] = []
-    sizes: list[int] = []
+    parts: list[Sequence[ClipRecord]] = []
     for corpus in corpus_names(dc.corpus):
         records = read_split(dc, corpus, "train", purpose, unfold_captions=unfold_train)
         log.info("%s: %d training records", corpus, len(records))
-        train.extend(records)
-        sizes.append(len(records))
+        parts.append(records)
+    sizes = [len(p) for p in parts]
+    train = concat_records(parts)  # a list, or a view over HowTo100M's compact span table
     if dc.mixture_weights is not None and len(dc.mixture_weights) != len(sizes):
         raise ValueError(f"data.mixture_weights has {len(dc.mixture_weights)} entries for {len(sizes)} corpora")
     _check_train_media(train, f"data.corpus={dc.corpus}")
@@ -194,6 +199,9 @@ def split_datasets(
         evals.append(records)
     val, test = evals
     if dc.audio_pairs is not None:
+        if not isinstance(train, list):
+            raise ValueError("data.audio_pairs pairs silent clips of a fine-tuning corpus; HowTo100M windows "
+                             "cannot be donors (set data.audio_pairs: null)")
         pairs = read_audio_pairs(dc.audio_pairs)
         n = apply_audio_pairs([r for r in (train, val, test) if r], train, pairs, f"data.audio_pairs={dc.audio_pairs}")
         log.info("%d silent clips get the audio of their nearest training clip (%s)", n, dc.audio_pairs)

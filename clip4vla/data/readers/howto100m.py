@@ -11,14 +11,15 @@ whitespace-separated words, not BERT word-pieces, and the duration comparison is
 
 The growth runs for all spans of the whole corpus at once in numpy (one vectorised step per
 extension round, only still-short spans stay active), so the work is linear in the number of
-spans times the few rounds a span needs; real HowTo100M (1.2 M videos, ~136 M spans) never goes
-through a per-span Python loop except to build the records themselves.
+spans times the few rounds a span needs. The windows are kept as compact arrays
+(``clip4vla.data.span_table.SpanTable``), never as one Python object per span.
 
 Caption = the texts of the window joined by single spaces; frames and audio come from that window
 (``start``/``end`` set), audio type ``"vb"``. Media: ``<video_dir>/<video_id>.<mp4|webm|...>``.
 
-Memory note: one ``ClipRecord`` per span is ~1 KB of Python objects; restrict ``video_ids`` to the
-videos you have when the full corpus does not fit.
+Real HowTo100M (1.2 M videos, ~136 M spans): build the span index folder once
+(``build_howto100m_index``, ``scripts/prepare_data.py --howto100m-index``) and point
+``caption_path`` at it; every rank then memory-maps it at start-up.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from clip4vla.data.readers._common import gc_paused, load_json, parse_audio_type, require_file
-from clip4vla.data.records import AnnotationError, ClipRecord, MediaLayout
+from clip4vla.data.readers._common import load_json, parse_audio_type, require_file
+from clip4vla.data.records import AnnotationError, MediaLayout
+from clip4vla.data.span_table import SpanTable, SpanTableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -143,32 +145,30 @@ def read_howto100m(
     min_seconds: float = 10.0,
     min_words: int = 5,
     audio_type: str = "vb",
-) -> list[ClipRecord]:
+) -> SpanTable:
     """HowTo100M records, one per transcript span grown to a usable window.
 
+    Returns a ``SpanTable`` (a sequence of ``ClipRecord``s kept as compact arrays; a record is built
+    when read), so the corpus never exists as one Python object per span.
+
     Args:
-        caption_path: ``caption.json`` or ``caption.pickle``.
+        caption_path: ``caption.json`` or ``caption.pickle``, or a span index folder written by
+            ``build_howto100m_index`` (memory-mapped: start-up does not grow with the corpus).
         video_dir / prepared_dir: media roots (``clip4vla.data.records``).
         video_ids: keep only these videos (e.g. the ones downloaded); each must be in the file.
         min_seconds / min_words: window growth thresholds (module docstring); 0 disables one.
         audio_type: ``"vb"`` (paper: HowTo100M is verbal).
     """
     parse_audio_type(audio_type, Path("<argument>"), "audio_type")
-    with gc_paused():  # millions of small objects: see gc_paused
-        return _read(
-            Path(caption_path), video_dir, prepared_dir, video_ids, min_seconds, min_words, audio_type
-        )
-
-
-def _read(
-    path: Path,
-    video_dir: str | os.PathLike | None,
-    prepared_dir: str | os.PathLike | None,
-    video_ids: Iterable[str] | None,
-    min_seconds: float,
-    min_words: int,
-    audio_type: str,
-) -> list[ClipRecord]:
+    path = Path(caption_path)
+    layout = MediaLayout(video_dir=video_dir, prepared_dir=prepared_dir)
+    if path.is_dir():
+        meta = SpanTable.read_meta(path)
+        if (meta["min_seconds"], meta["min_words"]) != (min_seconds, min_words):
+            raise ValueError(f"{path} was built with min_seconds={meta['min_seconds']}, min_words={meta['min_words']}; "
+                             f"the config asks for {min_seconds}, {min_words}: build the index again or change them")
+        table = SpanTable.load(path, layout, audio_type)
+        return table if video_ids is None else table.select_videos(video_ids, str(path))
     data = load_howto_captions(path)
     if video_ids is None:
         selected = list(data)
@@ -177,88 +177,89 @@ def _read(
         absent = [v for v in selected if v not in data]
         if absent:
             raise ValueError(f"{len(absent)} requested videos are not in {path}, e.g. {absent[:5]}")
+    builder = SpanTableBuilder()
+    empty = sum(not _add_video(builder, path, vid, data[vid]) for vid in selected)
+    if empty:
+        log.info("%s: %d videos with an empty transcript give no records", path, empty)
+    return SpanTable(builder.build(min_seconds, min_words, extend_spans), layout, audio_type)
 
-    all_starts, all_ends, texts, owners, bounds = [], [], [], [], []
-    offset = 0
-    empty_videos = 0
-    for vid in selected:
-        entry = data[vid]
-        where = f"[{vid!r}]"
-        if not isinstance(entry, dict):
-            raise AnnotationError(path, "entry must be an object {start, end, text}", location=where)
-        for field in ("start", "end", "text"):
-            if field not in entry:
-                raise AnnotationError(path, "missing field", location=where, field=field)
-        starts = _times(entry["start"], path, vid, "start")
-        ends = _times(entry["end"], path, vid, "end")
-        if isinstance(entry["text"], (str, bytes)) or not hasattr(entry["text"], "__len__"):
-            raise AnnotationError(path, "must be a list of span texts", location=where, field="text")
-        text = [_span_text(t).strip() for t in entry["text"]]
-        if not (len(starts) == len(ends) == len(text)):
-            raise AnnotationError(
-                path,
-                f"start/end/text lengths differ ({len(starts)}/{len(ends)}/{len(text)})",
-                location=where,
-                field="text",
-            )
-        if len(text) == 0:
-            empty_videos += 1
-            continue
-        backwards = ends < starts
-        if backwards.any():
-            j = int(np.argmax(backwards))
-            raise AnnotationError(
-                path,
-                f"end {ends[j]:g} is before start {starts[j]:g}",
-                location=f"{where}.end[{j}]",
-                field="end",
-            )
-        if not any(text):
-            raise AnnotationError(
-                path, "empty caption: the whole transcript has no words", location=where, field="text"
-            )
-        all_starts.append(starts)
-        all_ends.append(ends)
-        texts.extend(text)
-        owners.append(vid)
-        bounds.append((offset, offset + len(text) - 1))
-        offset += len(text)
-    if empty_videos:
-        log.info("%s: %d videos with an empty transcript give no records", path, empty_videos)
-    if not owners:
-        return []
 
-    counts = np.array([hi - lo + 1 for lo, hi in bounds], dtype=np.int64)
-    first = np.repeat(np.array([lo for lo, _ in bounds], dtype=np.int64), counts)
-    last = np.repeat(np.array([hi for _, hi in bounds], dtype=np.int64), counts)
-    starts = np.concatenate(all_starts)
-    ends = np.concatenate(all_ends)
-    words = np.fromiter((len(t.split()) for t in texts), dtype=np.int64, count=len(texts))
-    lo, hi = extend_spans(starts, ends, words, first, last, min_seconds, min_words)
+def build_howto100m_index(
+    caption_path: str | os.PathLike, out_dir: str | os.PathLike, min_seconds: float = 10.0, min_words: int = 5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the span index folder of a caption file once (``read_howto100m`` then maps it).
 
-    # Plain Python lists from here: this loop runs once per span, numpy scalars would dominate it.
-    win_start = starts[lo].tolist()
-    win_end = np.maximum(ends[hi], starts[lo]).tolist()  # overlapping transcripts can end early
-    lo, hi = lo.tolist(), hi.tolist()
-    layout = MediaLayout(video_dir=video_dir, prepared_dir=prepared_dir)
-    records = []
-    for vid, (v_lo, v_hi) in zip(owners, bounds):
-        paths = layout.resolve(vid)
-        for i in range(v_lo, v_hi + 1):
-            caption = " ".join(filter(None, texts[lo[i] : hi[i] + 1]))
-            if not caption:
-                # A wordless span inside a video that does have words can only stay empty when
-                # min_words is 0; then the window has nothing to say and is not a sample.
-                continue
-            records.append(
-                ClipRecord(
-                    video_id=vid,
-                    start=win_start[i],
-                    end=win_end[i],
-                    captions=(caption,),
-                    audio_type=audio_type,
-                    source="howto100m",
-                    **paths,
-                )
-            )
-    return records
+    ``caption.json`` is streamed video by video (``ijson``), so building needs memory for the
+    compact arrays, not for the file's objects; a ``.pickle`` must be loaded whole (pickle cannot
+    stream). Returns counts and timings.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    path = require_file(caption_path, "HowTo100M caption file")
+    start = time.perf_counter()
+    builder = SpanTableBuilder()
+    empty = videos = 0
+    for vid, entry in tqdm(_iter_captions(path), desc="videos", unit="video", disable=not progress):
+        videos += 1
+        empty += not _add_video(builder, path, vid, entry)
+    parsed = time.perf_counter() - start
+    arrays = builder.build(min_seconds, min_words, extend_spans)
+    table = SpanTable(arrays, MediaLayout())
+    table.save(out_dir, meta={"min_seconds": min_seconds, "min_words": min_words, "source": str(path),
+                              "source_bytes": path.stat().st_size})
+    return {"videos": videos, "empty_videos": empty, "windows": len(table), "parse_s": round(parsed, 1),
+            "total_s": round(time.perf_counter() - start, 1)}
+
+
+def _iter_captions(path: Path) -> Iterator[tuple[str, Any]]:
+    if path.suffix in (".pkl", ".pickle"):
+        yield from load_howto_captions(path).items()
+        return
+    import ijson
+
+    try:
+        with open(path, "rb") as f:
+            for vid, entry in ijson.kvitems(f, "", use_float=True):
+                yield str(vid), entry
+    except ijson.JSONError as err:
+        raise AnnotationError(path, f"invalid JSON ({err})") from None
+
+
+def _add_video(builder: SpanTableBuilder, path: Path, vid: str, entry: Any) -> bool:
+    """Check one video's transcript and add it; False for an empty transcript (no records)."""
+    where = f"[{vid!r}]"
+    if not isinstance(entry, dict):
+        raise AnnotationError(path, "entry must be an object {start, end, text}", location=where)
+    for field in ("start", "end", "text"):
+        if field not in entry:
+            raise AnnotationError(path, "missing field", location=where, field=field)
+    starts = _times(entry["start"], path, vid, "start")
+    ends = _times(entry["end"], path, vid, "end")
+    if isinstance(entry["text"], (str, bytes)) or not hasattr(entry["text"], "__len__"):
+        raise AnnotationError(path, "must be a list of span texts", location=where, field="text")
+    text = [_span_text(t).strip() for t in entry["text"]]
+    if not (len(starts) == len(ends) == len(text)):
+        raise AnnotationError(
+            path,
+            f"start/end/text lengths differ ({len(starts)}/{len(ends)}/{len(text)})",
+            location=where,
+            field="text",
+        )
+    if len(text) == 0:
+        return False
+    backwards = ends < starts
+    if backwards.any():
+        j = int(np.argmax(backwards))
+        raise AnnotationError(
+            path,
+            f"end {ends[j]:g} is before start {starts[j]:g}",
+            location=f"{where}.end[{j}]",
+            field="end",
+        )
+    if not any(text):
+        raise AnnotationError(path, "empty caption: the whole transcript has no words", location=where, field="text")
+    builder.add(vid, starts, ends, text)
+    return True

@@ -1,0 +1,340 @@
+"""Search your own videos by what they show and what they sound like: ``clip4vla-search``.
+
+    clip4vla-search index ~/Videos --model runs/pretrain_synthetic/model.pt   # once, then after changes
+    clip4vla-search query "a dog barking in the rain" --dir ~/Videos --top-k 5
+    clip4vla-search query "a siren wails" --dir ~/Videos --modality a --json
+
+``index`` embeds every video and sound file under the folder (vision and audio, per window of
+the model's clip length; ``clip4vla.embed``) into one index file, by default
+``<folder>/.clip4vla-index.pt``. Re-running it embeds only new or changed files (size or
+modification time) and drops deleted ones. The index is written atomically — a kill or a full disk
+never leaves a half-written index, the previous one stays usable — and records which model made
+it: querying or extending it with another model is refused (``--rebuild`` starts over).
+
+``query`` embeds the text with that model and ranks the files by their best-matching window
+(vision ``v``, audio ``a``, or both ``av``: the average of the two, as G2G retrieval scores), with
+the window's time span for long files. In ``av`` a window without sound (or a sound file, without
+pictures) takes the query's average over the index for the side it lacks, so it neither wins nor
+loses on it; ``a`` ranks only files with sound, ``v`` only files with pictures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["SearchError", "build_index", "load_index", "main", "rank", "search"]
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "clip4vla-search-index"
+INDEX_VERSION = 1
+DEFAULT_NAME = ".clip4vla-index.pt"
+SAVE_EVERY = 200  # files embedded between two saves of a growing index
+
+
+class SearchError(Exception):
+    """Something the user can fix (message says what)."""
+
+
+def _default_index(folder: Path) -> Path:
+    return folder / DEFAULT_NAME
+
+
+# The index on disk is packed: one row per window of every file, so a query is two matrix-vector
+# products and a scatter-max, whatever the number of files, and loading it is a handful of tensors.
+#   files:  paths [F] (relative to root), size [F], mtime_ns [F], first [F] (first window row), count [F]
+#   rows:   video [T, D], audio [T, D] (zeros where absent), has_video [T], has_audio [T], spans [T, 2]
+# While indexing it is unpacked into one entry per file (``_unpack`` / ``_pack``).
+
+
+def _pack(entries: dict[str, dict[str, Any]], dim: int) -> dict[str, Any]:
+    names = sorted(entries)
+    counts = torch.tensor([len(entries[n]["spans"]) for n in names], dtype=torch.long)
+    first = torch.cumsum(counts, 0) - counts
+
+    def rows(key: str) -> torch.Tensor:
+        parts = []
+        for n in names:
+            e = entries[n]
+            parts.append(e[key] if e[key] is not None else torch.zeros(len(e["spans"]), dim))
+        return torch.cat(parts) if parts else torch.zeros(0, dim)
+
+    def flags(key: str) -> torch.Tensor:
+        parts = [entries[n][key] for n in names]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+    return {
+        "paths": names,
+        "size": torch.tensor([entries[n]["size"] for n in names], dtype=torch.long),
+        "mtime_ns": torch.tensor([entries[n]["mtime_ns"] for n in names], dtype=torch.long),
+        "first": first, "count": counts,
+        "video": rows("video"), "audio": rows("audio"),
+        "has_video": flags("has_video"), "has_audio": flags("has_audio"),
+        "spans": torch.tensor([s for n in names for s in entries[n]["spans"]], dtype=torch.float64).reshape(-1, 2),
+    }
+
+
+def _unpack(index: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    entries = {}
+    for i, name in enumerate(index["paths"]):
+        lo, n = int(index["first"][i]), int(index["count"][i])
+        sl = slice(lo, lo + n)
+        has_video, has_audio = index["has_video"][sl], index["has_audio"][sl]
+        entries[name] = {
+            "size": int(index["size"][i]), "mtime_ns": int(index["mtime_ns"][i]),
+            "spans": index["spans"][sl].tolist(), "has_video": has_video, "has_audio": has_audio,
+            "video": index["video"][sl] if bool(has_video.any()) else None,
+            "audio": index["audio"][sl] if bool(has_audio.any()) else None,
+        }
+    return entries
+
+
+def load_index(path: Path) -> dict[str, Any]:
+    """Read an index file, refusing what is not one of this version (message says what to do)."""
+    if not path.is_file():
+        raise SearchError(f"no index at {path}: build one with `clip4vla-search index <folder> --model <model.pt>`")
+    try:
+        index = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one message
+        raise SearchError(f"{path}: not a readable index ({type(err).__name__}: {err}); rebuild it with --rebuild") from err
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        raise SearchError(f"{path}: not a clip4vla search index")
+    if index.get("version") != INDEX_VERSION:
+        raise SearchError(f"{path}: index version {index.get('version')!r}, this clip4vla reads {INDEX_VERSION}: "
+                          "rebuild it with `clip4vla-search index <folder> --model <model.pt> --rebuild`")
+    return index
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before hours of embedding, not at the first save."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise SearchError(f"cannot write the index to {path}: {folder} is not a folder. Pass --index with a writable location")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SearchError(f"cannot write the index to {path}: no write permission in {folder}. "
+                          "Pass --index with a writable location (the videos themselves are only read)")
+
+
+def _save(header: dict[str, Any], entries: dict[str, dict[str, Any]], skipped: dict[str, Any], dim: int,
+          path: Path) -> None:
+    from clip4vla.files import save_checkpoint
+
+    try:
+        save_checkpoint(path, {**header, **_pack(entries, dim), "skipped": skipped})
+    except OSError as err:
+        raise SearchError(f"cannot write the index to {path} ({err.strerror or err}); the previous index is unchanged. "
+                          "Pass --index with a writable location") from err
+
+
+def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool = False,
+                audio_type: Any = "auto", progress: bool = True) -> dict[str, Any]:
+    """Create or update the index of ``folder`` (module docstring); returns what changed."""
+    from tqdm.auto import tqdm
+
+    from clip4vla import load_model
+    from clip4vla.embed import embed_windows, is_audio_file
+    from clip4vla.extract import file_digest, find_media, model_identity
+    from clip4vla.media_errors import MediaError
+
+    try:
+        files = find_media(folder)
+    except FileNotFoundError as err:
+        raise SearchError(str(err)) from err
+    if not files:
+        raise SearchError(f"{folder}: no video or audio files to index")
+    _check_writable(index_path)
+    digest = file_digest(model_path)
+    entries: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, Any] = {}
+    if index_path.is_file() and not rebuild:
+        index = load_index(index_path)
+        if index["model"]["sha256"] != digest:
+            raise SearchError(f"{index_path} was built with another model ({index['model']['path']}); pass --rebuild "
+                              "to index again with this one, or query with the index's model")
+        entries, skipped = _unpack(index), index["skipped"]
+    model = load_model(model_path)
+    dim = model.clip.config.embed_dim
+    st = model_path.stat()
+    identity = {**model_identity(model, model_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    header = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": identity, "root": str(folder.resolve())}
+    present = {p.relative_to(folder).as_posix(): p for p in files}
+    stats = {"files": len(present), "kept": 0, "embedded": 0, "dropped": 0, "skipped": 0}
+    for gone in set(entries) - set(present):
+        del entries[gone]
+        stats["dropped"] += 1
+    skipped = {k: v for k, v in skipped.items() if k in present}
+    todo = []
+    for rel, path in present.items():
+        st = path.stat()
+        known = entries.get(rel) or skipped.get(rel)
+        if known and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
+            stats["kept"] += 1
+            continue
+        todo.append((rel, path, st))
+    since_save = 0
+    for rel, path, st in tqdm(todo, desc="indexing", unit="file", disable=not progress):
+        entries.pop(rel, None)
+        skipped.pop(rel, None)
+        try:
+            w = embed_windows(model, path, video=not is_audio_file(path), audio_type=audio_type)
+            if w.video is None and w.audio is None:
+                raise MediaError(f"{path}: a sound file without sound")
+        except MediaError as err:
+            skipped[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "reason": str(err)}
+            continue
+        n = len(w.spans)
+        entries[rel] = {
+            "size": st.st_size, "mtime_ns": st.st_mtime_ns, "spans": [list(s) for s in w.spans],
+            "video": None if w.video is None else w.video.cpu(), "audio": None if w.audio is None else w.audio.cpu(),
+            "has_video": torch.full((n,), w.video is not None),
+            "has_audio": torch.zeros(n, dtype=torch.bool) if w.audio is None else w.segment_mask.any(dim=1).cpu(),
+        }
+        stats["embedded"] += 1
+        since_save += 1
+        if since_save >= SAVE_EVERY:  # a kill loses at most this much work
+            _save(header, entries, skipped, dim, index_path)
+            since_save = 0
+    _save(header, entries, skipped, dim, index_path)
+    stats["skipped"] = len(skipped)  # every file still unreadable, from this run or an earlier one
+    return stats
+
+
+def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per file: the best window's score (-inf: nothing to match in this modality) and its row."""
+    has_video, has_audio = index["has_video"], index["has_audio"]
+    score_v = index["video"] @ query  # [T]
+    score_a = index["audio"] @ query
+    if modality == "v":
+        scores = torch.where(has_video, score_v, -torch.inf)
+    elif modality == "a":
+        scores = torch.where(has_audio, score_a, -torch.inf)
+    else:  # av: G2G's average of the two similarities
+        # A silent window (or a sound file's missing picture) must neither win nor lose on the side
+        # it lacks: that term is the query's average over the index. (Scoring a silent video by
+        # vision alone put silent red clips above every red clip with a siren for "a red circle
+        # with a siren": one good similarity beats the mean of a good and a fair one.)
+        neutral_v = score_v[has_video].mean() if bool(has_video.any()) else score_v.new_zeros(())
+        neutral_a = score_a[has_audio].mean() if bool(has_audio.any()) else score_a.new_zeros(())
+        scores = (torch.where(has_video, score_v, neutral_v) + torch.where(has_audio, score_a, neutral_a)) / 2
+        scores = torch.where(has_video | has_audio, scores, -torch.inf)
+    owner = torch.repeat_interleave(torch.arange(len(index["count"])), index["count"])
+    best = torch.full((len(index["count"]),), -torch.inf, dtype=scores.dtype).scatter_reduce(
+        0, owner, scores, reduce="amax")
+    rows = torch.arange(len(scores))
+    is_best = (scores == best[owner]) & torch.isfinite(scores)
+    best_row = torch.zeros(len(best), dtype=torch.long).scatter_reduce(
+        0, owner[is_best], rows[is_best], reduce="amin", include_self=False)
+    return best, best_row
+
+
+def search(index: dict[str, Any], model: Any, text: str, top_k: int = 10, modality: str = "av") -> list[dict[str, Any]]:
+    """The ``top_k`` files for ``text``: path, score, and the best window's time span."""
+    from clip4vla.embed import embed_text
+
+    if modality not in ("v", "a", "av"):
+        raise SearchError(f"modality must be v, a or av, got {modality!r}")
+    query = embed_text(model, [text])[0].cpu()
+    return rank(index, query, top_k, modality)
+
+
+def rank(index: dict[str, Any], query: torch.Tensor, top_k: int = 10, modality: str = "av") -> list[dict[str, Any]]:
+    """``search`` for an embedded query (what the latency benchmark times)."""
+    best, best_row = _best_windows(index, query, modality)
+    k = min(top_k, int(torch.isfinite(best).sum()))
+    scores, order = best.topk(k)
+    out = []
+    for score, i in zip(scores.tolist(), order.tolist()):
+        start, end = index["spans"][best_row[i]].tolist()
+        out.append({"path": str(Path(index["root"]) / index["paths"][i]), "score": round(score, 4),
+                    "start": round(start, 2), "end": round(end, 2), "windows": int(index["count"][i])})
+    return out
+
+
+def _load_query_model(index: dict[str, Any], override: Path | None) -> Any:
+    from clip4vla import load_model
+    from clip4vla.extract import file_digest
+
+    known = index["model"]
+    path = override or Path(known["path"])
+    if not path.is_file():
+        raise SearchError(f"the index's model {path} is gone: pass --model with the same file")
+    st = path.stat()
+    unchanged = path.resolve() == Path(known["path"]) and (st.st_size, st.st_mtime_ns) == (known["size"], known["mtime_ns"])
+    if not unchanged and file_digest(path) != known["sha256"]:  # hashing a 600 MB model costs a second
+        raise SearchError(f"{path} is not the model this index was built with; rebuild the index with it")
+    return load_model(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clip4vla-search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_index = sub.add_parser("index", help="index (or update the index of) a folder of videos",
+                             description="Embed every video / sound file under DIR; again: only new or changed ones.")
+    p_index.add_argument("dir", type=Path)
+    p_index.add_argument("--model", type=Path, required=True, help="a model file (model.pt of a training run)")
+    p_index.add_argument("--index", type=Path, default=None, help=f"index file (default: DIR/{DEFAULT_NAME})")
+    p_index.add_argument("--rebuild", action="store_true", help="start over (e.g. with another model)")
+    p_index.add_argument("--audio-type", default="auto", help="vb, nb, auto (speech detector) or a ratio in [0, 1]")
+    p_index.add_argument("--no-progress", action="store_true")
+    p_query = sub.add_parser("query", help="find the files that best match a text",
+                             description="Rank the indexed files by their best window for TEXT.")
+    p_query.add_argument("text")
+    p_query.add_argument("--dir", type=Path, default=Path("."), help="the indexed folder (default: here)")
+    p_query.add_argument("--index", type=Path, default=None, help=f"index file (default: DIR/{DEFAULT_NAME})")
+    p_query.add_argument("--top-k", type=int, default=10)
+    p_query.add_argument("--modality", choices=("v", "a", "av"), default="av", help="what to match: vision, audio, both")
+    p_query.add_argument("--model", type=Path, default=None, help="the index's model file, if it moved")
+    p_query.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "index":
+            audio_type: Any = args.audio_type
+            if audio_type not in ("vb", "nb", "auto"):
+                try:
+                    audio_type = float(audio_type)
+                except ValueError:
+                    raise SearchError(f"--audio-type must be vb, nb, auto or a number in [0, 1], got {audio_type!r}") from None
+            index_path = args.index or _default_index(args.dir)
+            start = time.perf_counter()
+            stats = build_index(args.dir, args.model, index_path, args.rebuild, audio_type, not args.no_progress)
+            print(f"{stats['files']} files: {stats['embedded']} embedded, {stats['kept']} unchanged, {stats['dropped']} "
+                  f"dropped (deleted), {stats['skipped']} unreadable ({time.perf_counter() - start:.1f} s) -> {index_path}")
+            skipped = load_index(index_path)["skipped"]
+            for rel, entry in list(skipped.items())[:10]:
+                print(f"  unreadable: {rel}: {entry['reason']}")
+            if len(skipped) > 10:
+                print(f"  ... and {len(skipped) - 10} more (the index lists them under 'skipped')")
+            return 0
+        index_path = args.index or _default_index(args.dir)
+        if args.top_k < 1:
+            raise SearchError("--top-k must be at least 1")
+        index = load_index(index_path)
+        model = _load_query_model(index, args.model)
+        results = search(index, model, args.text, args.top_k, args.modality)
+    except SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for place, r in enumerate(results, 1):
+            span = f"  [{r['start']:.1f}-{r['end']:.1f} s]" if r["windows"] > 1 else ""
+            print(f"{place:>3}. {r['score']:.3f}  {r['path']}{span}")
+        if not results:
+            print(f"no indexed file has {'sound' if args.modality == 'a' else 'anything'} to match", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
