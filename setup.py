@@ -26,6 +26,7 @@ setup(
         "soundfile>=0.12",
         "matplotlib",
         "ijson>=3.2",  # streams HowTo100M's caption.json into the span index
+        "webdataset>=0.2.90",  # the tar shard format (writer; any WebDataset reader streams our shards)
     ],
     entry_points={"console_scripts": ["clip4vla-search = clip4vla.search:main"]},
     extras_require={

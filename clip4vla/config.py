@@ -65,6 +65,7 @@ class SyntheticData:
     root: str = "data/synthetic"
     clips: int = 300
     seed: int = 0
+    shards_dir: str | None = None  # its videos as WebDataset shards (data.media: shards)
 
 
 @dataclasses.dataclass
@@ -75,6 +76,7 @@ class MsrvttData:
     # retrieval validation: the official "validate" videos, held out of the 9k training list
     # ("official"), or MSRVTT_val.csv ("csv")
     val_source: Literal["official", "csv"] = "official"
+    shards_dir: str | None = None  # scripts/prepare_data.py --shards, for data.media: shards
 
 
 @dataclasses.dataclass
@@ -87,6 +89,7 @@ class VatexData:
     train_csv: str | None = None
     val_csv: str | None = None
     test_csv: str | None = None
+    shards_dir: str | None = None
 
 
 @dataclasses.dataclass
@@ -96,6 +99,7 @@ class AudioCapsData:
     audio_dir: str | None = None
     prepared_dir: str | None = None
     media: Literal["clip", "full"] = "clip"
+    shards_dir: str | None = None
 
 
 @dataclasses.dataclass
@@ -107,6 +111,7 @@ class HowTo100MData:
     video_ids_file: str | None = None
     min_seconds: float = 10.0
     min_words: int = 5
+    shards_dir: str | None = None
 
 
 @dataclasses.dataclass
@@ -118,6 +123,7 @@ class AudioSetData:
     prepared_dir: str | None = None
     media: Literal["clip", "full"] = "clip"
     name_format: str = "{ytid}_{start}"
+    shards_dir: str | None = None
 
 
 @dataclasses.dataclass
@@ -162,7 +168,9 @@ class DataConfig:
     # Silent clips paired with the audio of similar training clips (scripts/pair_missing_audio.py);
     # None: a silent clip is scored with vision alone.
     audio_pairs: str | None = None
-    media: Literal["raw", "prepared"] = "raw"
+    # raw files, the prepared folders (scripts/prepare_data.py), or WebDataset shards
+    # (prepare_data.py --shards; each corpus in use names its folder in data.<corpus>.shards_dir)
+    media: Literal["raw", "prepared", "shards"] = "raw"
     max_frames: int = 12
     frame_sampling: Literal["uniform", "head", "tail"] = "uniform"
     frame_order: Literal["normal", "reversed", "shuffled"] = "normal"
@@ -533,6 +541,14 @@ def validate_config(config: RunConfig) -> None:
             _check("{}" in getattr(pc, key), f"probe.{key}", getattr(pc, key), "must contain {} for the class name")
         _check(isinstance(pc.audio_type, str) or 0 <= pc.audio_type <= 1, "probe.audio_type", pc.audio_type,
                "a mixing ratio must lie in [0, 1]")
+    if dc.media == "shards":
+        in_use = ["howto100m", "audioset"] if dc.corpus == "howto_audioset" else [dc.corpus]
+        if dc.eval_corpus is not None:
+            in_use.append(dc.eval_corpus)
+        for corpus in dict.fromkeys(in_use):
+            section = getattr(dc, corpus, None)
+            _check(getattr(section, "shards_dir", None) is not None, f"data.{corpus}.shards_dir", None,
+                   "is needed with data.media: shards (write them with scripts/prepare_data.py --shards)")
     if dc.mixture_weights is not None:
         _check(all(w >= 0 for w in dc.mixture_weights) and sum(dc.mixture_weights) > 0, "data.mixture_weights",
                list(dc.mixture_weights), "must be non-negative with a positive sum")

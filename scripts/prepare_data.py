@@ -2,7 +2,13 @@
 """Prepare raw videos: 1-fps frames, 16 kHz stereo wav and a manifest; or index HowTo100M's captions.
 
     python scripts/prepare_data.py --videos data/synthetic/videos --out data/synthetic/prepared --workers 2
+    python scripts/prepare_data.py --videos data/howto100m/videos --out data/howto100m/shards --shards --workers 16
     python scripts/prepare_data.py --howto100m-index data/howto100m/caption.json --out data/howto100m/spans
+
+``--shards`` writes WebDataset tar shards instead of folders (``clip4vla.data.shards``: JPEG frames,
+16-bit WAV (or FLAC) audio and JSON metadata per clip, ~``--shard-mb`` per shard, one file per ~1000 clips);
+set ``data.media: shards`` and ``data.<corpus>.shards_dir`` to train from them. Resumable too:
+finished shards are kept, the clips in them skipped.
 
 The second form turns the transcript file into the compact span index (``clip4vla.data.span_table``:
 ~25 bytes per window, memory-mapped by every rank) once; then set ``data.howto100m.caption_path``
@@ -30,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--videos", type=Path, help="folder of raw videos (searched recursively)")
     source.add_argument("--howto100m-index", type=Path, metavar="CAPTION_FILE",
                         help="build the HowTo100M span index of caption.json / caption.pickle into --out")
+    parser.add_argument("--shards", action="store_true", help="write WebDataset shards instead of folders")
+    parser.add_argument("--shard-mb", type=float, default=1024, help="with --shards: close a shard at this size")
+    parser.add_argument("--shard-audio", choices=("wav", "flac"), default="wav",
+                        help="with --shards: 16-bit WAV (no decoding when read) or FLAC (about half the size)")
+    parser.add_argument("--meta", type=Path, default=None,
+                        help="with --shards: a JSON file {video_id: {...}} (captions, spans, audio type, ...) "
+                             "stored in each clip's JSON member, so the shards describe themselves")
     parser.add_argument("--min-seconds", type=float, default=10.0, help="with --howto100m-index: window growth")
     parser.add_argument("--min-words", type=int, default=5, help="with --howto100m-index: window growth")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -54,6 +67,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stats['videos']} videos ({stats['empty_videos']} without transcript): {stats['windows']} windows "
               f"in {stats['total_s']} s -> {args.out} (set data.howto100m.caption_path to it)")
         return 0
+    if args.shards:
+        from clip4vla.data.shards import write_shards
+
+        if not 1 <= args.quality <= 100:
+            parser.error("--quality must be in [1, 100]")
+        try:
+            meta = None
+            if args.meta is not None:
+                import json
+
+                meta = json.loads(args.meta.read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError(f"{args.meta}: expected a JSON object {{video_id: {{...}}}}")
+            shards = write_shards(args.videos, args.out, shard_bytes=int(args.shard_mb * 2**20), workers=args.workers,
+                                  quality=args.quality, meta=meta, progress=not args.no_progress,
+                                  audio_format=args.shard_audio)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{shards.total} files: {shards.written} written, {shards.skipped} already in shards, "
+              f"{len(shards.failed)} unreadable (see {args.out / 'manifest.jsonl'}); {shards.shards} shards in {args.out}")
+        return 1 if shards.failed else 0
     summary = prepare_videos(args.videos, args.out, workers=args.workers, image_format=args.format,
                              quality=args.quality, audio_subtype=args.audio_subtype,
                              retry_errors=args.retry_errors, progress=not args.no_progress)

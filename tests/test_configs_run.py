@@ -30,6 +30,7 @@ CONFIGS = REPO / "configs"
 CONFIG_RUNS = {
     "pretrain_synthetic.yaml": ("pretrain.py", "test_pretrain.py::test_pretrain_script_writes_outputs_and_prints_json_last"),
     "pretrain_howto_audioset.yaml": ("pretrain.py", "test_configs_run.py::test_paper_pretraining_config_runs_on_two_ranks_and_resumes"),
+    "pretrain_howto_audioset_shards.yaml": ("pretrain.py", "test_configs_run.py::test_paper_pretraining_config_on_shards"),
     "finetune_synthetic.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_synthetic_retrieval_config_then_evaluation"),
     "finetune_msrvtt.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_msrvtt_retrieval_config_with_paired_audio"),
     "finetune_vatex.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_vatex_and_audiocaps_retrieval_configs"),
@@ -135,6 +136,30 @@ def test_paper_pretraining_config_runs_on_two_ranks_and_resumes(twins, micro_ope
 
     model = load_model(out / "model.pt")
     assert model.clip.config == CLIPConfig.micro() and model.preprocessing.max_frames == 2
+
+
+def test_paper_pretraining_config_on_shards(twins, micro_openai_clip, tmp_path):
+    data = {}
+    for corpus in ("howto100m", "audioset", "msrvtt"):  # each corpus's videos written once as shards
+        run("prepare_data.py", ["--videos", str(twins / corpus / "videos"), "--out", str(tmp_path / corpus),
+                                "--shards", "--shard-mb", "0.5", "--no-progress"])
+        data[f"data.{corpus}.shards_dir"] = tmp_path / corpus
+    run("prepare_data.py", ["--howto100m-index", str(twins / "howto100m" / "caption.json"), "--out",
+                            str(tmp_path / "spans"), "--no-progress"])
+    summary = last_json(run("pretrain.py", ["--config", str(CONFIGS / "pretrain_howto_audioset_shards.yaml"), *sets({
+        **data,
+        "model.init_from": micro_openai_clip, "model.arch": "null",
+        "data.howto100m.caption_path": tmp_path / "spans",
+        "data.audioset.segments_csv": twins / "audioset" / "unbalanced_train_segments.csv",
+        "data.audioset.ontology_json": twins / "audioset" / "ontology.json",
+        "data.msrvtt.annotation_dir": twins / "msrvtt",
+        "data.num_workers": 2, "data.max_frames": 2, "audio.max_segments": 2,
+        "train.batch_size": 4, "train.accum_steps": 2, "train.max_steps": 2, "train.eval_every_steps": 2,
+        "train.log_every": 1, "train.precision": "fp32", "train.device": "cpu", "train.output_dir": tmp_path / "run",
+    })]))
+    assert summary["split"] == "test" and {"t2a", "v2a", "t2v"} <= set(summary)
+    assert summary.get("skipped", 0) == 0  # every sample came from the shards
+    assert len(list((tmp_path / "howto100m").glob("shard-*.tar"))) >= 2
 
 
 # a few-step fine-tuning of the micro model: what a user changes on their machine, and sizes

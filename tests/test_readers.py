@@ -432,7 +432,7 @@ def test_howto100m_windows_follow_the_growth_rule(tmp_path):
         read_howto100m(path, video_ids=["v9"])
 
 
-def test_howto100m_span_index_is_the_same_records_memory_mapped(tmp_path):
+def test_howto100m_span_index_is_the_same_records_memory_mapped(tmp_path, monkeypatch):
     from clip4vla.data.readers.howto100m import build_howto100m_index
     from clip4vla.data.span_table import SpanTable
 
@@ -448,6 +448,15 @@ def test_howto100m_span_index_is_the_same_records_memory_mapped(tmp_path):
     assert fixed == 20 * len(mapped)
     assert mapped.arrays["text_bytes"].nbytes == sum(len(t.encode()) for d in HOWTO.values() for t in d["text"])
     assert [r.video_id for r in read_howto100m(tmp_path / "spans", video_ids=["v3", "v1"])] == ["v3"] * 2 + ["v1"] * 5
+    # built a few videos at a time (as for the whole corpus): the same table
+    from clip4vla.data.readers import howto100m as howto_mod
+
+    monkeypatch.setattr(howto_mod, "INDEX_CHUNK_LINES", 2)
+    build_howto100m_index(path, tmp_path / "chunked", progress=False)
+    chunked = read_howto100m(tmp_path / "chunked", video_dir=tmp_path / "videos")
+    assert list(chunked) == list(direct)
+    for name in mapped.arrays:
+        assert np.array_equal(chunked.arrays[name], mapped.arrays[name]), name
     assert [r.video_id for r in mapped.video_records()] == ["v1", "v2", "v3"]  # one per video for media checks
     with pytest.raises(ValueError, match="min_seconds=10.0"):
         read_howto100m(tmp_path / "spans", min_seconds=5.0)

@@ -8,7 +8,7 @@ Typical use (one clip)::
 """
 
 from clip4vla.media_errors import MediaError
-from clip4vla.audio.decode import AudioDecodeError, NoAudioError, load_audio
+from clip4vla.audio.decode import AudioDecodeError, NoAudioError, load_audio, load_audio_file
 from clip4vla.audio.frontend import FRONTENDS, N_MELS, frame_count, log_mel
 from clip4vla.audio.masking import MASK_MODES, mask_spectrogram, segments_with_masked_copy
 from clip4vla.audio.segments import SELECTIONS, empty_segments, to_segments
@@ -18,6 +18,7 @@ __all__ = [
     "AudioDecodeError",
     "NoAudioError",
     "load_audio",
+    "load_audio_file",
     "log_mel",
     "frame_count",
     "to_segments",

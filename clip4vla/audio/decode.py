@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -38,7 +39,7 @@ import torchaudio.functional as AF
 
 from clip4vla.media_errors import MediaError
 
-__all__ = ["AudioDecodeError", "NoAudioError", "load_audio"]
+__all__ = ["AudioDecodeError", "NoAudioError", "load_audio", "load_audio_file"]
 
 # Extra source audio read on each side of the requested range, so that the resampling
 # filter (about 10 ms wide at its default settings) sees real context, not zero padding.
@@ -93,13 +94,36 @@ def load_audio(
     want = _Request(start=start, end=end, rate=int(sample_rate), max_seconds=max_seconds)
 
     try:
-        read = _read_soundfile(path, want)
+        read = _read_soundfile(str(path), want, path)
     except _NotForSoundfile as sf_exc:
         read = _read_pyav(path, want, sf_reason=str(sf_exc))
 
     waveform = _resample_and_cut(path, read, want)
     if not torch.isfinite(waveform).all():
         raise AudioDecodeError(f"{path}: decoded samples contain NaN or inf")
+    return _to_stereo(waveform)
+
+
+def load_audio_file(
+    fileobj: Any,
+    name: str,
+    start: float | None = None,
+    end: float | None = None,
+    sample_rate: int = 16000,
+    max_seconds: float | None = 60.0,
+) -> torch.Tensor:
+    """:func:`load_audio` for an open binary file soundfile can read (wav, flac, ...), e.g. a
+    member of a tar shard; only the bytes the range needs are read. ``name`` goes into messages."""
+    where = Path(name)
+    _check_arguments(where, start, end, sample_rate, max_seconds)
+    want = _Request(start=start, end=end, rate=int(sample_rate), max_seconds=max_seconds)
+    try:
+        read = _read_soundfile(fileobj, want, where)
+    except _NotForSoundfile as exc:
+        raise AudioDecodeError(f"{name}: not an audio file soundfile can read ({exc})") from exc
+    waveform = _resample_and_cut(where, read, want)
+    if not torch.isfinite(waveform).all():
+        raise AudioDecodeError(f"{name}: decoded samples contain NaN or inf")
     return _to_stereo(waveform)
 
 
@@ -220,9 +244,16 @@ class _NotForSoundfile(Exception):
     """libsndfile does not recognise the file; PyAV gets a try."""
 
 
-def _read_soundfile(path: Path, want: _Request) -> _Read:
+def _read_soundfile(source: Any, want: _Request, path: Path) -> _Read:
+    """``source``: a file name or an open binary file; ``path`` names it in messages."""
+
+    def rewound() -> Any:
+        if not isinstance(source, str):
+            source.seek(0)
+        return source
+
     try:
-        info = sf.info(str(path))
+        info = sf.info(rewound())
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise _NotForSoundfile(str(exc)) from exc
     rate = int(info.samplerate)
@@ -234,7 +265,7 @@ def _read_soundfile(path: Path, want: _Request) -> _Read:
     lo, hi = _source_range(window, rate, want.rate)
     hi = info.frames if hi is None else min(hi, info.frames)
     try:
-        data = sf.read(str(path), start=lo, stop=max(lo, hi), dtype="float32", always_2d=True)[0]
+        data = sf.read(rewound(), start=lo, stop=max(lo, hi), dtype="float32", always_2d=True)[0]
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioDecodeError(f"{path}: corrupt {info.format} file ({exc})") from exc
     samples = torch.from_numpy(np.ascontiguousarray(data.T))

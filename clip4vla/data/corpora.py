@@ -8,6 +8,8 @@ Each corpus has its own typed config section (``data.msrvtt``, ``data.vatex``, .
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,8 @@ def read_split(data: DataConfig, corpus: str, split: str, purpose: str, unfold_c
     if corpus == "synthetic":
         # The built-in set is laid out like MSR-VTT; its official split has all five captions per clip.
         root = Path(data.synthetic.root)
-        return read_msrvtt(root, split, task="captioning", video_dir=root / "videos", unfold_captions=unfold_captions)
+        records = read_msrvtt(root, split, task="captioning", video_dir=root / "videos", unfold_captions=unfold_captions)
+        return [dataclasses.replace(r, source="synthetic") for r in records]
     section = _section(data, corpus)
     if corpus == "msrvtt":
         task = "captioning" if purpose == "caption" else "retrieval"

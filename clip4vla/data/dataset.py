@@ -33,6 +33,8 @@ from clip4vla.audio import (
 )
 from clip4vla.config import AudioConfig, DataConfig
 from clip4vla.data.records import ClipRecord
+from clip4vla.data.shards import ShardStore
+from clip4vla.data.span_table import record_sources
 from clip4vla.models.audio import AUDIO_TYPE_IDS
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.text import default_tokenizer, tokenize
@@ -60,6 +62,8 @@ class SampleOptions:
     selection: str = "centre"
     max_seconds: float = 60.0
     media: str = "raw"
+    # media "shards": (corpus, shard folder) of every corpus in use; a record's ``source`` picks one
+    shards: tuple[tuple[str, str], ...] = ()
     masked_audio: bool = False
     mask_mode: str = "paper"
     # Training picks one caption at random per visit; evaluation always takes the first.
@@ -86,6 +90,7 @@ class SampleOptions:
             selection=audio.selection,
             max_seconds=audio.max_seconds,
             media=data.media,
+            shards=shard_folders(data) if data.media == "shards" else (),
             mask_mode=audio.mask_mode,
             cache_decoded=data.cache_decoded,
             **task_specific,
@@ -108,6 +113,13 @@ class SampleOptions:
 
 # the input settings a model file records (all but the type token are SampleOptions fields too)
 _PREPROCESSING_FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing) if f.name != "audio_type")
+
+
+def shard_folders(data: DataConfig) -> tuple[tuple[str, str], ...]:
+    """``(corpus, data.<corpus>.shards_dir)`` of every corpus section that names one (corpora keep
+    their own shards: ids need only be unique within a corpus)."""
+    sections = [(f.name, getattr(data, f.name)) for f in dataclasses.fields(data)]
+    return tuple((name, s.shards_dir) for name, s in sections if getattr(s, "shards_dir", None))
 
 
 IGNORE_INDEX = -100  # cross-entropy's ignore_index: caption positions that are padding
@@ -149,6 +161,12 @@ class TriModalDataset(torch.utils.data.Dataset):
         if options.cache_decoded and options.frame_order == "shuffled":
             raise ValueError("cache_decoded needs a deterministic frame order (frame_order != 'shuffled')")
         self._cache: dict[int, tuple] = {}
+        # media "shards": opened here, so a missing folder or index fails at start-up
+        self.stores = {corpus: ShardStore.shared([folder]) for corpus, folder in options.shards}
+        if options.media == "shards":
+            unknown = sorted(record_sources(self.records) - set(self.stores))
+            if unknown:
+                raise ValueError(f"data.media is shards but no shards_dir is set for {unknown}")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -175,6 +193,8 @@ class TriModalDataset(torch.utils.data.Dataset):
             size=opts.image_size,
             generator=generator,
         )
+        if opts.media == "shards":  # a clip stored without frames (a sound file) gets empty ones
+            return self.stores[record.source].frames(record.video_id, start=record.start, end=record.end, **kwargs)
         if opts.media == "prepared" and record.frames_dir is not None:
             return load_prepared_frames(record.frames_dir, start=record.start, end=record.end, **kwargs)
         if record.video_path is None:  # audio-only corpora (ESC-50)
@@ -189,10 +209,15 @@ class TriModalDataset(torch.utils.data.Dataset):
         opts = self.options
         use_prepared = opts.media == "prepared" or record.video_path is None or record.audio_from is not None
         path = record.audio_path if use_prepared and record.audio_path is not None else record.video_path
-        if path is None:
-            return None
         try:
-            waveform = load_audio(path, start=record.start, end=record.end, max_seconds=opts.max_seconds)
+            if opts.media == "shards":  # a paired silent clip reads its donor's sound
+                path = record.audio_from or record.video_id
+                waveform = self.stores[record.source].audio(path, start=record.start, end=record.end,
+                                                            max_seconds=opts.max_seconds)
+            elif path is None:
+                return None
+            else:
+                waveform = load_audio(path, start=record.start, end=record.end, max_seconds=opts.max_seconds)
         except NoAudioError:
             return None
         spectrogram = log_mel(waveform, frontend=opts.frontend)

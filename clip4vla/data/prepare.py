@@ -30,6 +30,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -47,7 +48,7 @@ from clip4vla.audio import NoAudioError, load_audio
 from clip4vla.data.records import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from clip4vla.video.decode import frame_filename, read_one_fps
 
-__all__ = ["PrepareSummary", "find_videos", "read_manifest", "prepare_videos"]
+__all__ = ["PrepareSummary", "decode_media", "encode_frame", "find_videos", "read_manifest", "prepare_videos"]
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,39 @@ def read_manifest(out_dir: str | Path) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------- one video
-def _write_frames(tmp_dir: Path, seconds: list[int], rgb: np.ndarray, opts: _Options) -> None:
-    tmp_dir.mkdir(parents=True)
-    for sec, img in zip(seconds, rgb):
-        target = tmp_dir / frame_filename(sec, opts.image_format)
-        if opts.image_format == "jpg":
-            # 4:4:4 chroma: the frames are already 4:2:0 from the codec; subsampling them a second
-            # time (PIL's default) would roughly double the difference to the raw route.
-            Image.fromarray(img).save(target, quality=opts.quality, subsampling=0)
-        else:
-            Image.fromarray(img).save(target, compress_level=1)
+def encode_frame(img: np.ndarray, image_format: str, quality: int) -> bytes:
+    """One 1-fps frame as the prepared routes store it (folder files and shard members alike)."""
+    buffer = io.BytesIO()
+    if image_format == "jpg":
+        # 4:4:4 chroma: the frames are already 4:2:0 from the codec; subsampling them a second
+        # time (PIL's default) would roughly double the difference to the raw route.
+        Image.fromarray(img).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    else:
+        Image.fromarray(img).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_media(video_path: str | Path, image_format: str = "jpg", quality: int = 95
+                 ) -> tuple[dict, list[tuple[int, bytes]], np.ndarray | None]:
+    """Decode a video (or audio file) once: ``(info, [(second, encoded frame)], wave [N, 2] or None)``.
+
+    ``info``: duration, fps, has_audio, n_frames, audio_seconds. Raises on unreadable media.
+    """
+    info: dict = {"duration": None, "fps": None, "has_audio": False, "n_frames": 0, "audio_seconds": None}
+    frames: list[tuple[int, bytes]] = []
+    if Path(video_path).suffix.lower() not in AUDIO_EXTENSIONS:
+        seconds, rgb, stream = read_one_fps(video_path)
+        if not seconds:
+            raise ValueError("no decodable frames")
+        info.update(duration=stream.duration, fps=stream.fps, n_frames=len(seconds))
+        frames = [(sec, encode_frame(img, image_format, quality)) for sec, img in zip(seconds, rgb)]
+    try:
+        wave = load_audio(video_path, sample_rate=AUDIO_RATE, max_seconds=None)  # [2, N]
+    except NoAudioError:
+        wave = None
+    if wave is not None:
+        info.update(has_audio=True, audio_seconds=wave.shape[1] / AUDIO_RATE)
+    return info, frames, None if wave is None else wave.numpy().T
 
 
 def _prepare_one(job: tuple[str, str, _Options]) -> dict:
@@ -139,24 +163,17 @@ def _prepare_one(job: tuple[str, str, _Options]) -> dict:
     tmp_audio = out / "audio" / f"{_TMP_MARK}{video_id}-{os.getpid()}.wav"
     record: dict = {"video_id": video_id, "source": str(video_path), "status": "ok", "duration": None,
                     "fps": None, "has_audio": False, "n_frames": 0, "audio_seconds": None, "error": None}
-    audio_only = Path(video_path).suffix.lower() in AUDIO_EXTENSIONS
     try:
-        if not audio_only:
-            seconds, rgb, info = read_one_fps(video_path)
-            if not seconds:
-                raise ValueError("no decodable frames")
-            record.update(duration=info.duration, fps=info.fps, n_frames=len(seconds))
-            _write_frames(tmp_frames, seconds, rgb, opts)
-        try:
-            wave = load_audio(video_path, sample_rate=AUDIO_RATE, max_seconds=None)  # [2, N]
-        except NoAudioError:
-            wave = None
-        samples = wave.numpy().T if wave is not None else np.zeros((0, 2), np.float32)  # [N, 2]
+        info, frames, wave = decode_media(video_path, opts.image_format, opts.quality)
+        record.update(info)
+        if frames:
+            tmp_frames.mkdir(parents=True)
+            for sec, data in frames:
+                (tmp_frames / frame_filename(sec, opts.image_format)).write_bytes(data)
+        samples = wave if wave is not None else np.zeros((0, 2), np.float32)  # [N, 2]
         sf.write(tmp_audio, samples, AUDIO_RATE, subtype=opts.audio_subtype, format="WAV")
-        if wave is not None:
-            record.update(has_audio=True, audio_seconds=wave.shape[1] / AUDIO_RATE)
         # Commit: outputs move into place, the caller writes the manifest line afterwards.
-        if not audio_only:
+        if frames:
             if final_frames.exists():
                 shutil.rmtree(final_frames)
             os.replace(tmp_frames, final_frames)

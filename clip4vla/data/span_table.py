@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections.abc
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -27,7 +28,8 @@ import numpy as np
 
 from clip4vla.data.records import ClipRecord, MediaLayout
 
-__all__ = ["ARRAYS", "ConcatRecords", "SpanTable", "SpanTableBuilder", "concat_records", "media_representatives"]
+__all__ = ["ARRAYS", "ConcatRecords", "SpanTable", "SpanTableBuilder", "SpanTableWriter", "concat_records",
+           "media_representatives", "record_sources"]
 
 FORMAT = "clip4vla-howto100m-spans"
 VERSION = 1
@@ -100,9 +102,10 @@ class SpanTable(collections.abc.Sequence):
 
     def video_records(self) -> list[ClipRecord]:
         """One record per video (its first window): what a media check needs, not 136 M of them."""
-        video = self.arrays["video"] if self.rows is None else self.arrays["video"][self.rows]
-        _, first = np.unique(np.asarray(video), return_index=True)
-        return [self[int(i)] for i in np.sort(first)]
+        video = np.asarray(self.arrays["video"] if self.rows is None else self.arrays["video"][self.rows])
+        # windows of a video are contiguous (file order, or the selection's order of videos)
+        first = np.concatenate([[0], np.flatnonzero(video[1:] != video[:-1]) + 1]) if len(video) else video
+        return [self[int(i)] for i in first]
 
     def select_videos(self, video_ids: Iterable[str], source: str) -> SpanTable:
         """The windows of these videos only (each must be in the table)."""
@@ -127,22 +130,9 @@ class SpanTable(collections.abc.Sequence):
         """Write the arrays to ``directory`` (replaced as a whole: a crash leaves the old one)."""
         if self.rows is not None:
             raise ValueError("save the whole table, not a selection of its videos")
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}.", dir=directory.parent))
-        try:
-            for name in ARRAYS:
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(self.arrays[name]))
-            info = {"format": FORMAT, "version": VERSION, "windows": len(self), "videos": self.num_videos,
-                    **(meta or {})}
-            (tmp / "meta.json").write_text(json.dumps(info, indent=1))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        writer = SpanTableWriter(directory)
+        writer.append(self.arrays)
+        return writer.close(meta)
 
     @staticmethod
     def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
@@ -161,6 +151,10 @@ class SpanTable(collections.abc.Sequence):
         """Memory-map a saved table: nothing is read until a window is."""
         cls.read_meta(directory)
         arrays = {name: np.load(Path(directory) / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        for array in arrays.values():  # windows are read in random order: no read-ahead around each
+            handle = getattr(array, "_mmap", None)
+            if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+                handle.madvise(mmap.MADV_RANDOM)
         return cls(arrays, layout, audio_type)
 
 
@@ -175,8 +169,15 @@ class SpanTableBuilder:
         self.words: list[np.ndarray] = []
         self.text_blobs: list[bytes] = []
         self.text_lengths: list[np.ndarray] = []
+        self._lines = 0
+
+    @property
+    def lines(self) -> int:
+        """Transcript lines added so far."""
+        return self._lines
 
     def add(self, video_id: str, starts: np.ndarray, ends: np.ndarray, texts: Sequence[str]) -> None:
+        self._lines += len(texts)
         encoded = [t.encode("utf-8") for t in texts]
         self.video_names.append(video_id.encode("utf-8"))
         self.starts.append(starts)
@@ -214,6 +215,74 @@ class SpanTableBuilder:
         }
 
 
+class SpanTableWriter:
+    """Writes a span table folder from tables of consecutive groups of videos, so building the
+    index of the whole corpus needs memory for one group, not for the corpus.
+
+    Each appended part has its own 0-based video, transcript-line and byte numbering (as
+    ``SpanTableBuilder.build`` gives); they are shifted here. Arrays go to raw files first and
+    become ``.npy`` files at ``close``; the folder appears whole or not at all.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.directory.name}.", dir=self.directory.parent))
+        self.counts = {name: 0 for name in ARRAYS}
+        self.videos = self.lines = self.text_bytes = self.video_bytes = 0
+
+    def _write(self, name: str, values: np.ndarray) -> None:
+        with open(self.tmp / f"{name}.raw", "ab") as fh:
+            fh.write(np.ascontiguousarray(values, dtype=ARRAYS[name]).tobytes())
+        self.counts[name] += len(values)
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        try:
+            self._write("video", np.asarray(arrays["video"], dtype=np.int64) + self.videos)
+            for name in ("start", "end"):
+                self._write(name, arrays[name])
+            for name in ("text_lo", "text_hi"):
+                self._write(name, np.asarray(arrays[name], dtype=np.int64) + self.lines)
+            self._write("text_offsets", np.asarray(arrays["text_offsets"][:-1]) + self.text_bytes)
+            self._write("text_bytes", arrays["text_bytes"])
+            self._write("video_offsets", np.asarray(arrays["video_offsets"][:-1]) + self.video_bytes)
+            self._write("video_bytes", arrays["video_bytes"])
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        self.videos += len(arrays["video_offsets"]) - 1
+        self.lines += len(arrays["text_offsets"]) - 1
+        self.text_bytes += int(arrays["text_offsets"][-1])
+        self.video_bytes += int(arrays["video_offsets"][-1])
+
+    def close(self, meta: dict[str, Any] | None = None) -> Path:
+        try:
+            self._write("text_offsets", np.array([self.text_bytes]))
+            self._write("video_offsets", np.array([self.video_bytes]))
+            for name, dtype in ARRAYS.items():
+                raw = self.tmp / f"{name}.raw"
+                raw.touch()
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                          "shape": (self.counts[name],)}
+                with open(self.tmp / f"{name}.npy", "wb") as out, open(raw, "rb") as data:
+                    np.lib.format.write_array_header_1_0(out, header)
+                    shutil.copyfileobj(data, out, 1 << 24)  # streamed: memory stays one block
+                raw.unlink()
+            info = {"format": FORMAT, "version": VERSION, "windows": self.counts["video"], "videos": self.videos,
+                    **(meta or {})}
+            (self.tmp / "meta.json").write_text(json.dumps(info, indent=1))
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+            os.replace(self.tmp, self.directory)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return self.directory
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 class ConcatRecords(collections.abc.Sequence):
     """Several record sequences (lists or span tables) as one, without copying them."""
 
@@ -241,6 +310,15 @@ def concat_records(parts: Sequence[Sequence[ClipRecord]]) -> Sequence[ClipRecord
     if all(isinstance(p, list) for p in parts):
         return [r for p in parts for r in p]
     return parts[0] if len(parts) == 1 else ConcatRecords(parts)
+
+
+def record_sources(records: Sequence[ClipRecord]) -> set[str]:
+    """The corpora the records come from (without building a span table's records)."""
+    if isinstance(records, SpanTable):
+        return {"howto100m"} if len(records) else set()
+    if isinstance(records, ConcatRecords):
+        return set().union(*(record_sources(part) for part in records.parts))
+    return {r.source for r in records}
 
 
 def media_representatives(records: Sequence[ClipRecord]) -> Sequence[ClipRecord]:

@@ -23,6 +23,7 @@ from clip4vla.data.corpora import corpus_names, corpus_splits, read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.records import ClipRecord, check_media, missing_media_reason
 from clip4vla.data.sampler import MixtureOrder
+from clip4vla.data.shards import ShardStore
 from clip4vla.data.span_table import concat_records, media_representatives
 from clip4vla.data.synthetic import make_synthetic_dataset
 from clip4vla.models.clip4vla import CLIP4VLA
@@ -118,18 +119,22 @@ class Task:
 # ---------------------------------------------------------------------------------- datasets
 
 
-def _check_train_media(records: Sequence[ClipRecord], what: str) -> None:
+def _check_train_media(records: Sequence[ClipRecord], what: str, stores: dict[str, ShardStore] | None = None) -> None:
     """Existence of the training media at start-up: one check per video (a HowTo100M video
-    stands for all of its windows), so 136 M windows cost 1.2 M checks, not 136 M."""
+    stands for all of its windows), so 136 M windows cost 1.2 M checks, not 136 M. With shards,
+    a clip is present when a shard holds it."""
     checked = media_representatives(records)
-    present, missing = check_media(checked, require_audio=False)
+    if stores is not None:
+        missing = [r for r in checked if r.source not in stores or r.video_id not in stores[r.source]]
+        example = f"{missing[0].video_id} is in no shard of data.{missing[0].source}.shards_dir" if missing else ""
+    else:
+        _, missing = check_media(checked, require_audio=False)
+        example = missing_media_reason(missing[0], False) if missing else ""
     unit = "videos" if len(checked) != len(records) else "training records"
     if missing:
-        log.warning(
-            "%d of %d %s have missing media (their samples will be skipped), e.g. %s",
-            len(missing), len(checked), unit, missing_media_reason(missing[0], False),
-        )
-    if not present:
+        log.warning("%d of %d %s have missing media (their samples will be skipped), e.g. %s",
+                    len(missing), len(checked), unit, example)
+    if len(missing) == len(checked):
         raise ValueError(f"no usable training sample: all {len(checked)} {unit} of {what} miss their media")
 
 
@@ -180,7 +185,8 @@ def split_datasets(
     train = concat_records(parts)  # a list, or a view over HowTo100M's compact span table
     if dc.mixture_weights is not None and len(dc.mixture_weights) != len(sizes):
         raise ValueError(f"data.mixture_weights has {len(dc.mixture_weights)} entries for {len(sizes)} corpora")
-    _check_train_media(train, f"data.corpus={dc.corpus}")
+    stores = {c: ShardStore.shared([f]) for c, f in options.shards} if options.media == "shards" else None
+    _check_train_media(train, f"data.corpus={dc.corpus}", stores)
 
     eval_corpus = dc.eval_corpus or dc.corpus
     evals: list[list[ClipRecord] | None] = []

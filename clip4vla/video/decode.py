@@ -29,7 +29,7 @@ import functools
 import math
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import av
 import numpy as np
@@ -433,12 +433,13 @@ def list_prepared_seconds(frames_dir: str | Path) -> dict[int, Path]:
     return found
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(source: Any, name: Any = None) -> np.ndarray:
+    """An image file (path or open binary file) as RGB ``uint8 [H, W, 3]``."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             return np.asarray(img.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise VideoDecodeError(f"{path}: unreadable prepared frame ({exc})") from exc
+        raise VideoDecodeError(f"{name or source}: unreadable prepared frame ({exc})") from exc
 
 
 def load_prepared_frames(
@@ -454,12 +455,34 @@ def load_prepared_frames(
     """Same as :func:`load_video_frames`, from ``<frames_dir>/<sec>.jpg`` files."""
     choose_seconds([], max_frames, sampling, order)
     frames_dir = Path(frames_dir)
-    lo, hi = span_bounds(start, end)
     files = list_prepared_seconds(frames_dir)
-    available = sorted(s for s in files if s >= lo and (hi is None or s < hi))
-    _check_span_not_empty(frames_dir, available, start, end)
+    return load_frame_images({s: (lambda p=p: p) for s, p in files.items()}, frames_dir, max_frames, sampling, order,
+                             start, end, size, generator)
+
+
+def load_frame_images(
+    images: dict[int, Callable[[], Any]],
+    name: Any,
+    max_frames: int = 12,
+    sampling: str = "uniform",
+    order: str = "normal",
+    start: float | None = None,
+    end: float | None = None,
+    size: int = 224,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prepared route's frame choice and transform over 1-fps images from anywhere:
+    ``images`` maps a second to a function giving its image (a path or an open binary file, read
+    only when chosen); ``name`` says where they come from in messages."""
+    choose_seconds([], max_frames, sampling, order)
+    lo, hi = span_bounds(start, end)
+    available = sorted(s for s in images if s >= lo and (hi is None or s < hi))
+    _check_span_not_empty(name, available, start, end)
     wanted = choose_seconds(available, max_frames, sampling, order, generator)
-    images = [_read_image(files[s]) for s in wanted]
-    if len({im.shape for im in images}) > 1:
-        raise VideoDecodeError(f"{frames_dir}: prepared frames have different sizes {sorted({im.shape for im in images})}")
-    return _finish(np.stack(images), max_frames, size)
+    pictures = []
+    for s in wanted:
+        source = images[s]()
+        pictures.append(_read_image(source, source if isinstance(source, (str, Path)) else f"{name} second {s}"))
+    if len({im.shape for im in pictures}) > 1:
+        raise VideoDecodeError(f"{name}: prepared frames have different sizes {sorted({im.shape for im in pictures})}")
+    return _finish(np.stack(pictures), max_frames, size)

@@ -35,9 +35,11 @@ import numpy as np
 
 from clip4vla.data.readers._common import load_json, parse_audio_type, require_file
 from clip4vla.data.records import AnnotationError, MediaLayout
-from clip4vla.data.span_table import SpanTable, SpanTableBuilder
+from clip4vla.data.span_table import SpanTable, SpanTableBuilder, SpanTableWriter
 
 log = logging.getLogger(__name__)
+
+INDEX_CHUNK_LINES = 2_000_000  # transcript lines built into windows at a time by the index builder
 
 
 def load_howto_captions(path: str | os.PathLike) -> dict[str, Any]:
@@ -190,9 +192,10 @@ def build_howto100m_index(
 ) -> dict[str, Any]:
     """Write the span index folder of a caption file once (``read_howto100m`` then maps it).
 
-    ``caption.json`` is streamed video by video (``ijson``), so building needs memory for the
-    compact arrays, not for the file's objects; a ``.pickle`` must be loaded whole (pickle cannot
-    stream). Returns counts and timings.
+    ``caption.json`` is streamed video by video (``ijson``) and the windows are built and written
+    for groups of videos of ``INDEX_CHUNK_LINES`` transcript lines, so building needs memory for
+    one group, not for the corpus; a ``.pickle`` must be loaded whole (pickle cannot stream).
+    Returns counts and the time taken.
     """
     import time
 
@@ -200,18 +203,24 @@ def build_howto100m_index(
 
     path = require_file(caption_path, "HowTo100M caption file")
     start = time.perf_counter()
+    writer = SpanTableWriter(out_dir)
     builder = SpanTableBuilder()
     empty = videos = 0
-    for vid, entry in tqdm(_iter_captions(path), desc="videos", unit="video", disable=not progress):
-        videos += 1
-        empty += not _add_video(builder, path, vid, entry)
-    parsed = time.perf_counter() - start
-    arrays = builder.build(min_seconds, min_words, extend_spans)
-    table = SpanTable(arrays, MediaLayout())
-    table.save(out_dir, meta={"min_seconds": min_seconds, "min_words": min_words, "source": str(path),
-                              "source_bytes": path.stat().st_size})
-    return {"videos": videos, "empty_videos": empty, "windows": len(table), "parse_s": round(parsed, 1),
-            "total_s": round(time.perf_counter() - start, 1)}
+    try:
+        for vid, entry in tqdm(_iter_captions(path), desc="videos", unit="video", disable=not progress):
+            videos += 1
+            empty += not _add_video(builder, path, vid, entry)
+            if builder.lines >= INDEX_CHUNK_LINES:  # windows never cross videos: groups are independent
+                writer.append(builder.build(min_seconds, min_words, extend_spans))
+                builder = SpanTableBuilder()
+        writer.append(builder.build(min_seconds, min_words, extend_spans))
+    except BaseException:
+        writer.abort()
+        raise
+    windows = writer.counts["video"]
+    writer.close({"min_seconds": min_seconds, "min_words": min_words, "source": str(path),
+                  "source_bytes": path.stat().st_size})
+    return {"videos": videos, "empty_videos": empty, "windows": windows, "total_s": round(time.perf_counter() - start, 1)}
 
 
 def _iter_captions(path: Path) -> Iterator[tuple[str, Any]]:

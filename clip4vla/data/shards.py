@@ -1,0 +1,429 @@
+"""Media in WebDataset tar shards: one file per ~1000 clips instead of ~13 files per clip.
+
+**Layout** (``write_shards``). ``<out>/shard-000000.tar``, ... in the WebDataset convention: the
+members of one clip share a key (``000000042``) and differ by extension, so any WebDataset reader
+(``webdataset.WebDataset(urls)``) streams them as samples:
+
+* ``<key>.json``: ``{"id", "source", "duration", "fps", "has_audio", "n_frames", "audio_seconds",
+  "frame_seconds": [...], "frame_bytes": [...]}`` (+ ``"meta"`` given by the caller);
+* ``<key>.frames``: the 1-fps JPEG frames, concatenated (``frame_bytes`` cut them apart), exactly
+  the files the prepared route writes, so both routes give the same frames (and, with WAV audio and
+  the prepared route's ``PCM_16`` wav, the very same samples; FLAC rounds where WAV truncates, so
+  its samples are at most one 16-bit step away);
+* ``<key>.wav`` (or ``<key>.flac``): the 16 kHz stereo audio track, 16-bit, absent for a clip
+  without sound. WAV (default) needs no decoding, so a shard sample is read as fast as a prepared
+  one; FLAC takes about half the space at some decoding cost (``audio_format``).
+
+HowTo100M spans are windows of a video: the video is stored once and every window reads its part.
+
+``shards.jsonl`` lists every finished shard with the byte offset and size of each member, so a
+clip is read with a few positioned reads (the JSON, the frames a window needs, the audio range)
+and no scan. ``manifest.jsonl`` has one line per source file (``ok`` or ``error`` with the reason);
+unreadable or empty files are never written as samples.
+
+**Why indexed reads, not a streaming pipeline.** Training order comes from the same seeded
+sampler as the other media routes (``clip4vla.data.sampler``): ranks and DataLoader workers get
+equal batches, a killed run resumes at the exact sample, and 2 ranks x B equal 1 rank x 2B. A
+streaming reader with a shuffle buffer can only approximate that (a buffer mixes within a window of
+the stream; resuming means replaying the stream). Each worker keeps its shards open, so a rank
+opens each shard once per worker rather than one file per frame.
+
+**Resumable writing.** Clips go to shards in sorted id order; a shard becomes visible (renamed
+from its temporary name, then its line appended to ``shards.jsonl``) only when complete, so a
+killed run loses at most the shard in progress, and a rerun skips every clip already in a finished
+shard (or recorded as unreadable there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm.auto import tqdm
+
+from clip4vla.audio import AudioDecodeError, NoAudioError, load_audio_file
+from clip4vla.data.prepare import AUDIO_RATE, decode_media, find_videos
+from clip4vla.media_errors import MediaError
+from clip4vla.video import VideoDecodeError
+from clip4vla.video.decode import load_frame_images
+
+__all__ = ["INDEX", "ShardError", "ShardStore", "ShardSummary", "write_shards"]
+
+log = logging.getLogger(__name__)
+
+INDEX = "shards.jsonl"
+MANIFEST = "manifest.jsonl"
+SHARD_NAME = "shard-{:06d}.tar"
+_TMP = ".tmp-"
+REQUIRED_META = ("id", "frame_seconds", "frame_bytes", "has_audio")
+MEMBERS = ("json", "frames", "flac")  # the index's member columns ("flac" holds a WAV member too)
+
+
+class ShardError(MediaError):
+    """A shard, or a clip in it, cannot be read: the sample is skipped with this reason."""
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+@dataclasses.dataclass
+class ShardSummary:
+    total: int  # source files found
+    skipped: int  # already in a finished shard
+    written: int  # clips written now
+    failed: list[str]  # ids found unreadable now (reasons in the manifest)
+    shards: int  # finished shards in the folder
+    out_dir: Path
+
+
+AUDIO_FORMATS = {"flac": "FLAC", "wav": "WAV"}
+
+
+def _encode(job: tuple[str, str, int, str, dict]) -> dict:
+    """Decode one source file into shard members (in a worker); an error record if unreadable."""
+    video_id, path, quality, audio_format, meta = job
+    try:
+        info, frames, wave = decode_media(path, "jpg", quality)
+        if not frames and wave is None:
+            raise ValueError("neither frames nor sound")
+        members: dict[str, bytes] = {}
+        if frames:
+            members["frames"] = b"".join(data for _, data in frames)
+        if wave is not None:
+            buffer = io.BytesIO()
+            sf.write(buffer, wave, AUDIO_RATE, subtype="PCM_16", format=AUDIO_FORMATS[audio_format])
+            members[audio_format] = buffer.getvalue()
+        header = {"id": video_id, "source": path, **info, "frame_seconds": [s for s, _ in frames],
+                  "frame_bytes": [len(d) for _, d in frames], **({"meta": meta} if meta else {})}
+        members["json"] = json.dumps(header).encode()
+        return {"id": video_id, "members": members}
+    except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+        return {"id": video_id, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _read_index(out: Path) -> list[dict]:
+    """Finished shards; a last line cut by a kill (its shard has no line yet) is ignored."""
+    path = out / INDEX
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def _member_offsets(tar_path: Path) -> dict[str, dict[str, list[int]]]:
+    """key -> extension -> [byte offset of the data, size] (the index ``ShardStore`` reads by)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            out.setdefault(key, {})[ext] = [member.offset_data, member.size]
+    return out
+
+
+def _append_line(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_shards(
+    videos_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shard_bytes: int = 1 << 30,
+    workers: int = 2,
+    quality: int = 95,
+    meta: dict[str, dict] | None = None,
+    progress: bool = True,
+    audio_format: str = "wav",
+) -> ShardSummary:
+    """Write the media under ``videos_dir`` into WebDataset shards in ``out_dir`` (module docstring).
+
+    ``shard_bytes``: a shard is closed once it holds this much. ``meta``: optional per-id
+    metadata copied into each clip's JSON (annotations, ...).
+    """
+    import webdataset as wds
+
+    if shard_bytes < 1:
+        raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
+    if audio_format not in AUDIO_FORMATS:
+        raise ValueError(f"audio_format must be one of {sorted(AUDIO_FORMATS)}, got {audio_format!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{_TMP}*"):
+        stale.unlink()
+    videos = find_videos(videos_dir)
+    finished = _read_index(out)
+    done = {vid for shard in finished for vid in shard["ids"]} | {vid for shard in finished for vid in shard["failed"]}
+    todo = [vid for vid in sorted(videos) if vid not in done]
+    jobs = [(vid, str(videos[vid]), quality, audio_format, (meta or {}).get(vid, {})) for vid in todo]
+    summary = ShardSummary(total=len(videos), skipped=len(videos) - len(todo), written=0, failed=[],
+                           shards=len(finished), out_dir=out)
+    next_key = sum(len(shard["ids"]) for shard in finished)  # keys number the written clips
+
+    state: dict[str, Any] = {"writer": None, "file": None, "tmp": None, "ids": [], "failed": {}}
+
+    def open_shard() -> None:
+        state["tmp"] = out / f"{_TMP}{SHARD_NAME.format(summary.shards)}"
+        state["file"] = open(state["tmp"], "wb")
+        state["writer"] = wds.TarWriter(state["file"], encoder=False, mtime=0)
+        state["ids"], state["failed"] = [], {}
+
+    def close_shard() -> None:
+        if state["writer"] is None:
+            return
+        state["writer"].close()
+        state["file"].close()
+        name = SHARD_NAME.format(summary.shards)
+        os.replace(state["tmp"], out / name)
+        offsets = _member_offsets(out / name)
+        samples = [[vid, key, offsets[key]] for vid, key in state["ids"]]
+        _append_line(out / INDEX, {"shard": name, "bytes": (out / name).stat().st_size,
+                                   "ids": [vid for vid, _ in state["ids"]], "failed": state["failed"],
+                                   "samples": samples})
+        summary.shards += 1
+        state["writer"] = None
+
+    def consume(result: dict, manifest) -> None:
+        nonlocal next_key
+        if state["writer"] is None:
+            open_shard()
+        if "error" in result:
+            state["failed"][result["id"]] = result["error"]
+            summary.failed.append(result["id"])
+            log.warning("%s: %s", result["id"], result["error"])
+            manifest.write(json.dumps({"video_id": result["id"], "status": "error", "error": result["error"]}) + "\n")
+        else:
+            key = f"{next_key:09d}"
+            next_key += 1
+            state["writer"].write({"__key__": key, **result["members"]})
+            state["ids"].append((result["id"], key))
+            summary.written += 1
+            manifest.write(json.dumps({"video_id": result["id"], "status": "ok", "key": key}) + "\n")
+        if state["file"].tell() >= shard_bytes:
+            manifest.flush()
+            close_shard()
+
+    with open(out / MANIFEST, "a", encoding="utf-8") as manifest:
+        bar = tqdm(total=len(jobs), desc="shards", unit="clip", disable=not progress)
+        if workers > 1 and len(jobs) > 1:
+            ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(jobs)), initializer=_single_thread) as pool:
+                for result in pool.imap(_encode, jobs):  # in order: shard contents do not depend on timing
+                    consume(result, manifest)
+                    bar.update()
+        else:
+            for job in jobs:
+                consume(_encode(job), manifest)
+                bar.update()
+        close_shard()
+        bar.close()
+    return summary
+
+
+def _single_thread() -> None:
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+class _Member(io.RawIOBase):
+    """A read-only file view of ``size`` bytes at ``offset`` of an open shard (for soundfile)."""
+
+    def __init__(self, fh: Any, offset: int, size: int) -> None:
+        self.fh, self.offset, self.size, self.pos = fh, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, min(self.size, base + pos))
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.size - self.pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self.fh.fileno(), n, self.offset + self.pos)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+_STORES: dict[tuple, "ShardStore"] = {}
+
+
+class ShardStore:
+    """Reads clips' frames and audio from the shards of one or more folders, by clip id.
+
+    Opened at start-up (a missing folder or index fails there); shard files are opened lazily in
+    each process that reads (DataLoader workers included) and kept open.
+    """
+
+    def __init__(self, folders: Sequence[str | os.PathLike]) -> None:
+        # A compact index, not a dict per clip: ids sorted as fixed-width bytes (binary search),
+        # then per clip its shard and [offset, size] of each member (-1: absent). ~100 bytes per
+        # clip, so AudioSet + HowTo100M's 3.2 M videos cost ~0.3 GB per rank, not ~2 GB of dicts.
+        self.paths: list[Path] = []
+        sizes: list[int] = []
+        ids: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        for folder in folders:
+            folder = Path(folder)
+            if not (folder / INDEX).is_file():
+                raise FileNotFoundError(f"{folder}: no {INDEX}: not a shard folder (write one with "
+                                        "`python scripts/prepare_data.py --videos DIR --out DIR --shards`)")
+            for shard in _read_index(folder):
+                self.paths.append(folder / shard["shard"])
+                sizes.append(int(shard["bytes"]))
+                table = np.full((len(shard["samples"]), 1 + 2 * len(MEMBERS)), -1, dtype=np.int64)
+                table[:, 0] = len(self.paths) - 1
+                for j, (_, _, members) in enumerate(shard["samples"]):
+                    for m, ext in enumerate(MEMBERS):
+                        where = members.get(ext) or (members.get("wav") if ext == "flac" else None)
+                        if where is not None:
+                            table[j, 1 + 2 * m: 3 + 2 * m] = where
+                ids.append(np.array([vid.encode("utf-8") for vid, _, _ in shard["samples"]], dtype=object))
+                rows.append(table)
+        all_ids = np.concatenate(ids).astype(bytes) if ids else np.zeros(0, dtype="S1")
+        order = np.argsort(all_ids, kind="stable")
+        self.ids = all_ids[order]
+        self.table = np.concatenate(rows)[order] if rows else np.zeros((0, 1 + 2 * len(MEMBERS)), dtype=np.int64)
+        twice = np.flatnonzero(self.ids[1:] == self.ids[:-1])
+        if len(twice):
+            vid = self.ids[twice[0]].decode()
+            shards = sorted({str(self.paths[int(r[0])]) for r in self.table[twice[0]:twice[0] + 2]})
+            raise ValueError(f"clip {vid!r} is in two shards: {shards}")
+        self.sizes = sizes
+        self._open: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def _row(self, video_id: str) -> int | None:
+        key = video_id.encode("utf-8")
+        i = int(np.searchsorted(self.ids, key))
+        return i if i < len(self.ids) and self.ids[i] == key else None
+
+    @classmethod
+    def shared(cls, folders: Sequence[str | os.PathLike]) -> ShardStore:
+        """One store per set of folders in a process (train, validation and test share it)."""
+        stamps = []
+        for f in folders:
+            index = Path(f) / INDEX
+            st = index.stat() if index.is_file() else None
+            stamps.append((str(Path(f).resolve()), st and (st.st_size, st.st_mtime_ns)))
+        key = tuple(stamps)
+        if key not in _STORES:
+            _STORES[key] = cls(folders)
+        return _STORES[key]
+
+    def __contains__(self, video_id: str) -> bool:
+        return self._row(video_id) is not None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_open"] = {}  # file handles do not cross process boundaries
+        return state
+
+    def _file(self, shard: int) -> Any:
+        if os.getpid() != self._pid:  # a forked worker: its own handles
+            self._open, self._pid = {}, os.getpid()
+        if shard not in self._open:
+            path = self.paths[shard]
+            try:
+                self._open[shard] = open(path, "rb")
+            except OSError as err:
+                raise ShardError(f"{path}: cannot open the shard ({err.strerror or err})") from err
+        return self._open[shard]
+
+    def _member(self, video_id: str, ext: str) -> tuple[_Member, str] | None:
+        row = self._row(video_id)
+        if row is None:
+            raise ShardError(f"clip {video_id!r} is in no shard of this store")
+        shard = int(self.table[row, 0])
+        m = MEMBERS.index(ext)
+        offset, size = (int(v) for v in self.table[row, 1 + 2 * m: 3 + 2 * m])
+        if offset < 0:
+            return None
+        name = f"{self.paths[shard]}@{offset} ({video_id}.{ext})"
+        if offset + size > self.sizes[shard] or offset + size > os.fstat(self._file(shard).fileno()).st_size:
+            raise ShardError(f"{name}: the shard ends before this member (truncated shard?)")
+        return _Member(self._file(shard), offset, size), name
+
+    def _meta(self, video_id: str) -> dict:
+        found = self._member(video_id, "json")
+        if found is None:
+            raise ShardError(f"clip {video_id!r} has no JSON member")
+        member, name = found
+        try:
+            meta = json.loads(member.read())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ShardError(f"{name}: unreadable JSON ({err})") from err
+        missing = [k for k in REQUIRED_META if k not in meta]
+        if missing:
+            raise ShardError(f"{name}: JSON lacks {missing}")
+        return meta
+
+    def frames(self, video_id: str, max_frames: int = 12, size: int = 224, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``load_prepared_frames`` over the clip's frames member (same choice, same tensors);
+        a clip stored without frames (a sound file) gets empty ones, as the other routes give."""
+        meta = self._meta(video_id)
+        found = self._member(video_id, "frames")
+        if found is None:
+            return torch.zeros(max_frames, 3, size, size), torch.zeros(max_frames, dtype=torch.bool)
+        if not meta["frame_seconds"]:
+            raise VideoDecodeError(f"clip {video_id!r}: its frames member lists no frames")
+        member, name = found
+        starts = np.concatenate([[0], np.cumsum(meta["frame_bytes"])]).tolist()
+        if starts[-1] != member.size:
+            raise ShardError(f"{name}: frame sizes add up to {starts[-1]} bytes, the member holds {member.size}")
+
+        def image(i: int) -> Any:
+            return lambda: io.BytesIO(os.pread(member.fh.fileno(), starts[i + 1] - starts[i], member.offset + starts[i]))
+
+        images = {int(s): image(i) for i, s in enumerate(meta["frame_seconds"])}
+        return load_frame_images(images, name, max_frames=max_frames, size=size, **kwargs)
+
+    def audio(self, video_id: str, start: float | None, end: float | None, max_seconds: float | None) -> torch.Tensor:
+        """``load_audio`` over the clip's audio member; ``NoAudioError`` for a clip without sound."""
+        found = self._member(video_id, "flac")  # the audio member, FLAC or WAV
+        if found is None:
+            raise NoAudioError(f"clip {video_id!r} has no sound (no audio member in its shard)")
+        member, name = found
+        try:
+            return load_audio_file(member, name, start=start, end=end, max_seconds=max_seconds)
+        except (AudioDecodeError, NoAudioError):
+            raise
+        except (OSError, RuntimeError) as err:
+            raise ShardError(f"{name}: {err}") from err
+
+
+def iter_samples(folder: str | os.PathLike) -> Iterator[dict]:
+    """Every clip of a shard folder as ``{"__key__", "json", "frames", "flac" or "wav"}`` bytes."""
+    import webdataset as wds
+
+    urls = [str(Path(folder) / shard["shard"]) for shard in _read_index(Path(folder))]
+    yield from wds.WebDataset(urls, shardshuffle=False)

@@ -1,0 +1,249 @@
+"""WebDataset shards: writing (bad files left out, resumable), the three media routes giving the
+same samples, bad shards skipped with their name and offset, and a 2-rank x 2-worker resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clip4vla.audio import load_audio
+from clip4vla.data import shards as shards_mod
+from clip4vla.data.corpora import read_split
+from clip4vla.data.dataset import SampleOptions, TriModalDataset
+from clip4vla.data.prepare import prepare_videos
+from clip4vla.data.shards import INDEX, ShardStore, iter_samples, write_shards
+from audio_media import write_sound
+from conftest import micro_pretrain_settings
+from media_factory import write_empty, write_garbage, write_video
+
+REPO = Path(__file__).resolve().parent.parent
+# measured bounds of the raw route against the prepared one (tests/test_prepare_data.py)
+JPEG_MEAN_TOL = 0.02
+JPEG_MAX_TOL = 0.4
+# 16-bit audio against the float decode, in normalised log-mel units: measured mean |diff| per
+# clip up to 0.047 on the synthetic test clips (quantisation of their near-silent stretches)
+AUDIO_MEAN_TOL = 0.07
+
+
+@pytest.fixture(scope="module")
+def mixed(synthetic_root, tmp_path_factory) -> Path:
+    """Eight synthetic clips, a silent video, a sound file, a corrupt and an empty file."""
+    d = tmp_path_factory.mktemp("mixed_media")
+    for video in sorted((synthetic_root / "videos").glob("*.mp4"))[:8]:
+        shutil.copy(video, d / video.name)
+    write_video(d / "quiet.mp4", seconds=2.0, fps=10, audio=False)
+    t = np.arange(2 * 16000) / 16000
+    write_sound(d / "tone.wav", (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32))
+    write_garbage(d / "broken.mp4")
+    write_empty(d / "empty.mp4")
+    return d
+
+
+@pytest.fixture(scope="module")
+def written(mixed, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "shards"
+    summary = write_shards(mixed, out, shard_bytes=300_000, workers=2, progress=False)
+    assert summary.written == 10 and sorted(summary.failed) == ["broken", "empty"] and summary.shards >= 3
+    return out
+
+
+def test_shards_follow_the_webdataset_convention_and_leave_bad_files_out(mixed, written):
+    samples = list(iter_samples(written))  # read back by the webdataset library itself
+    ids = {json.loads(s["json"])["id"]: s for s in samples}
+    clips = [p.stem for p in mixed.glob("video*.mp4")]
+    assert sorted(ids) == sorted(["quiet", "tone"] + clips)
+    assert "wav" not in ids["quiet"] and "frames" not in ids["tone"] and "wav" in ids["tone"]
+    meta = json.loads(ids[clips[0]]["json"])
+    assert sum(meta["frame_bytes"]) == len(ids[clips[0]]["frames"]) and meta["frame_seconds"]
+    manifest = [json.loads(line) for line in (written / "manifest.jsonl").read_text().splitlines()]
+    errors = {m["video_id"]: m["error"] for m in manifest if m["status"] == "error"}
+    assert set(errors) == {"broken", "empty"} and all(errors.values())
+    assert len({s["__url__"] for s in samples}) >= 3  # several shards
+
+
+def test_writing_resumes_after_a_kill_without_rewriting_finished_shards(mixed, written, tmp_path, monkeypatch):
+    real, calls = shards_mod._encode, []
+
+    def killed(job):
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        calls.append(job[0])
+        return real(job)
+
+    monkeypatch.setattr(shards_mod, "_encode", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(mixed, tmp_path, shard_bytes=300_000, workers=1, progress=False)
+    monkeypatch.undo()
+    first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.glob("shard-*.tar")}
+    assert first  # some shards were finished before the kill; the one in progress stayed temporary
+    summary = write_shards(mixed, tmp_path, shard_bytes=300_000, workers=1, progress=False)
+    assert summary.skipped == sum(len(json.loads(line)["ids"]) + len(json.loads(line)["failed"])
+                                  for line in list((tmp_path / INDEX).read_text().splitlines())[:len(first)])
+    assert not list(tmp_path.glob(".tmp-*"))  # the unfinished shard was thrown away and redone
+    for name, (stamp, data) in first.items():  # finished shards untouched
+        assert (tmp_path / name).stat().st_mtime_ns == stamp
+    # and the result is the uninterrupted one, byte for byte
+    assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == sorted(p.name for p in written.glob("shard-*.tar"))
+    for p in written.glob("shard-*.tar"):
+        assert (tmp_path / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_raw_prepared_and_shard_routes_give_the_same_samples(synthetic_root, tmp_path):
+    records = read_split(_data(synthetic_root), "synthetic", "test", "pretrain")[:6]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for r in records:
+        shutil.copy(r.video_path, videos / r.video_path.name)
+    prepared = tmp_path / "prepared"
+    prepare_videos(videos, prepared, workers=1, audio_subtype="PCM_16", progress=False)  # shards hold 16-bit audio
+    write_shards(videos, tmp_path / "shards", shard_bytes=10**9, workers=1, progress=False, audio_format="flac")
+    write_shards(videos, tmp_path / "shards_wav", shard_bytes=10**9, workers=1, progress=False)  # WAV: the default
+    import dataclasses
+
+    with_prepared = [dataclasses.replace(r, frames_dir=prepared / "frames" / r.video_id,
+                                         audio_path=prepared / "audio" / f"{r.video_id}.wav") for r in records]
+    base = SampleOptions(max_frames=3, max_segments=2, masked_audio=True)
+    routes = {
+        "raw": TriModalDataset(records, base),
+        "prepared": TriModalDataset(with_prepared, dataclasses.replace(base, media="prepared")),
+        "shards": TriModalDataset(records, dataclasses.replace(base, media="shards", shards=(("synthetic", str(tmp_path / "shards")),))),
+        "wav": TriModalDataset(records, dataclasses.replace(base, media="shards", shards=(("synthetic", str(tmp_path / "shards_wav")),))),
+    }
+    for i in range(len(records)):
+        raw, prep, shard = (routes[k][i] for k in ("raw", "prepared", "shards"))
+        assert raw["valid"] and prep["valid"] and shard["valid"]
+        for key in ("frames", "frame_mask", "audio_mask", "text"):
+            assert torch.equal(prep[key], shard[key]), (i, key)  # the same JPEG bytes: identical frames
+        wav = routes["wav"][i]
+        for key in ("frames", "frame_mask", "audio", "audio_mask", "masked_audio", "text"):
+            assert torch.equal(prep[key], wav[key]), (i, key)  # 16-bit WAV both ways: the very same sample
+        # 16-bit samples both ways (WAV truncates to 16 bits, FLAC rounds): at most one step apart;
+        # in the log-mel this shows only in near-silent bins, hence a bound on the mean
+        if shard["audio_mask"].any():
+            wave_prep = load_audio(with_prepared[i].audio_path)
+            wave_shard = routes["shards"].stores["synthetic"].audio(records[i].video_id, None, None, 60.0)
+            assert float((wave_prep - wave_shard).abs().max()) <= 1.0001 / 32768
+        for other in (prep, raw):
+            assert float((other["audio"] - shard["audio"]).abs().mean()) <= AUDIO_MEAN_TOL, i
+        diff = (raw["frames"] - shard["frames"]).abs()
+        assert float(diff.mean()) <= JPEG_MEAN_TOL and float(diff.max()) <= JPEG_MAX_TOL
+        assert torch.equal(raw["frame_mask"], shard["frame_mask"]) and torch.equal(raw["audio_mask"], shard["audio_mask"])
+
+
+def _data(root: Path):
+    from clip4vla.config import DataConfig, SyntheticData
+
+    return DataConfig(synthetic=SyntheticData(root=str(root), clips=24))
+
+
+def test_bad_shards_skip_their_samples_with_the_shard_and_offset(written, tmp_path):
+    broken = tmp_path / "shards"
+    shutil.copytree(written, broken)
+    lines = [json.loads(line) for line in (broken / INDEX).read_text().splitlines()]
+    truncated, missing = lines[0], lines[1]
+    data = (broken / truncated["shard"]).read_bytes()
+    (broken / truncated["shard"]).write_bytes(data[: len(data) // 3])
+    (broken / missing["shard"]).unlink()
+    store = ShardStore([broken])
+    reasons = {}
+    for vid in truncated["ids"] + missing["ids"]:
+        try:
+            store.frames(vid, max_frames=2)
+            store.audio(vid, None, None, 60.0)
+        except shards_mod.ShardError as err:
+            reasons[vid] = str(err)
+        except shards_mod.NoAudioError:
+            pass  # a clip stored without sound, readable
+    assert set(missing["ids"]) <= set(reasons)
+    assert all("cannot open the shard" in reasons[v] and missing["shard"] in reasons[v] for v in missing["ids"])
+    cut = [v for v in truncated["ids"] if v in reasons]
+    assert cut and all(truncated["shard"] in reasons[v] and "@" in reasons[v] and "truncated" in reasons[v] for v in cut)
+    # a clip's JSON without a required field
+    import webdataset as wds
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    with open(odd / "shard-000000.tar", "wb") as fh, wds.TarWriter(fh, encoder=False, mtime=0) as sink:
+        sink.write({"__key__": "000000000", "json": json.dumps({"id": "x"}).encode()})
+    (odd / INDEX).write_text(json.dumps({"shard": "shard-000000.tar", "bytes": (odd / "shard-000000.tar").stat().st_size,
+                                         "ids": ["x"], "failed": {}, "samples": [["x", "000000000",
+                                         shards_mod._member_offsets(odd / "shard-000000.tar")["000000000"]]]}) + "\n")
+    with pytest.raises(shards_mod.ShardError, match="JSON lacks"):
+        ShardStore([odd]).frames("x")
+    with pytest.raises(FileNotFoundError, match="not a shard folder"):
+        ShardStore([tmp_path / "nowhere"])
+
+
+def test_dataset_skips_a_clip_of_a_missing_shard_and_keeps_the_batch_shape(synthetic_root, written, tmp_path):
+    broken = tmp_path / "shards"
+    shutil.copytree(written, broken)
+    line = json.loads((broken / INDEX).read_text().splitlines()[0])
+    (broken / line["shard"]).unlink()
+    records = [r for r in read_split(_data(synthetic_root), "synthetic", "train", "pretrain")
+               + read_split(_data(synthetic_root), "synthetic", "test", "pretrain") if r.video_id in line["ids"]]
+    assert records
+    dataset = TriModalDataset(records, SampleOptions(max_frames=2, max_segments=2, media="shards", shards=(("synthetic", str(broken)),)))
+    sample = dataset[0]
+    assert not sample["valid"] and line["shard"] in sample["skip_reason"]
+    assert sample["frames"].shape == (2, 3, 224, 224)
+
+
+def test_two_ranks_two_workers_resume_mid_epoch_on_shards(synthetic_root, tmp_path):
+    shards = tmp_path / "shards"
+    write_shards(synthetic_root / "videos", shards, shard_bytes=500_000, workers=2, progress=False)
+    out = tmp_path / "run"
+    settings = micro_pretrain_settings(synthetic_root, out)
+    settings.update({"data.media": "shards", "data.synthetic.shards_dir": shards, "data.num_workers": 2,
+                     "train.device": "cpu", "train.batch_size": 4, "train.max_steps": 4, "train.keep_last": 10,
+                     "data.val_split": "null", "data.test_split": "null"})
+    args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(REPO)
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 str(REPO / "scripts" / "pretrain.py"), *args, *extra], capture_output=True, text=True,
+                                env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+
+    run()
+    final = torch.load(out / "checkpoints" / "ckpt_000004.pt", weights_only=True)["model"]
+    for step in (3, 4):  # as if killed after step 2, in the middle of the epoch
+        (out / "checkpoints" / f"ckpt_{step:06d}.pt").unlink()
+    resumed = run("--resume")
+    assert "ckpt_000002.pt" in resumed.stderr
+    again = torch.load(out / "checkpoints" / "ckpt_000004.pt", weights_only=True)["model"]
+    for key in final:
+        assert torch.equal(final[key], again[key]), key
+
+
+def test_missing_shard_folder_or_setting_fails_at_start_up(synthetic_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = [sys.executable, str(REPO / "scripts" / "pretrain.py"), "--set", f"data.synthetic.root={synthetic_root}",
+            "--set", "data.synthetic.clips=24", "--set", "data.media=shards", "--set", f"train.output_dir={tmp_path / 'run'}"]
+    unset = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    assert unset.returncode == 2 and "data.synthetic.shards_dir" in unset.stderr
+    missing = subprocess.run(base + ["--set", f"data.synthetic.shards_dir={tmp_path / 'nowhere'}"], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert missing.returncode == 2 and "not a shard folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_writes_shards_with_metadata_and_reports_unreadable_files(mixed, tmp_path):
+    clip = sorted(p.stem for p in mixed.glob("video*.mp4"))[0]
+    (tmp_path / "meta.json").write_text(json.dumps({clip: {"captions": ["a red circle"], "audio_type": "nb"}}))
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--videos", str(mixed), "--out",
+                             str(tmp_path / "out"), "--shards", "--meta", str(tmp_path / "meta.json"), "--no-progress"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 1 and "10 written" in result.stdout and "2 unreadable" in result.stdout
+    stored = {json.loads(s["json"])["id"]: json.loads(s["json"]) for s in iter_samples(tmp_path / "out")}
+    assert stored[clip]["meta"] == {"captions": ["a red circle"], "audio_type": "nb"} and "meta" not in stored["tone"]
