@@ -39,24 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    import torch
-
-    from clip4vla import load_model
-    from clip4vla.config import CaptionConfig, ConfigError, load_config
+    from clip4vla.config import CaptionConfig
     from clip4vla.data.corpora import read_split
-    from clip4vla.data.dataset import SampleOptions
     from clip4vla.evaluation.captioning import caption_metrics
     from clip4vla.files import write_text_atomic
-    from clip4vla.models.loading import CheckpointError
     from clip4vla.train.caption import caption_baselines, caption_videos, format_caption_table
-    from clip4vla.train.task import evaluation_dataset
+    from clip4vla.train.cli import evaluation_split, load_config_and_model, resolve_device
 
-    try:
-        config = load_config(CaptionConfig, args.config, args.overrides)
-        model = load_model(args.model)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config, model = load_config_and_model(CaptionConfig, args.config, args.overrides, args.model)
     if "caption" not in model.heads:
         print(f"error: {args.model} has no caption generator: fine-tune one with scripts/finetune_caption.py",
               file=sys.stderr)
@@ -65,16 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     beam = args.beam or cc.beam
     if beam < 1:
         parser.error("--beam must be at least 1")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     model.to(device).eval()
-    split = args.split or config.data.test_split
-    options = SampleOptions.for_inference(model.preprocessing, media=config.data.media)
-    try:
-        dataset = evaluation_dataset(config, split, "caption", options)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    split, dataset = evaluation_split(config, model, args.split, "caption")
     audio_type = model.preprocessing.audio_type if model.preprocessing.audio_type is not None else "clip"
     modality = args.modality or cc.modality
     penalty = cc.length_penalty if args.length_penalty is None else args.length_penalty

@@ -40,45 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    import torch
-
-    from clip4vla import load_model
-    from clip4vla.config import ConfigError, RetrievalConfig, load_config
-    from clip4vla.data.dataset import SampleOptions
+    from clip4vla.config import RetrievalConfig
     from clip4vla.evaluation.fusion_retrieval import encode_retrieval_set, evaluate_fusion_retrieval
     from clip4vla.files import write_text_atomic
-    from clip4vla.models.loading import CheckpointError
+    from clip4vla.train.cli import evaluation_split, load_config_and_model, resolve_device
     from clip4vla.train.retrieval import attach_fusion_head, format_retrieval_table
-    from clip4vla.train.task import evaluation_dataset
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     if not modalities or set(modalities) - {"v", "a", "av"}:
         parser.error(f"--modalities must be a subset of v,a,av, got {args.modalities!r}")
-    try:
-        config = load_config(RetrievalConfig, args.config, args.overrides)
-        model = load_model(args.model)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
     if "fusion" not in model.heads:
         if args.fusion is None:
             print(f"error: {args.model} has no fusion head (it was not fine-tuned for retrieval); pass --fusion g2g "
                   "to score its global features zero-shot", file=sys.stderr)
             return 2
         attach_fusion_head(model, "g2g", 0)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     model.to(device).eval()
-    split = args.split or config.data.test_split
-    if split is None:
-        parser.error("the config has no data.test_split: pass --split")
-    # the model's own preprocessing, the config's media route: inputs as in training
-    options = SampleOptions.for_inference(model.preprocessing, media=config.data.media)
-    try:
-        dataset = evaluation_dataset(config, split, "retrieval", options)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    split, dataset = evaluation_split(config, model, args.split, "retrieval")
     audio_type = model.preprocessing.audio_type if model.preprocessing.audio_type is not None else "clip"
     precision = "fp32" if device.type == "cpu" else "bf16"
     encoded = encode_retrieval_set(model, dataset, args.batch_size, device, precision, audio_type)

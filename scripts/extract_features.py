@@ -36,11 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    import torch
-
-    from clip4vla import load_model
     from clip4vla.extract import extract_features, find_media, model_identity
-    from clip4vla.models.loading import CheckpointError
+    from clip4vla.train.cli import load_model_or_exit, resolve_device
 
     audio_type = args.audio_type
     if audio_type not in ("vb", "nb", "auto"):
@@ -48,13 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             audio_type = float(audio_type)
         except ValueError:
             parser.error(f"--audio-type must be vb, nb, auto or a number in [0, 1], got {args.audio_type!r}")
-    try:
-        model = load_model(args.model)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    model = load_model_or_exit(args.model)
+    device = resolve_device(args.device)
     model.to(device)
     if args.media is not None:
         try:

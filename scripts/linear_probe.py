@@ -39,27 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    import torch
-
-    from clip4vla import load_model
-    from clip4vla.config import ConfigError, Esc50Data, ProbeConfig, Ucf101Data, load_config
+    from clip4vla.config import Esc50Data, ProbeConfig, Ucf101Data
     from clip4vla.evaluation.linear_probe import format_table, run_esc50, run_ucf101, summarise
     from clip4vla.files import write_text_atomic
+    from clip4vla.train.cli import load_config_and_model, resolve_device
 
-    try:
-        config = load_config(ProbeConfig, args.config, args.overrides)
-        if not args.model.is_file():
-            raise FileNotFoundError(f"no model file at {args.model}" + (
-                ": run `python scripts/pretrain.py` first (the quick start)" if "pretrain_synthetic" in str(args.model) else ""))
-        model = load_model(args.model)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - a CheckpointError or an unreadable file: one message
-        print(f"error: {args.model}: {err}", file=sys.stderr)
-        return 2
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    config, model = load_config_and_model(ProbeConfig, args.config, args.overrides, args.model)
+    device = resolve_device(args.device)
     model.to(device).eval()
     out_dir = Path(config.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,18 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    from clip4vla import load_model
-    from clip4vla.config import ConfigError, RetrievalConfig, load_config
-    from clip4vla.data.pairing import nearest_audio_donors
+    from clip4vla.config import RetrievalConfig
     from clip4vla.data.audio_pairs import write_audio_pairs
-    from clip4vla.models.loading import CheckpointError
+    from clip4vla.data.pairing import nearest_audio_donors
+    from clip4vla.train.cli import load_config_and_model
 
-    try:
-        config = load_config(RetrievalConfig, args.config, args.overrides)
-        model = load_model(args.model)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
     pairs, stats = nearest_audio_donors(model, config.data, batch_size=args.batch_size)
     out = args.out or args.model.parent / "audio_pairs.json"
     write_audio_pairs(out, pairs, corpus=config.data.corpus, model=str(args.model))

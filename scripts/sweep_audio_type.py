@@ -36,24 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    from clip4vla import load_model
-    from clip4vla.config import ConfigError, RetrievalConfig, load_config
-    from clip4vla.data.dataset import SampleOptions
+    from clip4vla.config import RetrievalConfig
     from clip4vla.evaluation.audio_type_sweep import plot_sweep, sweep_audio_type
-    from clip4vla.models.loading import CheckpointError
-    from clip4vla.train.task import evaluation_dataset
+    from clip4vla.train.cli import evaluation_split, load_config_and_model
 
     if args.steps < 2:
         parser.error("--steps must be at least 2")
-    try:
-        config = load_config(RetrievalConfig, args.config, args.overrides)
-        model = load_model(args.model)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    split = args.split or config.data.test_split
-    options = SampleOptions.for_inference(model.preprocessing, media=config.data.media)
-    dataset = evaluation_dataset(config, split, "retrieval", options)
+    config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
+    split, dataset = evaluation_split(config, model, args.split, "retrieval")
     ratios = [round(i / (args.steps - 1), 4) for i in range(args.steps)]
     rows = sweep_audio_type(model, dataset, ratios, batch_size=args.batch_size)
     print(f"zero-shot text->audio on the {split} split ({rows[0]['n_clips']} clips with audio, "

@@ -238,6 +238,28 @@ def test_missing_shard_folder_or_setting_fails_at_start_up(synthetic_root, tmp_p
     assert missing.returncode == 2 and "not a shard folder" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_evaluation_of_a_model_reads_the_configs_shards(synthetic_root, micro_export, tmp_path):
+    from clip4vla import load_model
+    from clip4vla.config import RetrievalConfig, load_config
+    from clip4vla.train.cli import evaluation_split
+
+    write_shards(synthetic_root / "videos", tmp_path / "shards", workers=1, progress=False)
+    data = [f"data.synthetic.root={synthetic_root}", "data.synthetic.clips=24"]
+    model = load_model(micro_export)
+    raw_config = load_config(RetrievalConfig, None, data)
+    shard_config = load_config(RetrievalConfig, None, data + ["data.media=shards",
+                                                             f"data.synthetic.shards_dir={tmp_path / 'shards'}"])
+    _, raw = evaluation_split(raw_config, model, "test", "retrieval")
+    split, shard = evaluation_split(shard_config, model, None, "retrieval")  # the config's test split
+    assert split == "test" and shard.options.media == "shards" and set(shard.stores) == {"synthetic"}
+    assert len(shard) == len(raw) > 0
+    for i in range(len(raw)):
+        a, b = raw[i], shard[i]
+        assert b["valid"] and torch.equal(a["frame_mask"], b["frame_mask"]) and torch.equal(a["audio_mask"], b["audio_mask"])
+        diff = (a["frames"] - b["frames"]).abs()
+        assert float(diff.mean()) <= JPEG_MEAN_TOL and float(diff.max()) <= JPEG_MAX_TOL
+
+
 def test_cli_writes_shards_with_metadata_and_reports_unreadable_files(mixed, tmp_path):
     clip = sorted(p.stem for p in mixed.glob("video*.mp4"))[0]
     (tmp_path / "meta.json").write_text(json.dumps({clip: {"captions": ["a red circle"], "audio_type": "nb"}}))

@@ -90,17 +90,19 @@ class SampleOptions:
             selection=audio.selection,
             max_seconds=audio.max_seconds,
             media=data.media,
-            shards=shard_folders(data) if data.media == "shards" else (),
+            shards=shard_folders(data),
             mask_mode=audio.mask_mode,
             cache_decoded=data.cache_decoded,
             **task_specific,
         )
 
     @classmethod
-    def for_inference(cls, preprocessing: Preprocessing, media: str = "raw") -> SampleOptions:
-        """Deterministic options that reproduce a model's training inputs (no masking, first caption)."""
+    def for_inference(cls, preprocessing: Preprocessing, data: DataConfig | None = None) -> SampleOptions:
+        """Deterministic options that reproduce a model's training inputs (no masking, first caption),
+        reading the media the way ``data`` says (raw files without it)."""
         shared = {name: getattr(preprocessing, name) for name in _PREPROCESSING_FIELDS}
-        return cls(**shared, media=media, masked_audio=False, random_caption=False)
+        data = data if data is not None else DataConfig()  # the default media: raw files
+        return cls(**shared, media=data.media, shards=shard_folders(data), masked_audio=False, random_caption=False)
 
     def evaluation(self) -> SampleOptions:
         """The same inputs for evaluation: no masked copy, the first caption, frames in order."""
@@ -116,8 +118,11 @@ _PREPROCESSING_FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing) 
 
 
 def shard_folders(data: DataConfig) -> tuple[tuple[str, str], ...]:
-    """``(corpus, data.<corpus>.shards_dir)`` of every corpus section that names one (corpora keep
-    their own shards: ids need only be unique within a corpus)."""
+    """``(corpus, data.<corpus>.shards_dir)`` of every corpus section that names one when the media
+    are read from shards, else none (corpora keep their own shards: ids need only be unique within
+    a corpus)."""
+    if data.media != "shards":
+        return ()
     sections = [(f.name, getattr(data, f.name)) for f in dataclasses.fields(data)]
     return tuple((name, s.shards_dir) for name, s in sections if getattr(s, "shards_dir", None))
 

@@ -42,7 +42,7 @@ def nearest_audio_donors(model: CLIP4VLA, data: DataConfig, batch_size: int = 32
             records.setdefault(r.video_id, r)
             if split == "train":
                 train_ids.add(r.video_id)
-    options = SampleOptions.for_inference(model.preprocessing, media=data.media)
+    options = SampleOptions.for_inference(model.preprocessing, data)
     dataset = TriModalDataset(list(records.values()), options)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples,
                                          num_workers=data.num_workers)

@@ -28,7 +28,9 @@ __all__ = [
     "CheckpointError",
     "check_state_dict",
     "is_torchscript_archive",
+    "missing_model_hint",
     "read_state_dict",
+    "require_checkpoint_file",
     "read_torchscript_state_dict",
     "read_weights_only",
     "to_float32_state_dict",
@@ -44,6 +46,21 @@ _MAX_LISTED = 8
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the model; the message names file and key."""
+
+
+def missing_model_hint(path: str | os.PathLike) -> str:
+    """What to do about a missing model file: the quick start's is written by the main job."""
+    if Path(path).as_posix().endswith("pretrain_synthetic/model.pt"):
+        return ": run `python scripts/pretrain.py` first (the quick start writes it)"
+    return ""
+
+
+def require_checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``; a :class:`CheckpointError` (with what to do) when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found{missing_model_hint(path)}")
+    return path
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
@@ -64,9 +81,7 @@ def read_weights_only(path: str | os.PathLike, map_location: str | torch.device 
     """The one reader of ``torch.save`` files: ``torch.load(weights_only=True)``, so no pickled
     code ever runs; every failure (missing, truncated, foreign, unsafe) is a :class:`CheckpointError`
     naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = require_checkpoint_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip/pickle/IO errors all mean "unreadable"
@@ -184,9 +199,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
     The returned dict is owned by the caller (nothing else references its tensors), so callers
     may convert entries in place to keep peak memory low.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = require_checkpoint_file(path)
     if is_torchscript_archive(path):
         try:
             state = read_torchscript_state_dict(path)

@@ -1,9 +1,12 @@
-"""The command line every training script shares: config + overrides -> Trainer -> report.
+"""The command line the scripts share.
 
-Scripts stay thin (``scripts/pretrain.py`` is a few lines): they name their task, their config
-class and their default config, and this module parses ``--config`` / ``--set`` / ``--resume`` /
-``--output-dir``, turns config mistakes into exit status 2 with a message before any work, runs
-the loop, prints the task's table and, last on stdout, one JSON object that scripts can read.
+Training scripts stay thin (``scripts/pretrain.py`` is a few lines): they name their task, their
+config class and their default config, and ``run_training`` parses ``--config`` / ``--set`` /
+``--resume`` / ``--output-dir``, turns config mistakes into exit status 2 with a message before any
+work, runs the loop, prints the task's table and, last on stdout, one JSON object that scripts can
+read. Scripts that use a trained model (evaluation, probes, pairing, extraction) open it, their
+config and their split with the helpers below, so every one of them reports a bad file, key or
+split the same way: ``error: ...`` on stderr and exit status 2, before any work.
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from clip4vla.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:  # torch and the model stay out of argument parsing
+    import torch
+
+    from clip4vla.data.dataset import TriModalDataset
+    from clip4vla.models.clip4vla import CLIP4VLA
 
 
 def parse_args(description: str, default_config: Path, argv: list[str] | None) -> argparse.Namespace:
@@ -79,3 +88,59 @@ def run_training(
         print(json.dumps(summary), flush=True)
     trainer.close()
     return 0
+
+
+# ---------------------------------------------------------------------- scripts using a model
+
+
+def exit_with_error(error: Any) -> NoReturn:
+    """``error: <message>`` on stderr and exit status 2 (what argparse does for bad arguments)."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; any other name as given."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model_or_exit(model_path: Path) -> CLIP4VLA:
+    """``clip4vla.load_model``; a missing, unreadable or foreign file exits 2 with its reason."""
+    from clip4vla import load_model
+    from clip4vla.models.loading import CheckpointError
+
+    try:
+        return load_model(model_path)
+    except CheckpointError as err:
+        exit_with_error(err)
+
+
+def load_config_and_model(config_cls: type[RunConfig], config_path: Path, overrides: list[str],
+                          model_path: Path) -> tuple[Any, CLIP4VLA]:
+    """The run config (with ``--set`` overrides) and the model of a script; mistakes exit 2."""
+    try:
+        config = load_config(config_cls, config_path, overrides)
+    except ConfigError as err:
+        exit_with_error(err)
+    return config, load_model_or_exit(model_path)
+
+
+def evaluation_split(config: RunConfig, model: CLIP4VLA, split: str | None, purpose: str
+                     ) -> tuple[str, TriModalDataset]:
+    """The split to score (``--split``, else the config's test split) as a dataset read with the
+    model's own preprocessing and the config's media route, i.e. inputs as in training."""
+    from clip4vla.data.dataset import SampleOptions
+    from clip4vla.train.task import evaluation_dataset
+
+    split = split or config.data.test_split
+    if split is None:
+        exit_with_error("the config has no data.test_split: pass --split")
+    options = SampleOptions.for_inference(model.preprocessing, config.data)
+    try:
+        return split, evaluation_dataset(config, split, purpose, options)
+    except (ValueError, FileNotFoundError) as err:
+        exit_with_error(err)
