@@ -432,6 +432,21 @@ def test_howto100m_windows_follow_the_growth_rule(tmp_path):
         read_howto100m(path, video_ids=["v9"])
 
 
+def test_a_span_table_and_a_list_concatenated_index_like_one_list(tmp_path):
+    from clip4vla.data.span_table import concat_records
+
+    table = read_howto100m(write(tmp_path / "caption.json", json.dumps(HOWTO)), video_dir=tmp_path / "videos")
+    extra = [ClipRecord(video_id="a1", captions=("x",)), ClipRecord(video_id="a2", captions=("y",))]
+    both = concat_records([table, extra])
+    whole = list(table) + extra
+    assert len(both) == len(whole) == 10 and list(both) == whole
+    assert both[-1] == whole[-1] and both[-3] == whole[-3] and both[6:9] == whole[6:9] and both[::4] == whole[::4]
+    with pytest.raises(IndexError, match="record 10 out of range for 10 records"):
+        both[10]
+    with pytest.raises(IndexError, match="window -9 out of range for 8 windows"):
+        table[-9]
+
+
 def test_howto100m_span_index_is_the_same_records_memory_mapped(tmp_path, monkeypatch):
     from clip4vla.data.readers.howto100m import build_howto100m_index
     from clip4vla.data.span_table import SpanTable

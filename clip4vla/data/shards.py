@@ -244,10 +244,27 @@ def _single_thread() -> None:
 # ----------------------------------------------------------------------------------- reading
 
 
+class _ShardFile:
+    """An open shard, read by positioned reads only (no buffered file object); closed when the
+    last reference goes, e.g. when a forked DataLoader worker drops the handles it inherited."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = -1
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def __del__(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
 class _Member(io.RawIOBase):
     """A read-only file view of ``size`` bytes at ``offset`` of an open shard (for soundfile)."""
 
-    def __init__(self, fh: Any, offset: int, size: int) -> None:
+    def __init__(self, fh: _ShardFile, offset: int, size: int) -> None:
         self.fh, self.offset, self.size, self.pos = fh, offset, size, 0
 
     def readable(self) -> bool:
@@ -348,13 +365,13 @@ class ShardStore:
         state["_open"] = {}  # file handles do not cross process boundaries
         return state
 
-    def _file(self, shard: int) -> Any:
+    def _file(self, shard: int) -> _ShardFile:
         if os.getpid() != self._pid:  # a forked worker: its own handles
             self._open, self._pid = {}, os.getpid()
         if shard not in self._open:
             path = self.paths[shard]
             try:
-                self._open[shard] = open(path, "rb")
+                self._open[shard] = _ShardFile(path)
             except OSError as err:
                 raise ShardError(f"{path}: cannot open the shard ({err.strerror or err})") from err
         return self._open[shard]

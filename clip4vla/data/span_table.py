@@ -48,7 +48,28 @@ def _strings(blob: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> list[st
     return [data[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-class SpanTable(collections.abc.Sequence):
+class _LazyRecords(collections.abc.Sequence):
+    """What the record views share: a record is built on access, by position; slices and negative
+    indices work as on a list."""
+
+    unit = "record"  # names an index in messages
+
+    def _at(self, i: int) -> ClipRecord:
+        """The record at position ``0 <= i < len(self)``."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._at(i) for i in range(*index.indices(len(self)))]
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.unit} {index} out of range for {len(self)} {self.unit}s")
+        return self._at(i)
+
+
+class SpanTable(_LazyRecords):
     """A sequence of HowTo100M ``ClipRecord``s backed by compact arrays (module docstring).
 
     ``rows`` (optional) selects windows of the arrays, e.g. for ``video_ids``.
@@ -86,14 +107,9 @@ class SpanTable(collections.abc.Sequence):
                           captions=(self.caption(i),), audio_type=self.audio_type, source="howto100m",
                           **self.layout.resolve(vid))
 
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"window {index} out of range for {len(self)} windows")
+    unit = "window"
+
+    def _at(self, i: int) -> ClipRecord:
         return self._record(int(self.rows[i]) if self.rows is not None else i)
 
     def __iter__(self) -> Iterator[ClipRecord]:
@@ -283,7 +299,7 @@ class SpanTableWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class ConcatRecords(collections.abc.Sequence):
+class ConcatRecords(_LazyRecords):
     """Several record sequences (lists or span tables) as one, without copying them."""
 
     def __init__(self, parts: Sequence[Sequence[ClipRecord]]) -> None:
@@ -293,14 +309,7 @@ class ConcatRecords(collections.abc.Sequence):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"record {index} out of range for {len(self)} records")
+    def _at(self, i: int) -> ClipRecord:
         part = int(np.searchsorted(self.offsets, i, side="right")) - 1
         return self.parts[part][i - int(self.offsets[part])]
 

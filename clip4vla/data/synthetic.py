@@ -527,12 +527,6 @@ def _annotations(specs: list[ClipSpec]) -> dict:
     }
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _csv_text(header: list[str], rows: list[list]) -> str:
     from io import StringIO
 
@@ -584,6 +578,8 @@ def make_synthetic_dataset(
     if is_complete(out_dir, num_clips, seed):
         log.info("synthetic dataset already complete in %s", out_dir)
         return out_dir
+    from clip4vla.files import write_text_atomic  # brings torch: only when there is work to do
+
     t0 = time.perf_counter()
     videos_dir = out_dir / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
@@ -597,7 +593,7 @@ def make_synthetic_dataset(
     settings_match = any(_read_json(out_dir / name, {}).items() >= expected.items()
                          for name in ("synthetic_meta.json", "generating.json"))
     (out_dir / "synthetic_meta.json").unlink(missing_ok=True)  # incomplete until written again
-    _write_text_atomic(out_dir / "generating.json", json.dumps(expected))
+    write_text_atomic(out_dir / "generating.json", json.dumps(expected))
     keep = {f"{s.video_id}.mp4" for s in specs}
     for p in videos_dir.iterdir():
         if (re.fullmatch(r"video\d+\.mp4", p.name) and p.name not in keep) or p.name.endswith(".tmp"):
@@ -621,17 +617,17 @@ def make_synthetic_dataset(
     bar.close()
 
     ann = _annotations(specs)
-    _write_text_atomic(out_dir / "MSRVTT_data.json", json.dumps(ann, indent=1))
+    write_text_atomic(out_dir / "MSRVTT_data.json", json.dumps(ann, indent=1))
     train = [[s.video_id] for s in specs if s.split == "train"]
-    _write_text_atomic(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
+    write_text_atomic(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
     for split, name in (("test", "MSRVTT_JSFUSION_test.csv"), ("validate", "MSRVTT_val.csv")):
         rows = [[f"ret{j}", f"msr{s.index}", s.video_id, captions_for(s)[0]]
                 for j, s in enumerate(s for s in specs if s.split == split)]
-        _write_text_atomic(out_dir / name, _csv_text(["key", "vid_key", "video_id", "sentence"], rows))
+        write_text_atomic(out_dir / name, _csv_text(["key", "vid_key", "video_id", "sentence"], rows))
     meta = _meta(num_clips, seed)
     meta["splits"] = {name: sum(s.split == name for s in specs) for name, _ in SPLIT_FRACTIONS}
     meta["seconds_to_generate"] = round(time.perf_counter() - t0, 2)
-    _write_text_atomic(out_dir / "synthetic_meta.json", json.dumps(meta, indent=1))
+    write_text_atomic(out_dir / "synthetic_meta.json", json.dumps(meta, indent=1))
     (out_dir / "generating.json").unlink(missing_ok=True)
     log.info("synthetic dataset: %d clips in %.1f s -> %s", num_clips, meta["seconds_to_generate"], out_dir)
     return out_dir

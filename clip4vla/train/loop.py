@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 from clip4vla.config import ConfigError, RunConfig, check_trainable, config_to_dict, save_config
 from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples
 from clip4vla.data.sampler import ResumableShardedSampler
-from clip4vla.files import save_checkpoint
+from clip4vla.files import save_checkpoint, write_text_atomic
 from clip4vla.models.checkpoints import export_model, model_record
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.factory import build_model
 from clip4vla.precision import autocast
-from clip4vla.models.loading import CheckpointError
+from clip4vla.models.loading import CheckpointError, missing_model_hint
 from clip4vla.train.checkpoint import (
     CheckpointManager,
     CheckpointWriteError,
@@ -228,8 +228,7 @@ class Stepper:
         # Modules of the loss live outside DDP (the loss is taken on gathered features).
         all_reduce_grads_mean(self.loss_module.parameters())
         self.scaler.unscale_(self.optimizer)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.config.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -304,11 +303,8 @@ class Trainer:
                 "(our model.pt, e.g. runs/pretrain_synthetic/model.pt after `python scripts/pretrain.py`)"
             )
         if config.model.init_from and not Path(config.model.init_from).is_file():
-            raise ConfigError(
-                f"model.init_from={config.model.init_from} not found"
-                + (": run `python scripts/pretrain.py` first (the quick start writes it)"
-                   if Path(config.model.init_from).as_posix().endswith("pretrain_synthetic/model.pt") else "")
-            )
+            raise ConfigError(f"model.init_from={config.model.init_from} not found"
+                              f"{missing_model_hint(config.model.init_from)}")
         try:
             self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
         except OSError as err:
@@ -382,11 +378,7 @@ class Trainer:
     def _claim_output_dir(self, overwrite: bool) -> None:
         """A fresh run never writes over another run's checkpoints unless asked to."""
         found = [p for _, p in self.checkpoints.checkpoints()]
-        for name in (BEST_NAME,):
-            if (self.checkpoints.directory / name).is_file():
-                found.append(self.checkpoints.directory / name)
-        if (self.out_dir / MODEL_NAME).is_file():
-            found.append(self.out_dir / MODEL_NAME)
+        found += [p for p in (self.checkpoints.directory / BEST_NAME, self.out_dir / MODEL_NAME) if p.is_file()]
         if not found:
             return
         if not overwrite:
@@ -493,10 +485,7 @@ class Trainer:
             raise CheckpointWriteError(f"rank {self.dist.rank}: rank 0 could not write the checkpoint of step {self.step}")
 
     def _write_history(self) -> None:
-        save_text = "".join(json.dumps(row) + "\n" for row in self.history)
-        tmp = self.out_dir / "metrics.jsonl.tmp"
-        tmp.write_text(save_text)
-        tmp.replace(self.out_dir / "metrics.jsonl")
+        write_text_atomic(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
 
     def _log_row(self, row: dict[str, Any]) -> None:
         """Keep a metrics row (in the checkpointed history) and append it to ``metrics.jsonl``."""
@@ -594,7 +583,6 @@ class Trainer:
         return result
 
     def _train(self) -> None:
-        tc = self.config.train
         self.task.forward_module.train()
         start_epoch, start_in_epoch = divmod(self.step, self.steps_per_epoch)
         bar = tqdm(
