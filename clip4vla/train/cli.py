@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
@@ -27,8 +29,53 @@ if TYPE_CHECKING:  # torch and the model stay out of argument parsing
     from clip4vla.models.clip4vla import CLIP4VLA
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's ``--help``: the module docstring kept as written, each flag's default shown."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a batch size, a shard size, a top-k)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def audio_type_arg(text: str) -> str | float:
+    """argparse type for ``--audio-type``: ``vb``, ``nb``, ``auto`` or a finite mixing ratio in [0, 1]."""
+    if text in ("vb", "nb", "auto"):
+        return text
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = math.nan
+    if not 0.0 <= ratio <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"expected vb, nb, auto or a number in [0, 1], got {text!r}")
+    return ratio
+
+
+def device_arg(text: str) -> str:
+    """argparse type for ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against this
+    machine (a GPU asked for where there is none is an argument error, not a traceback later)."""
+    if text in ("auto", "cpu"):
+        return text
+    if not re.fullmatch(r"cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but torch sees no CUDA GPU on this machine (use cpu or auto)")
+    index = int(text.split(":")[1]) if ":" in text else 0
+    if index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return text
+
+
 def parse_args(description: str, default_config: Path, argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {default_config.name})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
@@ -100,8 +147,13 @@ def exit_with_error(error: Any) -> NoReturn:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; any other name as given."""
+    """``auto``: the GPU when there is one, else the CPU; any other name as checked by ``device_arg``."""
     import torch
+
+    try:
+        name = device_arg(name)
+    except argparse.ArgumentTypeError as err:
+        exit_with_error(f"--device: {err}")
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
