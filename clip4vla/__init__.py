@@ -36,14 +36,16 @@ def embed_text(model: Any, texts: Any) -> Any:
 
 
 def embed_video(model: Any, videos: Any) -> Any:
-    """Unit video embeddings ``[N, D]`` of video files, deterministic (``clip4vla.embed``)."""
+    """Unit video embeddings ``[N, D]`` of video files (a list, or one path), deterministic (``clip4vla.embed``)."""
     from clip4vla.embed import embed_video as _embed
 
     return _embed(model, videos)
 
 
-def embed_audio(model: Any, media: Any, audio_type: Any = "nb", strict: bool = True) -> Any:
-    """Unit audio embeddings ``[N, D]``; ``audio_type`` "vb" | "nb" | w | "auto" (``clip4vla.embed``)."""
+def embed_audio(model: Any, media: Any, audio_type: Any = "nb", strict: bool = True,
+                return_audio_types: bool = False) -> Any:
+    """Unit audio embeddings ``[N, D]`` of a list of files or one path; ``audio_type`` "vb" | "nb" | w |
+    "auto"; ``return_audio_types`` also returns the token used per file (``clip4vla.embed``)."""
     from clip4vla.embed import embed_audio as _embed
 
-    return _embed(model, media, audio_type=audio_type, strict=strict)
+    return _embed(model, media, audio_type=audio_type, strict=strict, return_audio_types=return_audio_types)

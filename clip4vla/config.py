@@ -8,6 +8,7 @@ that would have been valid, instead of silently training with a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -26,7 +27,12 @@ class ConfigError(ValueError):
 # Schema: the sections every run shares
 # --------------------------------------------------------------------------------------------
 
-ARCHS = ("micro", "tiny", "vit_b_32", "vit_b_16")
+Arch = Literal["micro", "tiny", "vit_b_32", "vit_b_16"]
+ARCHS = typing.get_args(Arch)
+# CLIP's text context (every architecture above): a caption is at most this many tokens.
+TEXT_CONTEXT = 77
+# Beam widths above this only cost memory (each beam keeps its key/value caches per video).
+MAX_BEAM = 64
 
 
 @dataclasses.dataclass
@@ -36,7 +42,7 @@ class ModelConfig:
     # checkpoint. None builds `arch` with random weights.
     init_from: str | None = None
     # None: the architecture of init_from, or "tiny" without one. Set with init_from, it must agree.
-    arch: Literal["micro", "tiny", "vit_b_32", "vit_b_16"] | None = None
+    arch: Arch | None = None
     # Paper Table 5 "+Initial": the audio ViT starts from the vision weights (when init_from has
     # no audio encoder of its own).
     audio_init: Literal["vision", "scratch"] = "vision"
@@ -54,6 +60,10 @@ class AudioConfig:
     max_seconds: float = 60.0
     mask_mode: Literal["paper", "reference"] = "paper"
 
+    def validate(self) -> None:
+        _check(self.max_segments >= 1, "audio.max_segments", self.max_segments, "must be at least 1")
+        _check(self.max_seconds > 0, "audio.max_seconds", self.max_seconds, "must be > 0 seconds")
+
 
 # Where each corpus lives (one typed section per corpus, so a misspelt path key fails at start-up).
 # Arguments are those of the corpus reader in clip4vla/data/readers/.
@@ -66,6 +76,9 @@ class SyntheticData:
     clips: int = 300
     seed: int = 0
     shards_dir: str | None = None  # its videos as WebDataset shards (data.media: shards)
+
+    def validate(self) -> None:
+        _check(self.clips >= 10, "data.synthetic.clips", self.clips, "must be at least 10 (train/val/test splits)")
 
 
 @dataclasses.dataclass
@@ -140,19 +153,19 @@ class Ucf101Data:
     split: int = 1
 
 
-CORPORA = ("synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101")
 Corpus = Literal["synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101"]
+CORPORA = typing.get_args(Corpus)
 
 
 @dataclasses.dataclass
 class DataConfig:
     # The training corpus; "howto_audioset" mixes HowTo100M ([VB]) and AudioSet ([NB]) (paper).
-    corpus: Literal[
-        "synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "howto_audioset", "esc50", "ucf101"
-    ] = "synthetic"
+    corpus: Literal[Corpus, "howto_audioset"] = "synthetic"
     # Validation and test come from this corpus (None: the training corpus), from these splits
     # (None: no validation / no final test).
     eval_corpus: Corpus | None = None
+    # The split training reads; "+" joins several (ESC-50 has folds: "fold1+fold2+fold3+fold4").
+    train_split: str = "train"
     val_split: str | None = "val"
     test_split: str | None = "test"
     synthetic: SyntheticData = dataclasses.field(default_factory=SyntheticData)
@@ -179,6 +192,24 @@ class DataConfig:
     # Keep decoded frames/spectrograms in memory across epochs (small sets, num_workers 0).
     cache_decoded: bool = False
 
+    def validate(self) -> None:
+        _check(self.max_frames >= 1, "data.max_frames", self.max_frames, "must be at least 1")
+        _check(3 <= self.max_words <= TEXT_CONTEXT, "data.max_words", self.max_words,
+               f"must lie in [3, {TEXT_CONTEXT}] ([SOT], a word, [EOT] up to CLIP's text context)")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _check(all(part.strip() for part in self.train_split.split("+")), "data.train_split", self.train_split,
+               "must name a split (several joined by +)")
+        if self.mixture_weights is not None:
+            _check(all(w >= 0 for w in self.mixture_weights) and sum(self.mixture_weights) > 0, "data.mixture_weights",
+                   list(self.mixture_weights), "must be non-negative with a positive sum")
+        if self.media == "shards":
+            in_use = ["howto100m", "audioset"] if self.corpus == "howto_audioset" else [self.corpus]
+            if self.eval_corpus is not None:
+                in_use.append(self.eval_corpus)
+            for corpus in dict.fromkeys(in_use):
+                _check(getattr(getattr(self, corpus, None), "shards_dir", None) is not None, f"data.{corpus}.shards_dir",
+                       None, "is needed with data.media: shards (write them with scripts/prepare_data.py --shards)")
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -189,6 +220,14 @@ class OptimConfig:
     eps: float = 1e-6
     warmup: float = 0.1
     grad_clip: float = 1.0
+
+    def validate(self) -> None:
+        for key in ("lr", "coef_lr", "grad_clip", "eps"):
+            _check(getattr(self, key) > 0, f"optim.{key}", getattr(self, key), "must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(0 <= self.warmup < 1, "optim.warmup", self.warmup, "is a fraction of the run in [0, 1)")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", list(self.betas),
+               "must be two numbers in [0, 1)")
 
 
 @dataclasses.dataclass
@@ -218,6 +257,15 @@ class TrainConfig:
     # others wait, so keep it above the longest validation.
     dist_timeout_s: float = 1800.0
 
+    def validate(self) -> None:
+        for key in ("batch_size", "accum_steps", "epochs", "log_every", "eval_every_epochs", "keep_last"):
+            _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be at least 1")
+        for key in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):
+            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0 (0 = off / per epoch)")
+        _check(bool(self.output_dir.strip()), "train.output_dir", self.output_dir, "must name a folder")
+        _check(self.dist_timeout_s > 0, "train.dist_timeout_s", self.dist_timeout_s, "must be > 0 seconds")
+        _check(self.seed >= 0, "train.seed", self.seed, "must be >= 0")
+
 
 @dataclasses.dataclass
 class RunConfig:
@@ -246,6 +294,9 @@ class PretrainSection:
     # trained from scratch, e.g. the synthetic quick start without a CLIP checkpoint.
     text_video: bool = False
 
+    def validate(self) -> None:
+        _check_scale(self.init_scale, "pretrain.init_scale")
+
 
 @dataclasses.dataclass
 class PretrainConfig(RunConfig):
@@ -272,6 +323,13 @@ class RetrievalSection:
     # modalities the final test reports
     test_modalities: tuple = ("v", "a", "av")
 
+    def validate(self) -> None:
+        _check(self.fusion_layers >= 1, "retrieval.fusion_layers", self.fusion_layers, "must be at least 1")
+        _check_ratio(self.audio_type, "retrieval.audio_type")
+        _check_scale(self.init_scale, "retrieval.init_scale")
+        _check(len(self.test_modalities) > 0 and set(self.test_modalities) <= {"v", "a", "av"},
+               "retrieval.test_modalities", list(self.test_modalities), "must be a non-empty list of v, a, av")
+
 
 @dataclasses.dataclass
 class RetrievalConfig(RunConfig):
@@ -292,6 +350,14 @@ class CaptionSection:
     # the best ending is chosen by log-probability / length ** length_penalty (0: none)
     length_penalty: float = 0.0
 
+    def validate(self) -> None:
+        _check(self.fusion_layers >= 1, "caption.fusion_layers", self.fusion_layers, "must be at least 1")
+        for key in ("beam", "val_beam"):
+            _check(1 <= getattr(self, key) <= MAX_BEAM, f"caption.{key}", getattr(self, key),
+                   f"must lie in [1, {MAX_BEAM}] (1 = greedy)")
+        _check(self.length_penalty >= 0, "caption.length_penalty", self.length_penalty, "must be >= 0")
+        _check_ratio(self.audio_type, "caption.audio_type")
+
 
 @dataclasses.dataclass
 class CaptionConfig(RunConfig):
@@ -309,10 +375,21 @@ class ProbeSection:
     # L2 strengths tried on a held-out slice of the training folds (never the test fold)
     weight_decays: tuple = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     val_fraction: float = 0.2
-    max_iter: int = 300  # L-BFGS iterations per fit
-    seed: int = 0
+    max_iter: int = 300  # Newton steps per fit (a cap: ~10-20 reach float64 precision)
+    seed: int = 0  # picks the held-out slice of the training folds
     esc50_prompt: str = "the sound of a {}"
     ucf101_prompt: str = "a video of {}"
+
+    def validate(self) -> None:
+        _check(set(self.ucf101_splits) <= {1, 2, 3} and len(self.ucf101_splits) > 0, "probe.ucf101_splits",
+               list(self.ucf101_splits), "must be a non-empty list of 1, 2, 3")
+        _check(len(self.weight_decays) > 0 and all(w > 0 for w in self.weight_decays), "probe.weight_decays",
+               list(self.weight_decays), "must be a non-empty list of numbers > 0 (the fit's unique optimum needs one)")
+        _check(0 < self.val_fraction < 1, "probe.val_fraction", self.val_fraction, "is a fraction in (0, 1)")
+        _check(self.max_iter >= 1, "probe.max_iter", self.max_iter, "must be at least 1")
+        for key in ("esc50_prompt", "ucf101_prompt"):
+            _check("{}" in getattr(self, key), f"probe.{key}", getattr(self, key), "must contain {} for the class name")
+        _check_ratio(self.audio_type, "probe.audio_type")
 
 
 @dataclasses.dataclass
@@ -491,67 +568,44 @@ def validate_config(config: RunConfig) -> None:
 
     Checked when the config is loaded, before any data or model work, so a zero batch size or a
     zero-frame clip is a message at start-up rather than a crash (or a silent all-skipped run)
-    minutes later.
+    minutes later. Every float must be finite; then each section checks its own values
+    (``validate()``), so a new task's section brings its own rules.
     """
-    tc, dc, ac, oc = config.train, config.data, config.audio, config.optim
-    for key in ("batch_size", "accum_steps", "epochs", "log_every", "eval_every_epochs", "keep_last"):
-        _check(getattr(tc, key) >= 1, f"train.{key}", getattr(tc, key), "must be at least 1")
-    for key in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):
-        _check(getattr(tc, key) >= 0, f"train.{key}", getattr(tc, key), "must be >= 0 (0 = off / per epoch)")
-    _check(bool(tc.output_dir.strip()), "train.output_dir", tc.output_dir, "must name a folder")
-    _check(tc.dist_timeout_s > 0, "train.dist_timeout_s", tc.dist_timeout_s, "must be > 0 seconds")
-    _check(dc.max_frames >= 1, "data.max_frames", dc.max_frames, "must be at least 1")
-    _check(dc.max_words >= 3, "data.max_words", dc.max_words, "must be at least 3 ([SOT], a word, [EOT])")
-    _check(dc.num_workers >= 0, "data.num_workers", dc.num_workers, "must be >= 0")
-    _check(dc.synthetic.clips >= 10, "data.synthetic.clips", dc.synthetic.clips, "must be at least 10 (train/val/test splits)")
-    _check(ac.max_segments >= 1, "audio.max_segments", ac.max_segments, "must be at least 1")
-    _check(ac.max_seconds > 0, "audio.max_seconds", ac.max_seconds, "must be > 0 seconds")
-    _check(oc.lr > 0, "optim.lr", oc.lr, "must be > 0")
-    _check(oc.coef_lr > 0, "optim.coef_lr", oc.coef_lr, "must be > 0")
-    _check(oc.weight_decay >= 0, "optim.weight_decay", oc.weight_decay, "must be >= 0")
-    _check(0 <= oc.warmup < 1, "optim.warmup", oc.warmup, "is a fraction of the run in [0, 1)")
-    _check(oc.grad_clip > 0, "optim.grad_clip", oc.grad_clip, "must be > 0")
-    _check(oc.eps > 0, "optim.eps", oc.eps, "must be > 0")
-    _check(len(oc.betas) == 2 and all(0 <= b < 1 for b in oc.betas), "optim.betas", list(oc.betas),
-           "must be two numbers in [0, 1)")
-    if isinstance(config, RetrievalConfig):
-        rc = config.retrieval
-        _check(rc.fusion_layers >= 1, "retrieval.fusion_layers", rc.fusion_layers, "must be at least 1")
-        _check(isinstance(rc.audio_type, str) or 0 <= rc.audio_type <= 1, "retrieval.audio_type", rc.audio_type,
-               "a mixing ratio must lie in [0, 1]")
-        _check(len(rc.test_modalities) > 0 and set(rc.test_modalities) <= {"v", "a", "av"},
-               "retrieval.test_modalities", list(rc.test_modalities), "must be a non-empty list of v, a, av")
-    if isinstance(config, CaptionConfig):
-        cc = config.caption
-        _check(cc.fusion_layers >= 1, "caption.fusion_layers", cc.fusion_layers, "must be at least 1")
-        _check(cc.beam >= 1, "caption.beam", cc.beam, "must be at least 1 (1 = greedy)")
-        _check(cc.val_beam >= 1, "caption.val_beam", cc.val_beam, "must be at least 1 (1 = greedy)")
-        _check(cc.length_penalty >= 0, "caption.length_penalty", cc.length_penalty, "must be >= 0")
-        _check(isinstance(cc.audio_type, str) or 0 <= cc.audio_type <= 1, "caption.audio_type", cc.audio_type,
-               "a mixing ratio must lie in [0, 1]")
-    if isinstance(config, ProbeConfig):
-        pc = config.probe
-        _check(set(pc.ucf101_splits) <= {1, 2, 3} and len(pc.ucf101_splits) > 0, "probe.ucf101_splits",
-               list(pc.ucf101_splits), "must be a non-empty list of 1, 2, 3")
-        _check(len(pc.weight_decays) > 0 and all(w >= 0 for w in pc.weight_decays), "probe.weight_decays",
-               list(pc.weight_decays), "must be a non-empty list of numbers >= 0")
-        _check(0 < pc.val_fraction < 1, "probe.val_fraction", pc.val_fraction, "is a fraction in (0, 1)")
-        _check(pc.max_iter >= 1, "probe.max_iter", pc.max_iter, "must be at least 1")
-        for key in ("esc50_prompt", "ucf101_prompt"):
-            _check("{}" in getattr(pc, key), f"probe.{key}", getattr(pc, key), "must contain {} for the class name")
-        _check(isinstance(pc.audio_type, str) or 0 <= pc.audio_type <= 1, "probe.audio_type", pc.audio_type,
-               "a mixing ratio must lie in [0, 1]")
-    if dc.media == "shards":
-        in_use = ["howto100m", "audioset"] if dc.corpus == "howto_audioset" else [dc.corpus]
-        if dc.eval_corpus is not None:
-            in_use.append(dc.eval_corpus)
-        for corpus in dict.fromkeys(in_use):
-            section = getattr(dc, corpus, None)
-            _check(getattr(section, "shards_dir", None) is not None, f"data.{corpus}.shards_dir", None,
-                   "is needed with data.media: shards (write them with scripts/prepare_data.py --shards)")
-    if dc.mixture_weights is not None:
-        _check(all(w >= 0 for w in dc.mixture_weights) and sum(dc.mixture_weights) > 0, "data.mixture_weights",
-               list(dc.mixture_weights), "must be non-negative with a positive sum")
+    for key, value in _numbers(config):
+        _check(math.isfinite(value), key, value, "must be a finite number")
+    for section in _sections(config):
+        section.validate()
+
+
+def _sections(tree: Any) -> typing.Iterator[Any]:
+    """Every section of a config tree that has its own ``validate()``, depth first."""
+    for field in dataclasses.fields(tree):
+        value = getattr(tree, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _sections(value)
+            if hasattr(value, "validate"):
+                yield value
+
+
+def _check_ratio(value: str | float, key: str) -> None:
+    _check(isinstance(value, str) or 0 <= value <= 1, key, value, "a mixing ratio must lie in [0, 1]")
+
+
+def _check_scale(scale: float | None, key: str) -> None:
+    _check(scale is None or 0 < scale <= 1000, key, scale,
+           "is the contrastive logit scale (1/temperature): a number in (0, 1000], or null for the default")
+
+
+def _numbers(tree: Any, prefix: str = "") -> typing.Iterator[tuple[str, float]]:
+    """Every float of a config tree (in lists too) with its dotted key."""
+    for field in dataclasses.fields(tree):
+        value, key = getattr(tree, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, f"{key}.")
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, tuple):
+            yield from ((key, v) for v in value if isinstance(v, float))
 
 
 def check_trainable(config: RunConfig) -> None:

@@ -21,7 +21,15 @@ normalised mean of its unit window embeddings. :func:`embed_windows` returns the
 themselves (with their time spans), which is what search ranks.
 
 **Audio type.** ``audio_type`` is ``"vb"``, ``"nb"``, a mixing ratio ``w``, or ``"auto"``: a cheap
-speech detector (:func:`looks_like_speech`) picks [VB] for speech and [NB] otherwise, per clip.
+speech detector (:func:`looks_like_speech`) picks [VB] for speech and [NB] otherwise, per clip. What
+it picked: ``embed_audio(..., return_audio_types=True)``, ``embed_windows(...).audio_type``, or this
+module's logger at DEBUG level (one line per clip).
+
+**Inputs.** ``embed_video`` / ``embed_audio`` take a list of paths, or one path (``str`` or
+``Path``) as a list of one: the result is ``[1, D]`` either way. A file name that is not valid UTF-8
+(Linux allows any bytes) is opened by its bytes where the decoders allow it; where they do not (the
+audio decoder, for now) the file raises ``MediaError`` with its name shown escaped
+(:func:`printable_path`), so a batch job lists it as unreadable instead of stopping.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ __all__ = [
     "looks_like_speech",
     "speech_features",
     "media_duration",
+    "printable_path",
     "window_seconds",
 ]
 
@@ -74,13 +83,34 @@ def window_seconds(preprocessing: Preprocessing) -> float:
     return max(float(preprocessing.max_frames), preprocessing.max_segments * SEGMENT_SECONDS)
 
 
+def printable_path(path: PathLike) -> str:
+    """``path`` as text that any terminal, log or UTF-8 file takes: bytes of a name that is not
+    valid UTF-8 (which Python carries as lone surrogates, unprintable) are shown escaped, ``\\xff``."""
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to: escape it as it is
+        return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _as_paths(media: Sequence[PathLike] | PathLike) -> list[PathLike]:
+    """One path (``str``, ``bytes`` or ``Path``) is a list of one: iterating a string would give
+    its characters (and a ``MediaError`` for the file ``/``)."""
+    if isinstance(media, bytes):
+        return [os.fsdecode(media)]
+    return [media] if isinstance(media, (str, os.PathLike)) else list(media)
+
+
 def media_duration(path: PathLike) -> float:
     """Seconds of a media file (its longest stream); ``MediaError`` for an unreadable file."""
-    path = Path(path)
+    path = Path(os.fsdecode(path))
+    if path.is_dir():
+        raise MediaError(f"{printable_path(path)}: is a directory, expected a video or sound file")
+    if not path.exists():
+        raise MediaError(f"{printable_path(path)}: file not found")
     if not path.is_file():
-        raise MediaError(f"{path}: file not found")
+        raise MediaError(f"{printable_path(path)}: not a regular file")
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # by bytes: libsndfile takes any file name that way
         return info.frames / info.samplerate
     except (RuntimeError, sf.LibsndfileError, TypeError):
         pass
@@ -141,7 +171,11 @@ def _window_frames(path: PathLike, pre: Preprocessing, span: tuple[float, float]
 
 def _window_audio(path: PathLike, pre: Preprocessing, span: tuple[float, float], whole: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     start, end = (None, None) if whole else span
-    waveform = load_audio(path, start=start, end=end, max_seconds=pre.max_seconds)
+    try:
+        waveform = load_audio(path, start=start, end=end, max_seconds=pre.max_seconds)
+    except UnicodeEncodeError as err:  # the audio decoder opens files by a UTF-8 name only
+        raise MediaError(f"{printable_path(path)}: the file name is not valid UTF-8 and the audio decoder cannot open "
+                         "such a name; rename the file") from err
     spectrogram = log_mel(waveform, frontend=pre.frontend)
     if not bool(torch.isfinite(spectrogram).all()):
         raise MediaError(f"{path}: the spectrogram is not finite (broken audio)")
@@ -149,9 +183,11 @@ def _window_audio(path: PathLike, pre: Preprocessing, span: tuple[float, float],
     return segments, mask, waveform
 
 
-def _resolve_type(audio_type: Any, waveform: torch.Tensor) -> Any:
+def _resolve_type(audio_type: Any, waveform: torch.Tensor, path: PathLike) -> Any:
     if audio_type == "auto":
-        return "vb" if looks_like_speech(waveform) else "nb"
+        chosen = "vb" if looks_like_speech(waveform) else "nb"
+        log.debug("%s: audio type auto -> %s (speech detector)", printable_path(path), chosen)
+        return chosen
     return audio_type
 
 
@@ -188,7 +224,7 @@ def embed_windows(model: CLIP4VLA, path: PathLike, video: bool = True, audio: bo
                 loaded.append((segments, mask, None))
         heard = [wave for _, _, wave in loaded if wave is not None]
         if heard:
-            out.audio_type = _resolve_type(audio_type, torch.cat(heard, dim=1))
+            out.audio_type = _resolve_type(audio_type, torch.cat(heard, dim=1), path)
             out.segment_mask = torch.stack([mask for _, mask, _ in loaded])
             segments = torch.stack([seg for seg, _, _ in loaded]).to(device)
             items, pooled = model.encode_audio(segments, out.segment_mask.to(device), out.audio_type)
@@ -219,33 +255,41 @@ def embed_text(model: CLIP4VLA, texts: Sequence[str]) -> torch.Tensor:
     return F.normalize(torch.cat(rows), dim=-1) if rows else torch.zeros(0, model.clip.config.embed_dim, device=device)
 
 
-def embed_video(model: CLIP4VLA, videos: Sequence[PathLike]) -> torch.Tensor:
-    """Unit video (vision) embeddings ``[N, D]``; an unreadable file raises ``MediaError`` naming it."""
-    rows = [embed_windows(model, path, video=True, audio=False).pooled("video") for path in videos]
+def embed_video(model: CLIP4VLA, videos: Sequence[PathLike] | PathLike) -> torch.Tensor:
+    """Unit video (vision) embeddings ``[N, D]`` (one path: ``[1, D]``); an unreadable file raises
+    ``MediaError`` naming it."""
+    rows = [embed_windows(model, path, video=True, audio=False).pooled("video") for path in _as_paths(videos)]
     return torch.stack(rows) if rows else torch.zeros(0, model.clip.config.embed_dim)
 
 
-def embed_audio(model: CLIP4VLA, media: Sequence[PathLike], audio_type: Any = "nb",
-                strict: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Unit audio embeddings ``[N, D]`` of audio files or of videos' sound tracks.
+def embed_audio(model: CLIP4VLA, media: Sequence[PathLike] | PathLike, audio_type: Any = "nb",
+                strict: bool = True, return_audio_types: bool = False) -> torch.Tensor | tuple:
+    """Unit audio embeddings ``[N, D]`` (one path: ``[1, D]``) of audio files or of videos' sound tracks.
 
     ``strict`` (default): a file without an audio track raises ``ValueError`` naming it. With
     ``strict=False`` such rows are zero and a bool mask ``[N]`` (True = has audio) comes back too:
-    ``(embeddings, mask)``.
+    ``(embeddings, mask)``. ``return_audio_types``: also the audio type each row was encoded with
+    (what ``"auto"`` chose per file; ``None`` for a file without sound), last in the tuple:
+    ``(embeddings, types)`` or ``(embeddings, mask, types)``.
     """
     if audio_type not in ("vb", "nb", "auto") and not isinstance(audio_type, (int, float)):
         raise ValueError(f"audio_type must be 'vb', 'nb', 'auto' or a mixing ratio, got {audio_type!r}")
     dim = model.clip.config.embed_dim
     device = next(model.parameters()).device
-    rows, mask = [], []
-    for path in media:
-        pooled = embed_windows(model, path, video=False, audio=True, audio_type=audio_type).pooled("audio")
+    rows, mask, types = [], [], []
+    for path in _as_paths(media):
+        embedded = embed_windows(model, path, video=False, audio=True, audio_type=audio_type)
+        pooled = embedded.pooled("audio")
         if pooled is None and strict:
-            raise ValueError(f"{path}: no audio track (pass strict=False to get a mask instead)")
+            raise ValueError(f"{printable_path(path)}: no audio track (pass strict=False to get a mask instead)")
         rows.append(pooled if pooled is not None else torch.zeros(dim, device=device))
         mask.append(pooled is not None)
+        types.append(embedded.audio_type)
     out = torch.stack(rows) if rows else torch.zeros(0, dim, device=device)
-    return out if strict else (out, torch.tensor(mask, dtype=torch.bool))
+    result = (out,) if strict else (out, torch.tensor(mask, dtype=torch.bool))
+    if return_audio_types:
+        result += (types,)
+    return result if len(result) > 1 else out
 
 
 # ------------------------------------------------------------------------------- speech detector

@@ -11,10 +11,13 @@ items and the identity of the model that made them::
          # a sound file (.wav, ...) has no pictures: its video, window_video and frames are None
          "audio_type"}, ...]}
 
-``model.json`` names the model too, from the start. Resumable and exact: shards are written atomically when full (and the last one at the end); a
-rerun reads the ids already in shards and ``skipped.jsonl`` and continues with the rest, so a
-killed run never duplicates or loses a row. Unreadable files are listed in ``skipped.jsonl`` with
-their reason and never stop the run. A folder made with another model is refused.
+``model.json`` names the model too, from the start. Resumable and exact: shards are written
+atomically when full (and the last one at the end); a rerun reads the ids already in shards and
+``skipped.jsonl`` and continues with the rest, so a killed run never duplicates or loses a row. An id
+given twice is extracted once (the later copies are dropped, with a count in the log). Unreadable
+files (a file name that is not valid UTF-8 among them) are listed in ``skipped.jsonl`` with their
+reason and never stop the run; an unexpected error saves the rows extracted so far, names the file,
+and stops. A folder made with another model is refused.
 """
 
 from __future__ import annotations
@@ -26,15 +29,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
 from tqdm.auto import tqdm
 
 from clip4vla.data.records import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
-from clip4vla.embed import embed_windows, is_audio_file
+from clip4vla.embed import embed_windows, is_audio_file, printable_path
 from clip4vla.files import save_checkpoint, write_text_atomic
 from clip4vla.media_errors import MediaError
 from clip4vla.models.checkpoints import model_architecture
 from clip4vla.models.clip4vla import CLIP4VLA
+from clip4vla.models.loading import read_weights_only
 
 __all__ = ["FEATURES_FORMAT", "extract_features", "find_media", "model_identity", "read_shards"]
 
@@ -77,8 +80,8 @@ def read_shards(out_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[
     """Every item of every shard in ``out_dir`` (shard order) and the model identity they share."""
     items, identity = [], None
     for shard in sorted(Path(out_dir).glob("shard_*.pt")):
-        data = torch.load(shard, map_location="cpu", weights_only=True)
-        if data.get("format") != FEATURES_FORMAT:
+        data = read_weights_only(shard, what="feature shard")  # the one reader of torch files: never runs pickled code
+        if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
             raise ValueError(f"{shard}: not a clip4vla feature shard")
         if identity is not None and data["model"]["sha256"] != identity["sha256"]:
             raise ValueError(f"{shard} was made by another model than the shards before it")
@@ -129,10 +132,21 @@ def extract_features(
                 skipped_ids.add(json.loads(line)["id"])
             except (ValueError, KeyError):
                 continue  # a line cut by a kill
-    todo = [(i, p) for i, p in media if i not in done_ids and i not in skipped_ids]
+    todo, seen, duplicates = [], set(), []
+    for item_id, path in media:
+        if item_id in seen:
+            duplicates.append(item_id)
+            continue
+        seen.add(item_id)
+        if item_id not in done_ids and item_id not in skipped_ids:
+            todo.append((item_id, path))
+    if duplicates:
+        log.warning("%d duplicate id(s) dropped (each is extracted once), e.g. %s", len(duplicates),
+                    printable_path(duplicates[0]))
     n_shard = len(list(out.glob("shard_*.pt")))
     pending: list[dict[str, Any]] = []
-    counts = {"done_before": len(done_ids), "skipped_before": len(skipped_ids), "extracted": 0, "skipped": 0}
+    counts = {"done_before": len(done_ids), "skipped_before": len(skipped_ids), "extracted": 0, "skipped": 0,
+              "duplicates": len(duplicates)}
 
     def flush() -> None:
         nonlocal n_shard, pending
@@ -141,7 +155,12 @@ def extract_features(
             n_shard += 1
             pending = []
 
-    with open(skipped_path, "a") as skipped_file:
+    if skipped_path.exists() and skipped_path.stat().st_size:
+        with open(skipped_path, "rb+") as fh:  # a line cut by a kill: the next record starts a line of its own
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+    with open(skipped_path, "a", encoding="utf-8") as skipped_file:
         for item_id, path in tqdm(todo, desc="features", unit="file", disable=not progress):
             try:
                 pending.append(_item(model, item_id, path, audio_type))
@@ -150,7 +169,12 @@ def extract_features(
                 skipped_file.write(json.dumps({"id": item_id, "path": str(path), "reason": str(err)}) + "\n")
                 skipped_file.flush()
                 counts["skipped"] += 1
-                log.warning("skipped %s: %s", path, err)
+                log.warning("skipped %s: %s", printable_path(path), printable_path(str(err)))
+            except Exception:
+                flush()  # what was extracted before this file is kept; a rerun continues here
+                log.error("stopped at %s (%d rows before it are saved in %s)", printable_path(path),
+                          counts["extracted"], out)
+                raise
             if len(pending) == shard_size:
                 flush()
         flush()

@@ -18,8 +18,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clip4vla.train.distributed import is_distributed
-
 __all__ = [
     "symmetric_nce",
     "gather_with_grad",
@@ -84,7 +82,7 @@ def _gather(t: Tensor, *others: Tensor) -> tuple[list[Tensor], int, int, int]:
     Returns (gathered tensors [N, ...], offset of our rows in them, N, world size).
     """
     tensors = [t, *others]
-    if not is_distributed():
+    if not (dist.is_available() and dist.is_initialized()):  # one process: nothing to gather
         return tensors, 0, t.shape[0], 1
     sizes = _gather_sizes(t.shape[0], t.device)  # once for all tensors of the same batch
     rank = dist.get_rank()

@@ -15,7 +15,11 @@ it: querying or extending it with another model is refused (``--rebuild`` starts
 (vision ``v``, audio ``a``, or both ``av``: the average of the two, as G2G retrieval scores), with
 the window's time span for long files. In ``av`` a window without sound (or a sound file, without
 pictures) takes the query's average over the index for the side it lacks, so it neither wins nor
-loses on it; ``a`` ranks only files with sound, ``v`` only files with pictures.
+loses on it; ``a`` ranks only files with sound, ``v`` only files with pictures. An empty query
+(nothing but spaces or control characters) has no meaning and is refused.
+
+Unreadable files are listed, never fatal; names that are not valid UTF-8 are shown escaped
+(``bad\\xff.mp4``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["SearchError", "build_index", "load_index", "main", "rank", "search"]
+from clip4vla.models.loading import CheckpointError, read_weights_only
+
+__all__ = ["SearchError", "build_index", "check_query", "load_index", "main", "rank", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +109,9 @@ def load_index(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SearchError(f"no index at {path}: build one with `clip4vla-search index <folder> --model <model.pt>`")
     try:
-        index = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one message
-        raise SearchError(f"{path}: not a readable index ({type(err).__name__}: {err}); rebuild it with --rebuild") from err
+        index = read_weights_only(path, what="search index")
+    except CheckpointError as err:  # the one reader of torch files: never runs pickled code
+        raise SearchError(f"{err}: not a readable index; rebuild it with --rebuild") from err
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
         raise SearchError(f"{path}: not a clip4vla search index")
     if index.get("version") != INDEX_VERSION:
@@ -144,6 +150,7 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
     from clip4vla.embed import embed_windows, is_audio_file
     from clip4vla.extract import file_digest, find_media, model_identity
     from clip4vla.media_errors import MediaError
+    from clip4vla.models.loading import CheckpointError
 
     try:
         files = find_media(folder)
@@ -152,6 +159,10 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
     if not files:
         raise SearchError(f"{folder}: no video or audio files to index")
     _check_writable(index_path)
+    try:
+        model = load_model(model_path)  # first: a missing or foreign model file is named before anything
+    except CheckpointError as err:
+        raise SearchError(str(err)) from err
     digest = file_digest(model_path)
     entries: dict[str, dict[str, Any]] = {}
     skipped: dict[str, Any] = {}
@@ -161,7 +172,6 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
             raise SearchError(f"{index_path} was built with another model ({index['model']['path']}); pass --rebuild "
                               "to index again with this one, or query with the index's model")
         entries, skipped = _unpack(index), index["skipped"]
-    model = load_model(model_path)
     dim = model.clip.config.embed_dim
     st = model_path.stat()
     identity = {**model_identity(model, model_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -236,12 +246,23 @@ def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str) -> 
     return best, best_row
 
 
+def check_query(text: str) -> str:
+    """The query as given, or ``SearchError`` for one with nothing to match: empty, or only spaces
+    and control characters (the tokenizer would reduce it to the bare start/end tokens, and every
+    ranking of it is noise)."""
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):
+        raise SearchError(f"the query {text!r} is empty (nothing but spaces or control characters): "
+                          "give words to search for")
+    return text
+
+
 def search(index: dict[str, Any], model: Any, text: str, top_k: int = 10, modality: str = "av") -> list[dict[str, Any]]:
     """The ``top_k`` files for ``text``: path, score, and the best window's time span."""
     from clip4vla.embed import embed_text
 
     if modality not in ("v", "a", "av"):
         raise SearchError(f"modality must be v, a or av, got {modality!r}")
+    check_query(text)
     query = embed_text(model, [text])[0].cpu()
     return rank(index, query, top_k, modality)
 
@@ -262,6 +283,7 @@ def rank(index: dict[str, Any], query: torch.Tensor, top_k: int = 10, modality: 
 def _load_query_model(index: dict[str, Any], override: Path | None) -> Any:
     from clip4vla import load_model
     from clip4vla.extract import file_digest
+    from clip4vla.models.loading import CheckpointError
 
     known = index["model"]
     path = override or Path(known["path"])
@@ -271,66 +293,74 @@ def _load_query_model(index: dict[str, Any], override: Path | None) -> Any:
     unchanged = path.resolve() == Path(known["path"]) and (st.st_size, st.st_mtime_ns) == (known["size"], known["mtime_ns"])
     if not unchanged and file_digest(path) != known["sha256"]:  # hashing a 600 MB model costs a second
         raise SearchError(f"{path} is not the model this index was built with; rebuild the index with it")
-    return load_model(path)
+    try:
+        return load_model(path)
+    except CheckpointError as err:
+        raise SearchError(str(err)) from err
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clip4vla.cli import HelpFormatter, audio_type_arg, positive_int
+
+    parser = argparse.ArgumentParser(prog="clip4vla-search", description=__doc__, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
+    p_index = sub.add_parser("index", help="index (or update the index of) a folder of videos",
+                             formatter_class=HelpFormatter,
+                             description="Embed every video / sound file under DIR; again: only new or changed ones.")
+    p_index.add_argument("dir", type=Path, help="the folder to index (searched recursively)")
+    p_index.add_argument("--model", type=Path, required=True, help="a model file (model.pt of a training run)")
+    p_index.add_argument("--index", type=Path, default=None, help=f"index file (when not given: DIR/{DEFAULT_NAME})")
+    p_index.add_argument("--rebuild", action="store_true", help="start over (e.g. with another model)")
+    p_index.add_argument("--audio-type", type=audio_type_arg, default="auto",
+                         help="audio type token: vb, nb, auto (a speech detector picks per file) "
+                              "or a mixing ratio in [0, 1]")
+    p_index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_query = sub.add_parser("query", help="find the files that best match a text", formatter_class=HelpFormatter,
+                             description="Rank the indexed files by their best window for TEXT.")
+    p_query.add_argument("text", help="what to look for, in words")
+    p_query.add_argument("--dir", type=Path, default=Path("."), help="the indexed folder")
+    p_query.add_argument("--index", type=Path, default=None, help=f"index file (when not given: DIR/{DEFAULT_NAME})")
+    p_query.add_argument("--top-k", type=positive_int, default=10, help="how many files to list")
+    p_query.add_argument("--modality", choices=("v", "a", "av"), default="av",
+                         help="what to match: vision, audio, or both")
+    p_query.add_argument("--model", type=Path, default=None, help="the index's model file, if it moved")
+    p_query.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="clip4vla-search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_index = sub.add_parser("index", help="index (or update the index of) a folder of videos",
-                             description="Embed every video / sound file under DIR; again: only new or changed ones.")
-    p_index.add_argument("dir", type=Path)
-    p_index.add_argument("--model", type=Path, required=True, help="a model file (model.pt of a training run)")
-    p_index.add_argument("--index", type=Path, default=None, help=f"index file (default: DIR/{DEFAULT_NAME})")
-    p_index.add_argument("--rebuild", action="store_true", help="start over (e.g. with another model)")
-    p_index.add_argument("--audio-type", default="auto", help="vb, nb, auto (speech detector) or a ratio in [0, 1]")
-    p_index.add_argument("--no-progress", action="store_true")
-    p_query = sub.add_parser("query", help="find the files that best match a text",
-                             description="Rank the indexed files by their best window for TEXT.")
-    p_query.add_argument("text")
-    p_query.add_argument("--dir", type=Path, default=Path("."), help="the indexed folder (default: here)")
-    p_query.add_argument("--index", type=Path, default=None, help=f"index file (default: DIR/{DEFAULT_NAME})")
-    p_query.add_argument("--top-k", type=int, default=10)
-    p_query.add_argument("--modality", choices=("v", "a", "av"), default="av", help="what to match: vision, audio, both")
-    p_query.add_argument("--model", type=Path, default=None, help="the index's model file, if it moved")
-    p_query.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    from clip4vla.embed import printable_path
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "index":
-            audio_type: Any = args.audio_type
-            if audio_type not in ("vb", "nb", "auto"):
-                try:
-                    audio_type = float(audio_type)
-                except ValueError:
-                    raise SearchError(f"--audio-type must be vb, nb, auto or a number in [0, 1], got {audio_type!r}") from None
             index_path = args.index or _default_index(args.dir)
             start = time.perf_counter()
-            stats = build_index(args.dir, args.model, index_path, args.rebuild, audio_type, not args.no_progress)
+            stats = build_index(args.dir, args.model, index_path, args.rebuild, args.audio_type, not args.no_progress)
             print(f"{stats['files']} files: {stats['embedded']} embedded, {stats['kept']} unchanged, {stats['dropped']} "
                   f"dropped (deleted), {stats['skipped']} unreadable ({time.perf_counter() - start:.1f} s) -> {index_path}")
             skipped = load_index(index_path)["skipped"]
             for rel, entry in list(skipped.items())[:10]:
-                print(f"  unreadable: {rel}: {entry['reason']}")
+                print(f"  unreadable: {printable_path(rel)}: {printable_path(entry['reason'])}")
             if len(skipped) > 10:
                 print(f"  ... and {len(skipped) - 10} more (the index lists them under 'skipped')")
             return 0
         index_path = args.index or _default_index(args.dir)
-        if args.top_k < 1:
-            raise SearchError("--top-k must be at least 1")
+        check_query(args.text)  # before loading anything
         index = load_index(index_path)
         model = _load_query_model(index, args.model)
         results = search(index, model, args.text, args.top_k, args.modality)
     except SearchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable_path(str(err))}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(results))
     else:
         for place, r in enumerate(results, 1):
             span = f"  [{r['start']:.1f}-{r['end']:.1f} s]" if r["windows"] > 1 else ""
-            print(f"{place:>3}. {r['score']:.3f}  {r['path']}{span}")
+            print(f"{place:>3}. {r['score']:.3f}  {printable_path(r['path'])}{span}")
         if not results:
             print(f"no indexed file has {'sound' if args.modality == 'a' else 'anything'} to match", file=sys.stderr)
     return 0

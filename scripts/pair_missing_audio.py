@@ -2,7 +2,7 @@
 """Pair every video without audio with the audio of its most similar training video (the paper).
 
     python scripts/pair_missing_audio.py --model runs/pretrain_synthetic/model.pt
-    python scripts/pair_missing_audio.py --model runs/pretrain_howto_audioset/model.pt \
+    python scripts/pair_missing_audio.py --model runs/pretrain_howto_audioset/model.pt \\
         --config configs/finetune_msrvtt.yaml --out data/msrvtt/audio_pairs.json
 
 For each clip of the corpus (every split) that has no audio track, the training clip with audio
@@ -22,26 +22,36 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from clip4vla.cli import HelpFormatter, positive_int  # noqa: E402  (no torch import)
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (a function, so the tests can check every flag's help)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a pre-trained model file (its vision tower is used)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune_synthetic.yaml",
                         help="a retrieval config: its data section locates the corpus")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", type=Path, default=None, help="default: audio_pairs.json beside --model")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.msrvtt.video_dir=DIR (repeatable)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the pairing JSON (default: audio_pairs.json beside --model)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="videos encoded at once")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
+    from clip4vla.cli import load_config_and_model, require_writable_file
     from clip4vla.config import RetrievalConfig
     from clip4vla.data.audio_pairs import write_audio_pairs
     from clip4vla.data.pairing import nearest_audio_donors
-    from clip4vla.train.cli import load_config_and_model
 
     config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
+    out = require_writable_file(args.out or args.model.parent / "audio_pairs.json", "--out")
     pairs, stats = nearest_audio_donors(model, config.data, batch_size=args.batch_size)
-    out = args.out or args.model.parent / "audio_pairs.json"
     write_audio_pairs(out, pairs, corpus=config.data.corpus, model=str(args.model))
     print(f"{stats['silent']} of {stats['clips']} clips have no audio; paired with {stats['donors']} training clips "
           f"with audio (mean cosine {stats['mean_cosine']:.3f}) -> {out}")

@@ -5,10 +5,11 @@
     python scripts/prepare_data.py --videos data/howto100m/videos --out data/howto100m/shards --shards --workers 16
     python scripts/prepare_data.py --howto100m-index data/howto100m/caption.json --out data/howto100m/spans
 
-``--shards`` writes WebDataset tar shards instead of folders (``clip4vla.data.shards``: JPEG frames,
-16-bit WAV (or FLAC) audio and JSON metadata per clip, ~``--shard-mb`` per shard, one file per ~1000 clips);
-set ``data.media: shards`` and ``data.<corpus>.shards_dir`` to train from them. Resumable too:
-finished shards are kept, the clips in them skipped.
+``--shards`` writes WebDataset tar shards instead of folders (``clip4vla.data.shards``: per clip one
+JPEG member per frame, 16-bit WAV (or FLAC) audio and JSON metadata, which any WebDataset reader
+decodes; ~``--shard-mb`` per shard, one file per ~1000 clips); set ``data.media: shards`` and
+``data.<corpus>.shards_dir`` to train from them. Resumable too: finished shards are kept, the clips
+in them skipped.
 
 The second form turns the transcript file into the compact span index (``clip4vla.data.span_table``:
 ~25 bytes per window, memory-mapped by every rank) once; then set ``data.howto100m.caption_path``
@@ -22,37 +23,73 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from clip4vla.data.prepare import prepare_videos  # noqa: E402
+from clip4vla.cli import HelpFormatter  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _shard_mb(text: str) -> float:
+    """argparse type for ``--shard-mb``: a finite size above zero, in MiB."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a size in MiB above 0, got {text!r}")
+    return value
+
+
+def _quality(text: str) -> int:
+    """argparse type for ``--quality``: a JPEG quality, 1 to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [1, 100], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", type=Path, help="folder of raw videos (searched recursively)")
     source.add_argument("--howto100m-index", type=Path, metavar="CAPTION_FILE",
                         help="build the HowTo100M span index of caption.json / caption.pickle into --out")
     parser.add_argument("--shards", action="store_true", help="write WebDataset shards instead of folders")
-    parser.add_argument("--shard-mb", type=float, default=1024, help="with --shards: close a shard at this size")
+    parser.add_argument("--shard-mb", type=_shard_mb, default=1024,
+                        help="with --shards: close a shard once it holds this many MiB")
     parser.add_argument("--shard-audio", choices=("wav", "flac"), default="wav",
                         help="with --shards: 16-bit WAV (no decoding when read) or FLAC (about half the size)")
     parser.add_argument("--meta", type=Path, default=None,
                         help="with --shards: a JSON file {video_id: {...}} (captions, spans, audio type, ...) "
                              "stored in each clip's JSON member, so the shards describe themselves")
-    parser.add_argument("--min-seconds", type=float, default=10.0, help="with --howto100m-index: window growth")
-    parser.add_argument("--min-words", type=int, default=5, help="with --howto100m-index: window growth")
+    parser.add_argument("--min-seconds", type=float, default=10.0,
+                        help="with --howto100m-index: grow a caption window to at least this many seconds")
+    parser.add_argument("--min-words", type=int, default=5,
+                        help="with --howto100m-index: grow a caption window to at least this many words")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="frame image format")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    parser.add_argument("--audio-subtype", default="FLOAT", help="wav subtype (FLOAT exact, PCM_16 smaller)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (0 or 1: in this process)")
+    parser.add_argument("--format", choices=("jpg", "png"), default="jpg",
+                        help="frame image format of the folders (shards always hold JPEG)")
+    parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality, 1 to 100")
+    parser.add_argument("--audio-subtype", default="FLOAT",
+                        help="wav subtype of the folders (FLOAT exact, PCM_16 half the size)")
     parser.add_argument("--retry-errors", action="store_true", help="redo videos recorded as errors")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers: expected 0 or more, got {args.workers}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.howto100m_index is not None:
         from clip4vla.data.records import AnnotationError
@@ -70,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.shards:
         from clip4vla.data.shards import write_shards
 
-        if not 1 <= args.quality <= 100:
-            parser.error("--quality must be in [1, 100]")
         try:
             meta = None
             if args.meta is not None:
@@ -89,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{shards.total} files: {shards.written} written, {shards.skipped} already in shards, "
               f"{len(shards.failed)} unreadable (see {args.out / 'manifest.jsonl'}); {shards.shards} shards in {args.out}")
         return 1 if shards.failed else 0
-    summary = prepare_videos(args.videos, args.out, workers=args.workers, image_format=args.format,
-                             quality=args.quality, audio_subtype=args.audio_subtype,
-                             retry_errors=args.retry_errors, progress=not args.no_progress)
+    try:
+        summary = prepare_videos(args.videos, args.out, workers=args.workers, image_format=args.format,
+                                 quality=args.quality, audio_subtype=args.audio_subtype,
+                                 retry_errors=args.retry_errors, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"{summary.total} videos: {summary.done} prepared, {summary.skipped} already done, "
           f"{len(summary.failed)} failed (see {summary.manifest})")
     return 1 if summary.failed else 0

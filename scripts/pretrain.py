@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Pre-train CLIP4VLA.
+r"""Pre-train CLIP4VLA.
 
     python scripts/pretrain.py                       # built-in synthetic data, tiny model, CPU
     torchrun --nproc_per_node=8 scripts/pretrain.py --config configs/pretrain_howto_audioset.yaml \
         --set model.init_from=/path/to/ViT-B-32.pt
     python scripts/pretrain.py --resume              # continue the run in train.output_dir
+    python scripts/pretrain.py --print-config        # every config key --set can change, with its value
 
-Writes <train.output_dir>/model.pt (load it with clip4vla.load_model). The last line printed on
-stdout is one JSON object with the zero-shot test metrics and chance.
+On first use the default config generates its data: 1200 synthetic clips (~75 MB) in
+data/synthetic (reused by later runs and by the fine-tuning, evaluation, search and probe
+examples). Writes <train.output_dir>/model.pt (load it with clip4vla.load_model). The last line
+printed on stdout is one JSON object with the zero-shot test metrics and chance; --resume on a
+finished run trains nothing and prints the same table and JSON again.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 """Zero-shot text -> audio retrieval while the audio type token moves from [VB] to [NB] (paper Fig. 4).
 
     python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model.pt
-    python scripts/sweep_audio_type.py --model runs/pretrain_howto_audioset/model.pt \
+    python scripts/sweep_audio_type.py --model runs/pretrain_howto_audioset/model.pt \\
         --config configs/finetune_audiocaps.yaml --split test
 
 For w = 0, 0.1, ..., 1 the audio encoder gets the single type token (1 - w)·[VB] + w·[NB]; every
@@ -22,27 +22,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from clip4vla.cli import HelpFormatter, positive_int  # noqa: E402  (no torch import)
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True)
+
+def steps_arg(text: str) -> int:
+    """argparse type for ``--steps``: at least the two endpoints [VB] and [NB]."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2 (the [VB] and [NB] endpoints), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (a function, so the tests can check every flag's help)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a model file (its audio and text towers are used)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune_synthetic.yaml",
                         help="a retrieval config: its data section locates the corpus")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--split", default=None, help="default: the config's data.test_split")
-    parser.add_argument("--steps", type=int, default=11, help="number of mixing ratios from 0 to 1")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.synthetic.root=DIR (repeatable)")
+    parser.add_argument("--split", default=None, help="split to score (default: the config's data.test_split)")
+    parser.add_argument("--steps", type=steps_arg, default=11,
+                        help="number of mixing ratios w from 0 to 1, evenly spaced")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="clips and captions encoded at once")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="where to write the PNG plot (default: <model dir>/audio_type_sweep.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
+    from clip4vla.cli import evaluation_split, load_config_and_model, require_writable_file
     from clip4vla.config import RetrievalConfig
     from clip4vla.evaluation.audio_type_sweep import plot_sweep, sweep_audio_type
-    from clip4vla.train.cli import evaluation_split, load_config_and_model
 
-    if args.steps < 2:
-        parser.error("--steps must be at least 2")
     config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
+    plot = require_writable_file(args.plot or args.model.parent / "audio_type_sweep.png", "--plot")
     split, dataset = evaluation_split(config, model, args.split, "retrieval")
     ratios = [round(i / (args.steps - 1), 4) for i in range(args.steps)]
     rows = sweep_audio_type(model, dataset, ratios, batch_size=args.batch_size)
@@ -51,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'w':>5}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}")
     for row in rows:
         print(f"  {row['w']:>5.1f}{row['R1']:8.1f}{row['R5']:8.1f}{row['R10']:8.1f}{row['MedR']:8.1f}")
-    plot = args.plot or args.model.parent / "audio_type_sweep.png"
     plot_sweep(rows, plot, title=f"{split} split, {args.model.name}")
     print(f"plot: {plot}", file=sys.stderr)
     print(json.dumps({"split": split, "sweep": rows}), flush=True)

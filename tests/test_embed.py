@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import clip4vla
-from clip4vla.embed import embed_windows, looks_like_speech, window_seconds, windows
+from clip4vla.embed import embed_audio, embed_windows, looks_like_speech, window_seconds, windows
 from clip4vla.media_errors import MediaError
 from media_factory import write_garbage, write_video
+from script_checks import copy_with_undecodable_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,7 +104,7 @@ def test_long_queries_are_truncated_with_a_warning(model, caplog):
     assert rows.shape[0] == 1 and "longer than the model's 32 tokens" in caplog.text
 
 
-def test_auto_audio_type_picks_vb_for_a_voice(model, tmp_path):
+def test_auto_audio_type_picks_vb_for_a_voice(model, tmp_path, caplog):
     """Intonated, voiced-with-pauses sound at a human pitch -> [VB]; a steady tone -> [NB]."""
     from audio_media import write_sound
 
@@ -120,3 +121,42 @@ def test_auto_audio_type_picks_vb_for_a_voice(model, tmp_path):
     assert not looks_like_speech(load_audio(tmp_path / "tone.wav"))
     assert embed_windows(model, tmp_path / "voice.wav", video=False, audio_type="auto").audio_type == "vb"
     assert embed_windows(model, tmp_path / "tone.wav", video=False, audio_type="auto").audio_type == "nb"
+    # what "auto" chose is there to see: returned on request, and logged at DEBUG
+    with caplog.at_level("DEBUG", logger="clip4vla.embed"):
+        rows, types = embed_audio(model, [tmp_path / "voice.wav", tmp_path / "tone.wav"], audio_type="auto",
+                                  return_audio_types=True)
+    assert types == ["vb", "nb"] and rows.shape[0] == 2
+    assert "voice.wav: audio type auto -> vb" in caplog.text and "tone.wav: audio type auto -> nb" in caplog.text
+    assert torch.equal(rows, clip4vla.embed_audio(model, [tmp_path / "voice.wav", tmp_path / "tone.wav"], audio_type="auto"))
+
+
+def test_one_path_is_a_list_of_one_and_a_folder_is_named_as_such(model, media, tmp_path):
+    listed = clip4vla.embed_video(model, [media["short"]])
+    for single in (str(media["short"]), media["short"]):  # a string is not iterated character by character
+        assert torch.equal(clip4vla.embed_video(model, single), listed)
+        assert clip4vla.embed_audio(model, single).shape == (1, model.clip.config.embed_dim)
+    assert torch.equal(clip4vla.embed_audio(model, str(media["short"])), clip4vla.embed_audio(model, [media["short"]]))
+    with pytest.raises(MediaError, match=f"{tmp_path}: is a directory, expected a video or sound file"):
+        clip4vla.embed_video(model, tmp_path)
+    with pytest.raises(MediaError, match="nowhere.mp4: file not found"):
+        clip4vla.embed_video(model, str(tmp_path / "nowhere.mp4"))
+
+
+def test_a_sound_file_given_as_a_video_names_the_stream_it_has(model, tmp_path):
+    from audio_media import write_sound
+
+    write_sound(tmp_path / "tone.wav", (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32))
+    with pytest.raises(MediaError, match=r"tone.wav: no video stream \(the file has 1 audio stream\)"):
+        clip4vla.embed_video(model, [tmp_path / "tone.wav"])
+
+
+def test_a_file_name_that_is_not_utf8_is_opened_or_named_escaped(model, media, tmp_path):
+    odd = copy_with_undecodable_name(media["short"], tmp_path)
+    assert torch.equal(clip4vla.embed_video(model, [odd]), clip4vla.embed_video(model, [media["short"]]))  # by bytes
+    try:
+        sound = clip4vla.embed_audio(model, [odd])
+    except MediaError as err:  # the audio decoder opens files by UTF-8 name only: a clear, printable reason
+        assert str(err).startswith(f"{tmp_path}/caf\\xe9.mp4: the file name is not valid UTF-8")
+        str(err).encode("utf-8")  # printable anywhere
+    else:
+        assert torch.equal(sound, clip4vla.embed_audio(model, [media["short"]]))

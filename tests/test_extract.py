@@ -16,6 +16,7 @@ from clip4vla import extract as extract_mod
 from clip4vla.extract import extract_features, find_media, model_identity, read_shards
 from audio_media import write_sound
 from media_factory import write_garbage, write_video
+from script_checks import assert_help_is_complete, copy_with_undecodable_name, load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def _media(folder: Path) -> list[tuple[str, Path]]:
 def test_shards_hold_every_readable_file_once_with_the_model_identity(model, micro_export, media_dir, tmp_path):
     identity = model_identity(model, micro_export)
     counts = extract_features(model, _media(media_dir), tmp_path, identity, shard_size=3, progress=False)
-    assert counts == {"done_before": 0, "skipped_before": 0, "extracted": 6, "skipped": 1}
+    assert counts == {"done_before": 0, "skipped_before": 0, "extracted": 6, "skipped": 1, "duplicates": 0}
     assert sorted(p.name for p in tmp_path.glob("shard_*.pt")) == ["shard_00000.pt", "shard_00001.pt"]
     items, stored = read_shards(tmp_path)
     assert stored["sha256"] == identity["sha256"]
@@ -112,3 +113,59 @@ def test_script_reads_a_manifest_and_reports(micro_export, media_dir, tmp_path):
     assert "1 files extracted, 2 skipped" in out.stdout
     skipped = (tmp_path / "features" / "skipped.jsonl").read_text()
     assert "missing.mp4" in skipped and "broken.mp4" in skipped
+
+
+def test_a_path_listed_twice_is_extracted_once_and_the_duplicates_counted(micro_export, media_dir, tmp_path, capsys,
+                                                                          caplog):
+    manifest = tmp_path / "files.txt"
+    clip, tone = media_dir / "clip0.mp4", media_dir / "tone.wav"
+    manifest.write_text(f"{clip}\n{tone}\n{clip}\n\n{clip}\n")
+    out = tmp_path / "features"
+    with caplog.at_level("WARNING", logger="clip4vla.extract"):
+        assert load_script("extract_features").main(["--model", str(micro_export), "--manifest", str(manifest),
+                                                      "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 files extracted, 0 skipped") and "0 done before, 2 duplicate(s) dropped" in printed
+    assert "2 duplicate id(s) dropped" in caplog.text
+    items = read_shards(out)[0]
+    assert sorted(item["id"] for item in items) == sorted([str(clip), str(tone)])  # one row per id
+
+
+def test_a_missing_manifest_and_bad_flags_are_errors_not_tracebacks(micro_export, tmp_path, capsys):
+    script = load_script("extract_features")
+    common = ["--model", str(micro_export), "--out", str(tmp_path / "features")]
+    for manifest, reason in ((tmp_path / "nowhere.txt", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(SystemExit) as exit_:
+            script.main([*common, "--manifest", str(manifest)])
+        assert exit_.value.code == 2 and f"error: --manifest {manifest}: {reason}" in capsys.readouterr().err
+    for flag, value, message in (("--shard-size", "0", "expected a whole number >= 1"),
+                                 ("--audio-type", "nan", "expected vb, nb, auto or a number in [0, 1]"),
+                                 ("--audio-type", "2", "expected vb, nb, auto or a number in [0, 1]"),
+                                 ("--device", "gpu0", "expected auto, cpu, cuda or cuda:N")):
+        with pytest.raises(SystemExit) as exit_:
+            script.main([*common, "--media", str(tmp_path), flag, value])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, flag
+    assert not (tmp_path / "features").exists()  # nothing written
+
+
+def test_help_describes_every_flag_with_its_default():
+    assert_help_is_complete(load_script("extract_features").build_parser())
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_or_extracted_never_fatal(model, micro_export, media_dir, tmp_path):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    odd = copy_with_undecodable_name(media_dir / "clip1.mp4", folder)
+    good = folder / "clip0.mp4"
+    good.write_bytes((media_dir / "clip0.mp4").read_bytes())
+    out = tmp_path / "features"
+    counts = extract_features(model, _media(folder), out, model_identity(model, micro_export), shard_size=10,
+                              progress=False)
+    assert counts["extracted"] + counts["skipped"] == 2 and counts["extracted"] >= 1
+    ids = [item["id"] for item in read_shards(out)[0]]
+    assert "clip0.mp4" in ids  # the pending shard was written, whatever happened to the odd name
+    if counts["skipped"]:  # the audio decoder opens files by UTF-8 name only: listed, the name escaped
+        skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+        assert skipped[0]["id"] == odd.name and "caf\\xe9.mp4: the file name is not valid UTF-8" in skipped[0]["reason"]
+    else:
+        assert odd.name in ids

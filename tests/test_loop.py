@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from clip4vla.config import PretrainConfig, load_config
+from clip4vla.config import ConfigError, PretrainConfig, load_config
 from clip4vla.train.loop import Trainer
 from clip4vla.train.pretrain import PretrainTask
 from conftest import micro_pretrain_settings
@@ -83,7 +83,9 @@ def test_best_checkpoint_is_chosen_on_validation_and_exported(synthetic_root, tm
     assert all(torch.equal(exported["state_dict"][k], step4[k]) for k in step4)
     assert not all(torch.equal(step4[k], last[k]) for k in step4)  # the best is not simply the last
 
-    with pytest.raises(KeyError, match="select_metric='t2x/R1' is not a validation metric"):
-        monkeypatch.setattr(PretrainTask, "evaluate", lambda *a: {"split": "val", "metrics": {"audio_R1": 1.0}})
+    # a metric the task never reports is refused at start-up (before any data work), not at the
+    # first validation after an epoch of training
+    monkeypatch.setattr(PretrainTask, "datasets", lambda self: pytest.fail("data work before the check"))
+    with pytest.raises(ConfigError, match="select_metric='t2x/R1' is not a validation metric of pretrain"):
         Trainer(config(synthetic_root, tmp_path / "x", **{"train.select_metric": "t2x/R1", "train.max_steps": 1}),
-                PretrainTask).fit()
+                PretrainTask)

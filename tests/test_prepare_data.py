@@ -215,3 +215,26 @@ def test_invalid_arguments(videos, tmp_path):
         prepare_videos(videos, tmp_path, image_format="webp")
     with pytest.raises(FileNotFoundError):
         prepare_videos(tmp_path / "missing", tmp_path / "o")
+
+
+def test_help_describes_every_flag_with_its_default():
+    from script_checks import assert_help_is_complete, load_script
+
+    assert_help_is_complete(load_script("prepare_data").build_parser())
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--shard-mb", "nan", "expected a size in MiB above 0"),
+    ("--shard-mb", "0", "expected a size in MiB above 0"),
+    ("--quality", "101", "expected a whole number in [1, 100]"),
+    ("--workers", "-1", "--workers: expected 0 or more"),
+])
+def test_bad_flag_values_and_a_missing_folder_are_errors_not_tracebacks(flag, value, message, tmp_path, capsys):
+    from script_checks import load_script
+
+    script = load_script("prepare_data")
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert script.main(["--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "error: " in capsys.readouterr().err and not (tmp_path / "o").exists()

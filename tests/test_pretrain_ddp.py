@@ -6,7 +6,7 @@ batch identical across world sizes and the losses gather features with gradients
 runs must produce the same weights after every optimiser step (up to float32 summation order).
 
 Both runs go through a small launcher that executes ``scripts/pretrain.py`` unchanged (``runpy``)
-after wrapping ``CheckpointManager.save`` and ``Trainer._write_history`` to append
+after wrapping ``CheckpointManager.save`` and the run folder's write of ``metrics.jsonl`` to append
 "<rank> <what>" to a ledger file: that is how the test sees *which* ranks wrote outputs, which
 the files themselves cannot show (a second writer would just overwrite them).
 
@@ -34,7 +34,7 @@ ATOL = 1e-5
 
 LAUNCHER = """
 import os, runpy, sys
-from clip4vla.train import checkpoint, loop
+from clip4vla.train import checkpoint, run_folder
 
 LEDGER = os.environ["CLIP4VLA_TEST_LEDGER"]
 RANK = os.environ.get("RANK", "0")
@@ -46,7 +46,7 @@ def note(what):
 
 
 save = checkpoint.CheckpointManager.save
-write_history = loop.Trainer._write_history
+write_text = run_folder.write_text_atomic
 
 
 def recording_save(self, step, state):
@@ -54,13 +54,14 @@ def recording_save(self, step, state):
     return save(self, step, state)
 
 
-def recording_write_history(self):
-    note("metrics")
-    return write_history(self)
+def recording_write_text(path, text):
+    if str(path).endswith("metrics.jsonl"):
+        note("metrics")
+    return write_text(path, text)
 
 
 checkpoint.CheckpointManager.save = recording_save
-loop.Trainer._write_history = recording_write_history
+run_folder.write_text_atomic = recording_write_text
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

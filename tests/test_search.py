@@ -19,6 +19,7 @@ from clip4vla.embed import embed_windows
 from clip4vla.search import DEFAULT_NAME, SearchError, load_index, main, rank
 from audio_media import write_sound
 from media_factory import write_empty, write_garbage, write_video
+from script_checks import assert_help_is_complete, copy_with_undecodable_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -193,3 +194,48 @@ def test_script_and_console_entry_point_are_the_same_program():
         assert subprocess.run([console, "query", "--help"], capture_output=True, text=True, check=True).stdout.count("--modality")
     setup = (REPO / "setup.py").read_text()
     assert '"clip4vla-search = clip4vla.search:main"' in setup
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x01\x02", "\t\x00\u200b"])
+def test_an_empty_query_is_refused(indexed, text, capsys):
+    assert main(["query", text, "--dir", str(indexed)]) == 2
+    assert "is empty (nothing but spaces or control characters): give words to search for" in capsys.readouterr().err
+    with pytest.raises(SearchError, match="is empty"):
+        search_mod.search(load_index(indexed / DEFAULT_NAME), None, text)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["index", "DIR", "--model", "M", "--audio-type", "2"], "expected vb, nb, auto or a number in [0, 1], got '2'"),
+    (["index", "DIR", "--model", "M", "--audio-type", "nan"], "expected vb, nb, auto or a number in [0, 1], got 'nan'"),
+    (["query", "a dog", "--top-k", "0"], "expected a whole number >= 1, got 0"),
+    (["query", "a dog", "--top-k", "-3"], "expected a whole number >= 1, got -3"),
+])
+def test_bad_flag_values_are_argument_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_help_describes_every_flag_with_its_default():
+    assert_help_is_complete(search_mod.build_parser())
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_or_listed_never_fatal(folder, micro_export, tmp_path, capsys):
+    d = tmp_path / "videos"
+    d.mkdir()
+    shutil.copy(folder / "short.mp4", d / "short.mp4")
+    odd = copy_with_undecodable_name(folder / "silent.mp4", d)
+    odd_sound = copy_with_undecodable_name(folder / "rain.wav", d, b"r\xe4in")
+    assert main(["index", str(d), "--model", str(micro_export), "--no-progress"]) == 0
+    printed = capsys.readouterr().out  # printable: the odd bytes are shown escaped
+    index = load_index(d / DEFAULT_NAME)
+    assert "short.mp4" in index["paths"]
+    for path, shown in ((odd, "caf\\xe9.mp4"), (odd_sound, "r\\xe4in.wav")):
+        if path.name in index["skipped"]:
+            assert f"unreadable: {shown}: " in printed and "not valid UTF-8" in index["skipped"][path.name]["reason"]
+        else:
+            assert path.name in index["paths"]
+    assert main(["query", "a red circle", "--dir", str(d)]) == 0
+    assert "short.mp4" in capsys.readouterr().out
+    assert main(["index", str(d), "--model", str(micro_export), "--no-progress"]) == 0  # a rerun: nothing new
+    assert "0 embedded, 3 unchanged" in capsys.readouterr().out

@@ -1,5 +1,6 @@
-"""WebDataset shards: writing (bad files left out, resumable), the three media routes giving the
-same samples, bad shards skipped with their name and offset, and a 2-rank x 2-worker resume."""
+"""WebDataset shards: writing (bad files left out, resumable, a cut index line repaired), any
+WebDataset reader decoding them as ours does, the three media routes giving the same samples, bad
+or old-layout shards named, and a 2-rank x 2-worker resume."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from clip4vla.data import shards as shards_mod
 from clip4vla.data.corpora import read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.prepare import prepare_videos
-from clip4vla.data.shards import INDEX, ShardStore, iter_samples, write_shards
+from clip4vla.data.shards import INDEX, SHARD_FORMAT, ShardFormatError, ShardStore, iter_samples, write_shards
 from audio_media import write_sound
 from conftest import micro_pretrain_settings
 from media_factory import write_empty, write_garbage, write_video
@@ -60,9 +61,13 @@ def test_shards_follow_the_webdataset_convention_and_leave_bad_files_out(mixed, 
     ids = {json.loads(s["json"])["id"]: s for s in samples}
     clips = [p.stem for p in mixed.glob("video*.mp4")]
     assert sorted(ids) == sorted(["quiet", "tone"] + clips)
-    assert "wav" not in ids["quiet"] and "frames" not in ids["tone"] and "wav" in ids["tone"]
+    frames = lambda sample: sorted(k for k in sample if k.endswith(".jpg"))  # noqa: E731
+    assert "wav" not in ids["quiet"] and not frames(ids["tone"]) and "wav" in ids["tone"]
     meta = json.loads(ids[clips[0]]["json"])
-    assert sum(meta["frame_bytes"]) == len(ids[clips[0]]["frames"]) and meta["frame_seconds"]
+    # one member per frame, named in time order, as WebDataset users expect
+    names = frames(ids[clips[0]])
+    assert meta["format"] == SHARD_FORMAT and names == [f"{i:03d}.jpg" for i in range(len(meta["frame_seconds"]))]
+    assert [len(ids[clips[0]][n]) for n in names] == meta["frame_bytes"] and meta["frame_seconds"]
     manifest = [json.loads(line) for line in (written / "manifest.jsonl").read_text().splitlines()]
     errors = {m["video_id"]: m["error"] for m in manifest if m["status"] == "error"}
     assert set(errors) == {"broken", "empty"} and all(errors.values())
@@ -94,6 +99,107 @@ def test_writing_resumes_after_a_kill_without_rewriting_finished_shards(mixed, w
     assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == sorted(p.name for p in written.glob("shard-*.tar"))
     for p in written.glob("shard-*.tar"):
         assert (tmp_path / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_a_cut_index_line_is_repaired_and_no_shard_name_is_reused(mixed, written, tmp_path, caplog):
+    """A kill while a shard's line is appended leaves the line without its newline. The rerun removes
+    it (saying so) and writes that shard again: the folder ends as the uninterrupted run left it.
+    A shard that an unreadable index line mentions keeps its name: its clips go to a new shard."""
+    out = tmp_path / "shards"
+    shutil.copytree(written, out)
+    lines = (out / INDEX).read_text().splitlines(keepends=True)
+    assert len(lines) >= 3
+    k = len(lines) - 2  # killed while appending line k: shard k is in place, later ones never written
+    (out / INDEX).write_text("".join(lines[:k]) + lines[k][: len(lines[k]) // 2])
+    for line in lines[k + 1:]:
+        (out / json.loads(line)["shard"]).unlink()
+    with caplog.at_level("WARNING", logger="clip4vla.data.shards"):
+        summary = write_shards(mixed, out, shard_bytes=300_000, workers=1, progress=False)
+    assert "last line was cut by a kill" in caplog.text
+    assert summary.shards == len(lines)
+    assert (out / INDEX).read_bytes() == (written / INDEX).read_bytes()  # complete, nothing glued or lost
+    for p in written.glob("shard-*.tar"):
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    assert write_shards(mixed, out, shard_bytes=300_000, workers=1, progress=False).written == 0  # a second rerun
+
+    # an index damaged by an earlier version: a complete but unreadable line in the middle
+    damaged = [json.loads(line) for line in (out / INDEX).read_text().splitlines()]
+    lost = damaged[1]
+    text = (out / INDEX).read_text().splitlines(keepends=True)
+    text[1] = text[1][:40] + "\n"  # still names its shard
+    (out / INDEX).write_text("".join(text))
+    kept = (out / lost["shard"]).read_bytes()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clip4vla.data.shards"):
+        summary = write_shards(mixed, out, shard_bytes=300_000, workers=1, progress=False)
+    assert f"{INDEX}:2: unreadable line skipped" in caplog.text
+    assert summary.written == len(lost["ids"]) and (out / lost["shard"]).read_bytes() == kept  # not overwritten
+    listed = [json.loads(line) for line in (out / INDEX).read_text().splitlines() if line.startswith("{\"")
+              and line.endswith("}")]
+    names = [line["shard"] for line in listed]
+    assert len(names) == len(set(names)) and lost["shard"] not in names
+    assert max(names) == f"shard-{len(lines):06d}.tar"  # after every name the index mentions
+    store = ShardStore([out])
+    for line in listed:
+        for vid in line["ids"]:  # every listed clip readable from its listed shard
+            frames, mask = store.frames(vid, max_frames=2, size=32)
+            assert (mask.any() or vid == "tone") and vid in store
+    assert sorted(v for line in listed for v in line["ids"]) == sorted(v for line in damaged for v in line["ids"])
+
+
+def test_any_webdataset_reader_decodes_the_frames_and_audio_our_reader_gives(written):
+    """The shards are plain WebDataset: the ``webdataset`` package's own image decoder gives the very
+    pixels our indexed reader gives, and the audio member is an ordinary WAV with the same samples."""
+    import io
+
+    import soundfile as sf
+    import webdataset as wds
+
+    from clip4vla.video.transform import clip_transform
+
+    store = ShardStore([written])
+    urls = sorted(str(p) for p in written.glob("shard-*.tar"))
+    with_frames = with_sound = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False).decode("rgb8"):
+        vid = sample["json"]["id"]  # the JSON member, decoded by webdataset as well
+        names = sorted(k for k in sample if k.endswith(".jpg"))
+        if names:
+            pictures = torch.from_numpy(np.stack([sample[n] for n in names])).permute(0, 3, 1, 2)  # [F, 3, H, W] uint8
+            ours, mask = store.frames(vid, max_frames=len(names), size=64)  # every frame, in order
+            assert bool(mask.all()) and torch.equal(clip_transform(pictures, 64), ours), vid
+            with_frames += 1
+        assert ("wav" in sample) == sample["json"]["has_audio"]
+        if "wav" in sample:
+            wave, rate = sf.read(io.BytesIO(sample["wav"]), dtype="float32", always_2d=True)  # [N, 2]
+            assert rate == 16000 and torch.equal(torch.from_numpy(wave.T.copy()), store.audio(vid, None, None, None)), vid
+            with_sound += 1
+    assert with_frames == 9 and with_sound >= 2  # eight clips + the silent video; the sound file and clips with sound
+
+
+def test_old_layout_shards_are_refused_with_the_way_out(mixed, written, synthetic_root, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(written, old)
+    lines = [json.loads(line) for line in (old / INDEX).read_text().splitlines()]
+    for line in lines:
+        del line["format"]  # as format 1 wrote its index
+    (old / INDEX).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(ShardFormatError, match=r"format 1 \(one '.frames' member per clip.*reads format 2.*"
+                                               r"prepare_data.py --videos"):
+        ShardStore([old])
+    before = (old / INDEX).read_bytes()
+    with pytest.raises(ShardFormatError, match="format 1"):  # never mixed with the new layout
+        write_shards(mixed, old, workers=1, progress=False)
+    from script_checks import load_script
+
+    assert load_script("prepare_data").main(["--videos", str(mixed), "--out", str(old), "--shards", "--no-progress"]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert (old / INDEX).read_bytes() == before
+    training = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), "--set", "model.arch=micro",
+                               "--set", f"data.synthetic.root={synthetic_root}", "--set", "data.synthetic.clips=24",
+                               "--set", "data.media=shards", "--set", f"data.synthetic.shards_dir={old}",
+                               "--set", f"train.output_dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert training.returncode == 2 and "shards of format 1" in training.stderr and "Traceback" not in training.stderr
 
 
 def test_raw_prepared_and_shard_routes_give_the_same_samples(synthetic_root, tmp_path):
@@ -173,11 +279,22 @@ def test_bad_shards_skip_their_samples_with_the_shard_and_offset(written, tmp_pa
     odd.mkdir()
     with open(odd / "shard-000000.tar", "wb") as fh, wds.TarWriter(fh, encoder=False, mtime=0) as sink:
         sink.write({"__key__": "000000000", "json": json.dumps({"id": "x"}).encode()})
-    (odd / INDEX).write_text(json.dumps({"shard": "shard-000000.tar", "bytes": (odd / "shard-000000.tar").stat().st_size,
-                                         "ids": ["x"], "failed": {}, "samples": [["x", "000000000",
+    (odd / INDEX).write_text(json.dumps({"format": SHARD_FORMAT, "shard": "shard-000000.tar",
+                                         "bytes": (odd / "shard-000000.tar").stat().st_size, "ids": ["x"], "failed": {},
+                                         "samples": [["x", "000000000",
                                          shards_mod._member_offsets(odd / "shard-000000.tar")["000000000"]]]}) + "\n")
     with pytest.raises(shards_mod.ShardError, match="JSON lacks"):
         ShardStore([odd]).frames("x")
+    # a frame member whose tar header does not match the index: named, never misread
+    damaged = tmp_path / "damaged"
+    shutil.copytree(written, damaged)
+    line = json.loads((damaged / INDEX).read_text().splitlines()[0])
+    vid, _, members = next(s for s in line["samples"] if "frames" in s[2])
+    with open(damaged / line["shard"], "r+b") as fh:
+        fh.seek(members["frames"][0] - 512)
+        fh.write(b"X")  # the first frame's header: its checksum fails
+    with pytest.raises(shards_mod.ShardError, match=rf"{line['shard']}@{members['frames'][0]} \({vid} frame 0\)"):
+        ShardStore([damaged]).frames(vid, max_frames=64)
     with pytest.raises(FileNotFoundError, match="not a shard folder"):
         ShardStore([tmp_path / "nowhere"])
 
@@ -241,7 +358,7 @@ def test_missing_shard_folder_or_setting_fails_at_start_up(synthetic_root, tmp_p
 def test_evaluation_of_a_model_reads_the_configs_shards(synthetic_root, micro_export, tmp_path):
     from clip4vla import load_model
     from clip4vla.config import RetrievalConfig, load_config
-    from clip4vla.train.cli import evaluation_split
+    from clip4vla.cli import evaluation_split
 
     write_shards(synthetic_root / "videos", tmp_path / "shards", workers=1, progress=False)
     data = [f"data.synthetic.root={synthetic_root}", "data.synthetic.clips=24"]

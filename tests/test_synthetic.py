@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -150,15 +153,72 @@ def test_idempotent_and_repairs_missing_clips(dataset, tmp_path):
 
 
 def test_script_entry_point(tmp_path):
+    module = _load_make_synthetic()
+    module.main(["--out", str(tmp_path / "s"), "--num-clips", "2", "--seed", "5", "--workers", "1", "--no-progress"])
+    assert syn.is_complete(tmp_path / "s", 2, 5)
+
+
+def _load_make_synthetic():
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
         "make_synthetic", Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--out", str(tmp_path / "s"), "--num-clips", "2", "--seed", "5", "--workers", "1", "--no-progress"])
-    assert syn.is_complete(tmp_path / "s", 2, 5)
+    return module
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (hidden ones too), by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_format_twin_never_changes_its_source(dataset, tmp_path, monkeypatch):
+    """A twin with fewer clips than its source once shrank the source to that size (deleting the
+    quick start's clips): the source is now only read, and the twin's own clips live under --out."""
+    source = tmp_path / "data" / "synthetic"
+    shutil.copytree(dataset[0], source)
+    before = _fingerprint(source)
+    script = _load_make_synthetic()
+    quiet = ["--workers", "1", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:  # these clips are not the source's: refused, not made there
+        script.main(["--format", "vatex", "--out", str(tmp_path / "twin"), "--source", str(source), "--num-clips", "8"]
+                    + quiet)
+    assert exit_info.value.code == 2
+    assert _fingerprint(source) == before
+
+    monkeypatch.chdir(tmp_path)  # data/synthetic is where the old default --source pointed
+    assert script.main(["--format", "vatex", "--out", "twins/vatex", "--num-clips", "8"] + quiet) == 0
+    assert _fingerprint(source) == before
+    twin = tmp_path / "twins" / "vatex"
+    assert syn.is_complete(twin / "synthetic", 8, 0)
+    entries = sum(len(json.loads((twin / name).read_text())) for name in (
+        "vatex_training_v1.0.json", "vatex_validation_v1.0.json", "vatex_public_test_english_v1.1.json"))
+    assert entries == len(list((twin / "videos").glob("*.mp4"))) == 8
+
+    # the source's own clips, laid out as a twin: read, never written
+    assert script.main(["--format", "esc50", "--out", "twins/esc50", "--source", str(source)] + quiet) == 0
+    assert _fingerprint(source) == before
+    assert len(list((tmp_path / "twins" / "esc50" / "audio").glob("*.wav"))) == sum(
+        v["has_audio"] for v in annotations(source)["videos"])
+    with pytest.raises(ValueError, match="outside its source"):
+        from clip4vla.data.synthetic_formats import write_corpus_format
+
+        write_corpus_format(source, "msrvtt", source / "twin")
+    assert _fingerprint(source) == before
+
+
+def test_script_refuses_to_replace_another_dataset(tmp_path):
+    script = _load_make_synthetic()
+    out = tmp_path / "s"
+    assert script.main(["--out", str(out), "--num-clips", "2", "--workers", "1", "--no-progress"]) == 0
+    before = _fingerprint(out)
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(out), "--num-clips", "1", "--workers", "1", "--no-progress"])
+    assert _fingerprint(out) == before
+    assert script.main(["--out", str(out), "--num-clips", "1", "--overwrite", "--workers", "1", "--no-progress"]) == 0
+    assert syn.is_complete(out, 1, 0)
 
 
 def test_decoded_frames_show_the_shape_in_its_colour(dataset):

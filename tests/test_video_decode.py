@@ -237,8 +237,8 @@ def test_garbage_file(tmp_path):
     _assert_decode_error(write_garbage(tmp_path / "garbage.mp4"), "not a readable media container")
 
 
-def test_no_video_stream(tmp_path):
-    _assert_decode_error(write_audio_only(tmp_path / "sound.m4a"), "no video stream")
+def test_no_video_stream_names_the_streams_the_file_has(tmp_path):
+    _assert_decode_error(write_audio_only(tmp_path / "sound.m4a"), r"no video stream \(the file has 1 audio stream\)")
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.9])

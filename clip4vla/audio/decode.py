@@ -27,6 +27,7 @@ file, so a data loader can decide what to do instead of training on silent zeros
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def load_audio(
     want = _Request(start=start, end=end, rate=int(sample_rate), max_seconds=max_seconds)
 
     try:
-        read = _read_soundfile(str(path), want, path)
+        read = _read_soundfile(os.fsencode(path), want, path)  # bytes: names that are not UTF-8 open too
     except _NotForSoundfile as sf_exc:
         read = _read_pyav(path, want, sf_reason=str(sf_exc))
 
@@ -248,7 +249,7 @@ def _read_soundfile(source: Any, want: _Request, path: Path) -> _Read:
     """``source``: a file name or an open binary file; ``path`` names it in messages."""
 
     def rewound() -> Any:
-        if not isinstance(source, str):
+        if not isinstance(source, (str, bytes)):
             source.seek(0)
         return source
 

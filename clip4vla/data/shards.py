@@ -1,25 +1,35 @@
 """Media in WebDataset tar shards: one file per ~1000 clips instead of ~13 files per clip.
 
-**Layout** (``write_shards``). ``<out>/shard-000000.tar``, ... in the WebDataset convention: the
-members of one clip share a key (``000000042``) and differ by extension, so any WebDataset reader
-(``webdataset.WebDataset(urls)``) streams them as samples:
+**Layout** (``write_shards``, shard format 2). ``<out>/shard-000000.tar``, ... in the WebDataset
+convention: the members of one clip share a key (``000000042``) and differ by extension, so any
+WebDataset reader streams them as samples and decodes them with its own decoders
+(``webdataset.WebDataset(url).decode("pil")`` gives one PIL image per frame):
 
-* ``<key>.json``: ``{"id", "source", "duration", "fps", "has_audio", "n_frames", "audio_seconds",
-  "frame_seconds": [...], "frame_bytes": [...]}`` (+ ``"meta"`` given by the caller);
-* ``<key>.frames``: the 1-fps JPEG frames, concatenated (``frame_bytes`` cut them apart), exactly
-  the files the prepared route writes, so both routes give the same frames (and, with WAV audio and
-  the prepared route's ``PCM_16`` wav, the very same samples; FLAC rounds where WAV truncates, so
-  its samples are at most one 16-bit step away);
+* ``<key>.000.jpg``, ``<key>.001.jpg``, ...: the 1-fps JPEG frames in time order, one member per
+  frame (zero-padded to one width per clip, at least 3 digits, so they sort in order), exactly
+  the files the prepared route writes, so both routes give the same frames (and, with WAV audio
+  and the prepared route's ``PCM_16`` wav, the very same samples; FLAC rounds where WAV
+  truncates, so its samples are at most one 16-bit step away);
+* ``<key>.json``: ``{"format": 2, "id", "source", "duration", "fps", "has_audio", "n_frames",
+  "audio_seconds", "frame_seconds": [...], "frame_bytes": [...]}`` (+ ``"meta"`` given by the
+  caller); ``frame_seconds[i]`` is the second of frame ``i``;
 * ``<key>.wav`` (or ``<key>.flac``): the 16 kHz stereo audio track, 16-bit, absent for a clip
   without sound. WAV (default) needs no decoding, so a shard sample is read as fast as a prepared
   one; FLAC takes about half the space at some decoding cost (``audio_format``).
 
+Format 1 (before) stored a clip's frames as one ``.frames`` member (JPEGs concatenated), which no
+other reader could decode; such folders are refused with a message saying how to rewrite them.
+
 HowTo100M spans are windows of a video: the video is stored once and every window reads its part.
 
-``shards.jsonl`` lists every finished shard with the byte offset and size of each member, so a
-clip is read with a few positioned reads (the JSON, the frames a window needs, the audio range)
-and no scan. ``manifest.jsonl`` has one line per source file (``ok`` or ``error`` with the reason);
-unreadable or empty files are never written as samples.
+``shards.jsonl`` lists every finished shard with the byte offset and size of each clip's JSON and
+audio members and the byte range of its frame members, so a clip is read with a few positioned
+reads (the JSON, the frames a window needs, the audio range) and no scan. The index stays one row
+of a few integers per clip whatever the number of frames: a frame's position follows from the
+sizes in the clip's JSON (tar members are back to back: a 512-byte header, then the data padded to
+512 bytes), and each frame read checks its member header, so a shard that does not match its index
+is reported, never misread. ``manifest.jsonl`` has one line per source file (``ok`` or ``error``
+with the reason); unreadable or empty files are never written as samples.
 
 **Why indexed reads, not a streaming pipeline.** Training order comes from the same seeded
 sampler as the other media routes (``clip4vla.data.sampler``): ranks and DataLoader workers get
@@ -31,7 +41,8 @@ opens each shard once per worker rather than one file per frame.
 **Resumable writing.** Clips go to shards in sorted id order; a shard becomes visible (renamed
 from its temporary name, then its line appended to ``shards.jsonl``) only when complete, so a
 killed run loses at most the shard in progress, and a rerun skips every clip already in a finished
-shard (or recorded as unreadable there).
+shard (or recorded as unreadable there). A last index line cut by a kill is removed before the
+rerun appends (its shard is written again), and a new shard never takes a name the index mentions.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -58,7 +70,8 @@ from clip4vla.media_errors import MediaError
 from clip4vla.video import VideoDecodeError
 from clip4vla.video.decode import load_frame_images
 
-__all__ = ["INDEX", "ShardError", "ShardStore", "ShardSummary", "write_shards"]
+__all__ = ["INDEX", "SHARD_FORMAT", "ShardError", "ShardFormatError", "ShardStore", "ShardSummary", "frame_member",
+           "write_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +79,38 @@ INDEX = "shards.jsonl"
 MANIFEST = "manifest.jsonl"
 SHARD_NAME = "shard-{:06d}.tar"
 _TMP = ".tmp-"
+SHARD_FORMAT = 2  # 1: one ".frames" member per clip (JPEGs concatenated); 2: one member per frame
 REQUIRED_META = ("id", "frame_seconds", "frame_bytes", "has_audio")
-MEMBERS = ("json", "frames", "flac")  # the index's member columns ("flac" holds a WAV member too)
+MEMBERS = ("json", "frames", "audio")  # the store's columns: frames = the byte range of all frame members
+FRAME_EXT = "jpg"
+BLOCK = tarfile.BLOCKSIZE  # 512: a tar member is a header block, then its data padded to whole blocks
 
 
 class ShardError(MediaError):
     """A shard, or a clip in it, cannot be read: the sample is skipped with this reason."""
+
+
+class ShardFormatError(ValueError):
+    """A shard folder written in a layout this version does not read (the message says how to
+    rewrite it), or an index that is not one."""
+
+
+def frame_member(index: int, count: int) -> str:
+    """The member extension of frame ``index`` of a clip with ``count`` frames: ``000.jpg``, ...
+
+    One width per clip (3 digits, more for clips of over 1000 frames), so a name sort is the time
+    order for every reader."""
+    return f"{index:0{max(3, len(str(count - 1)))}d}.{FRAME_EXT}"
+
+
+def _frame_offsets(first: int, sizes: Sequence[int]) -> list[int]:
+    """Data offsets of a clip's frame members, which the writer puts back to back: each is one
+    header block, then its data padded to whole blocks (checked when a shard is closed)."""
+    offsets, at = [], first
+    for size in sizes:
+        offsets.append(at)
+        at += BLOCK + -(-size // BLOCK) * BLOCK
+    return offsets
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -97,14 +136,12 @@ def _encode(job: tuple[str, str, int, str, dict]) -> dict:
         info, frames, wave = decode_media(path, "jpg", quality)
         if not frames and wave is None:
             raise ValueError("neither frames nor sound")
-        members: dict[str, bytes] = {}
-        if frames:
-            members["frames"] = b"".join(data for _, data in frames)
+        members: dict[str, bytes] = {frame_member(i, len(frames)): data for i, (_, data) in enumerate(frames)}
         if wave is not None:
             buffer = io.BytesIO()
             sf.write(buffer, wave, AUDIO_RATE, subtype="PCM_16", format=AUDIO_FORMATS[audio_format])
             members[audio_format] = buffer.getvalue()
-        header = {"id": video_id, "source": path, **info, "frame_seconds": [s for s, _ in frames],
+        header = {"format": SHARD_FORMAT, "id": video_id, "source": path, **info, "frame_seconds": [s for s, _ in frames],
                   "frame_bytes": [len(d) for _, d in frames], **({"meta": meta} if meta else {})}
         members["json"] = json.dumps(header).encode()
         return {"id": video_id, "members": members}
@@ -113,27 +150,100 @@ def _encode(job: tuple[str, str, int, str, dict]) -> dict:
 
 
 def _read_index(out: Path) -> list[dict]:
-    """Finished shards; a last line cut by a kill (its shard has no line yet) is ignored."""
+    """Finished shards. A last line cut by a kill (its shard has no line yet) is ignored; an
+    unreadable line before it is skipped with a warning (its shard's clips are not indexed)."""
     path = out / INDEX
     if not path.exists():
         return []
     lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
+    text = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for number, line in enumerate(text, 1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "shard" not in record:
+                raise ValueError("not a shard record")
+        except ValueError:
+            if number < len(text):  # a complete line (the cut last one has no newline)
+                log.warning("%s:%d: unreadable line skipped (the clips of the shard it listed are not indexed)",
+                            path, number)
+            continue
+        lines.append(record)
     return lines
 
 
+def _check_format(folder: Path, lines: list[dict]) -> None:
+    """Refuse shards of another layout (module docstring), naming the folder and the way out."""
+    old = sorted({line.get("format", 1) for line in lines if line.get("format", 1) != SHARD_FORMAT}, key=str)
+    if old:
+        raise ShardFormatError(
+            f"{folder}: shards of format {old[0]} (one '.frames' member per clip, written by an earlier clip4vla); "
+            f"this version reads format {SHARD_FORMAT} (one JPEG member per frame, which any WebDataset reader decodes). "
+            f"Write them again into a new folder: python scripts/prepare_data.py --videos <the source videos> "
+            f"--out <new folder> --shards")
+
+
+def _cut_last_line(path: Path, consequence: str) -> None:
+    """Drop a last line without its newline (a kill during the append), so the next append starts
+    a line of its own instead of being glued onto it and lost."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as fh:
+        end = keep = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        while keep > 0:  # back from the end to the last newline, a block at a time (an index can be large)
+            start = max(0, keep - (1 << 16))
+            fh.seek(start)
+            block = fh.read(keep - start)
+            if end == keep and block.endswith(b"\n"):
+                return
+            if b"\n" in block:
+                keep = start + block.rfind(b"\n") + 1
+                break
+            keep = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("%s: its last line was cut by a kill (%d bytes) and is removed; %s", path, end - keep, consequence)
+
+
+def _next_shard_number(out: Path) -> int:
+    """One more than every shard number the index mentions, readable line or not: a new shard
+    never overwrites a shard the index lists."""
+    path = out / INDEX
+    if not path.exists():
+        return 0
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return max((int(n) + 1 for n in re.findall(r"shard-(\d+)\.tar", text)), default=0)
+
+
 def _member_offsets(tar_path: Path) -> dict[str, dict[str, list[int]]]:
-    """key -> extension -> [byte offset of the data, size] (the index ``ShardStore`` reads by)."""
+    """key -> extension -> [byte offset of the data, size] of every member of a shard."""
     out: dict[str, dict[str, list[int]]] = {}
     with tarfile.open(tar_path) as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             out.setdefault(key, {})[ext] = [member.offset_data, member.size]
     return out
+
+
+def _index_members(tar_name: str, key: str, members: dict[str, list[int]]) -> dict[str, list[int]]:
+    """One clip's row of ``shards.jsonl``: ``json`` and the audio member (``wav`` or ``flac``) as
+    ``[offset, size]``, ``frames`` as ``[offset of the first frame's data, bytes up to the end of
+    the last]``; checks that the frame members lie back to back as ``_frame_offsets`` assumes."""
+    row = {ext: where for ext, where in members.items() if not ext.endswith(f".{FRAME_EXT}")}
+    frames = sorted(ext for ext in members if ext.endswith(f".{FRAME_EXT}"))
+    if frames:
+        offsets = [members[ext][0] for ext in frames]
+        sizes = [members[ext][1] for ext in frames]
+        named_in_order = frames == [frame_member(i, len(frames)) for i in range(len(frames))]
+        if not named_in_order or offsets != _frame_offsets(offsets[0], sizes):
+            raise RuntimeError(f"{tar_name}: the frame members of {key} are not consecutive tar members; "
+                               "the shard cannot be indexed")
+        row["frames"] = [offsets[0], offsets[-1] + sizes[-1] - offsets[0]]
+    return row
 
 
 def _append_line(path: Path, record: dict) -> None:
@@ -156,7 +266,8 @@ def write_shards(
     """Write the media under ``videos_dir`` into WebDataset shards in ``out_dir`` (module docstring).
 
     ``shard_bytes``: a shard is closed once it holds this much. ``meta``: optional per-id
-    metadata copied into each clip's JSON (annotations, ...).
+    metadata copied into each clip's JSON (annotations, ...). A folder of format-1 shards is
+    refused (``ShardFormatError``): the two layouts are never mixed.
     """
     import webdataset as wds
 
@@ -165,39 +276,47 @@ def write_shards(
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {sorted(AUDIO_FORMATS)}, got {audio_format!r}")
     out = Path(out_dir)
+    videos = find_videos(videos_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _cut_last_line(out / INDEX, "the clips of the shard it listed are written again")
+    finished = _read_index(out)
+    _check_format(out, finished)
+    _cut_last_line(out / MANIFEST, "the next line starts a line of its own")
     for stale in out.glob(f"{_TMP}*"):
         stale.unlink()
-    videos = find_videos(videos_dir)
-    finished = _read_index(out)
     done = {vid for shard in finished for vid in shard["ids"]} | {vid for shard in finished for vid in shard["failed"]}
     todo = [vid for vid in sorted(videos) if vid not in done]
     jobs = [(vid, str(videos[vid]), quality, audio_format, (meta or {}).get(vid, {})) for vid in todo]
     summary = ShardSummary(total=len(videos), skipped=len(videos) - len(todo), written=0, failed=[],
                            shards=len(finished), out_dir=out)
-    next_key = sum(len(shard["ids"]) for shard in finished)  # keys number the written clips
+    # keys number the written clips; after the last key any index mentions (as names, see below)
+    next_key = max((int(key) + 1 for shard in finished for _, key, _ in shard["samples"]), default=0)
+    next_number = _next_shard_number(out)
 
     state: dict[str, Any] = {"writer": None, "file": None, "tmp": None, "ids": [], "failed": {}}
 
     def open_shard() -> None:
-        state["tmp"] = out / f"{_TMP}{SHARD_NAME.format(summary.shards)}"
+        state["name"] = SHARD_NAME.format(next_number)
+        state["tmp"] = out / f"{_TMP}{state['name']}"
         state["file"] = open(state["tmp"], "wb")
         state["writer"] = wds.TarWriter(state["file"], encoder=False, mtime=0)
         state["ids"], state["failed"] = [], {}
 
     def close_shard() -> None:
+        nonlocal next_number
         if state["writer"] is None:
             return
         state["writer"].close()
         state["file"].close()
-        name = SHARD_NAME.format(summary.shards)
+        name = state["name"]
         os.replace(state["tmp"], out / name)
         offsets = _member_offsets(out / name)
-        samples = [[vid, key, offsets[key]] for vid, key in state["ids"]]
-        _append_line(out / INDEX, {"shard": name, "bytes": (out / name).stat().st_size,
+        samples = [[vid, key, _index_members(name, key, offsets[key])] for vid, key in state["ids"]]
+        _append_line(out / INDEX, {"format": SHARD_FORMAT, "shard": name, "bytes": (out / name).stat().st_size,
                                    "ids": [vid for vid, _ in state["ids"]], "failed": state["failed"],
                                    "samples": samples})
         summary.shards += 1
+        next_number += 1
         state["writer"] = None
 
     def consume(result: dict, manifest) -> None:
@@ -314,14 +433,16 @@ class ShardStore:
             if not (folder / INDEX).is_file():
                 raise FileNotFoundError(f"{folder}: no {INDEX}: not a shard folder (write one with "
                                         "`python scripts/prepare_data.py --videos DIR --out DIR --shards`)")
-            for shard in _read_index(folder):
+            lines = _read_index(folder)
+            _check_format(folder, lines)
+            for shard in lines:
                 self.paths.append(folder / shard["shard"])
                 sizes.append(int(shard["bytes"]))
                 table = np.full((len(shard["samples"]), 1 + 2 * len(MEMBERS)), -1, dtype=np.int64)
                 table[:, 0] = len(self.paths) - 1
                 for j, (_, _, members) in enumerate(shard["samples"]):
-                    for m, ext in enumerate(MEMBERS):
-                        where = members.get(ext) or (members.get("wav") if ext == "flac" else None)
+                    for m, column in enumerate(MEMBERS):
+                        where = (members.get("wav") or members.get("flac")) if column == "audio" else members.get(column)
                         if where is not None:
                             table[j, 1 + 2 * m: 3 + 2 * m] = where
                 ids.append(np.array([vid.encode("utf-8") for vid, _, _ in shard["samples"]], dtype=object))
@@ -405,28 +526,45 @@ class ShardStore:
         return meta
 
     def frames(self, video_id: str, max_frames: int = 12, size: int = 224, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``load_prepared_frames`` over the clip's frames member (same choice, same tensors);
+        """``load_prepared_frames`` over the clip's frame members (same choice, same tensors);
         a clip stored without frames (a sound file) gets empty ones, as the other routes give."""
         meta = self._meta(video_id)
         found = self._member(video_id, "frames")
         if found is None:
             return torch.zeros(max_frames, 3, size, size), torch.zeros(max_frames, dtype=torch.bool)
-        if not meta["frame_seconds"]:
-            raise VideoDecodeError(f"clip {video_id!r}: its frames member lists no frames")
+        seconds, sizes = meta["frame_seconds"], meta["frame_bytes"]
+        if not seconds:
+            raise VideoDecodeError(f"clip {video_id!r}: its JSON lists no frames")
         member, name = found
-        starts = np.concatenate([[0], np.cumsum(meta["frame_bytes"])]).tolist()
-        if starts[-1] != member.size:
-            raise ShardError(f"{name}: frame sizes add up to {starts[-1]} bytes, the member holds {member.size}")
+        offsets = _frame_offsets(member.offset, sizes) if len(sizes) == len(seconds) else []
+        if not offsets or offsets[-1] + sizes[-1] - member.offset != member.size:
+            raise ShardError(f"{name}: the JSON's {len(sizes)} frame sizes do not match the shard's frame members "
+                             f"({member.size} bytes)")
+        fd = member.fh.fileno()
+        shard = self.paths[int(self.table[self._row(video_id), 0])]
 
         def image(i: int) -> Any:
-            return lambda: io.BytesIO(os.pread(member.fh.fileno(), starts[i + 1] - starts[i], member.offset + starts[i]))
+            def read() -> io.BytesIO:
+                # the header block too: one read, and a check that this is the member the index means
+                data = os.pread(fd, BLOCK + sizes[i], offsets[i] - BLOCK)
+                expected = frame_member(i, len(sizes))
+                try:
+                    header = tarfile.TarInfo.frombuf(data[:BLOCK], "utf-8", "surrogateescape")
+                except tarfile.HeaderError as err:
+                    raise ShardError(f"{shard}@{offsets[i]} ({video_id} frame {i}): no tar header before it "
+                                     f"({err})") from err
+                if not header.name.endswith(f".{expected}") or header.size != sizes[i] or len(data) != BLOCK + sizes[i]:
+                    raise ShardError(f"{shard}@{offsets[i]} ({video_id} frame {i}): expected member *.{expected} of "
+                                     f"{sizes[i]} bytes, found {header.name!r} of {header.size} (shard and index differ)")
+                return io.BytesIO(data[BLOCK:])
+            return read
 
-        images = {int(s): image(i) for i, s in enumerate(meta["frame_seconds"])}
+        images = {int(s): image(i) for i, s in enumerate(seconds)}
         return load_frame_images(images, name, max_frames=max_frames, size=size, **kwargs)
 
     def audio(self, video_id: str, start: float | None, end: float | None, max_seconds: float | None) -> torch.Tensor:
         """``load_audio`` over the clip's audio member; ``NoAudioError`` for a clip without sound."""
-        found = self._member(video_id, "flac")  # the audio member, FLAC or WAV
+        found = self._member(video_id, "audio")  # the audio member, FLAC or WAV
         if found is None:
             raise NoAudioError(f"clip {video_id!r} has no sound (no audio member in its shard)")
         member, name = found
@@ -439,7 +577,8 @@ class ShardStore:
 
 
 def iter_samples(folder: str | os.PathLike) -> Iterator[dict]:
-    """Every clip of a shard folder as ``{"__key__", "json", "frames", "flac" or "wav"}`` bytes."""
+    """Every clip of a shard folder as ``{"__key__", "json", "000.jpg", ..., "flac" or "wav"}`` bytes,
+    read by the ``webdataset`` library itself (the shards are plain WebDataset tars)."""
     import webdataset as wds
 
     urls = [str(Path(folder) / shard["shard"]) for shard in _read_index(Path(folder))]

@@ -24,6 +24,11 @@ format         what is written under ``out_dir``
                ``UCF-101/<Class>/v_<Class>_g<gg>_c<cc>.avi`` (MPEG-4 + MP3, classes = colours)
 =============  =====================================================================================
 
+A twin never changes its source: annotations are written anew under ``out_dir`` and media are
+hard links (or copies) of the source's files or new files made from them, so the quick start's
+``data/synthetic`` can serve as the source of any number of twins. ``out_dir`` may not be the
+source or lie inside it.
+
 Splits follow the synthetic split (train / validate / test). HowTo100M and AudioSet are
 pre-training corpora: only training clips are written. With ``prepared=True`` the media are also
 prepared (``clip4vla.data.prepare``) into ``out_dir/prepared``.
@@ -282,13 +287,17 @@ def write_corpus_format(source: str | os.PathLike, fmt: str, out_dir: str | os.P
                         prepared: bool = False, workers: int = 2) -> Path:
     """Lay the synthetic dataset at ``source`` out as corpus ``fmt`` in ``out_dir`` (module doc).
 
-    ``prepared``: also write the prepared media (1-fps frames, 16 kHz wav) to ``out_dir/prepared``.
+    ``source`` is only read. ``prepared``: also write the prepared media (1-fps frames, 16 kHz wav)
+    to ``out_dir/prepared``.
     """
     if fmt not in _WRITERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     source, out = Path(source), Path(out_dir)
     if not (source / "MSRVTT_data.json").is_file():
         raise FileNotFoundError(f"{source}: not a synthetic dataset (no MSRVTT_data.json); run scripts/make_synthetic.py")
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise ValueError(f"{out}: a format twin is written outside its source {source}, which it must not change; "
+                         "choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     _WRITERS[fmt](source, out)
     if prepared:

@@ -25,7 +25,8 @@ from clip4vla.models.fusion import FusionHead
 from clip4vla.precision import autocast
 from clip4vla.text import tokenize
 
-__all__ = ["EncodedSet", "encode_retrieval_set", "evaluate_fusion_retrieval", "text_side", "video_items"]
+__all__ = ["EncodedSet", "encode_retrieval_set", "evaluate_fusion_retrieval", "format_retrieval_table",
+           "retrieval_summary", "text_side", "video_items"]
 
 METRIC_KEYS = ("R1", "R5", "R10", "MedR", "MeanR")
 # L2L keeps its pair scores: refuse sets whose matrix would not fit comfortably
@@ -177,3 +178,27 @@ def evaluate_fusion_retrieval(
         "n_unreadable": int((~encoded.readable).sum()),
         "n_silent": int((encoded.readable & ~encoded.segment_mask.any(1)).sum()),
     }
+
+
+def retrieval_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object a retrieval script prints last, whichever script (one schema).
+
+    ``skipped`` counts training samples skipped for unreadable media: 0 for a script that only
+    evaluates (its unreadable clips are ``n_unreadable``).
+    """
+    return {"split": result["split"], "fusion": result["fusion"], **result["modalities"],
+            "n_unreadable": result["n_unreadable"], "n_silent": result["n_silent"], "skipped": result.get("skipped", 0)}
+
+
+def format_retrieval_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"text<->video retrieval on the {result['split']} split ({result['fusion'].upper()}, {result['n_clips']} clips, "
+        f"{result['n_silent']} without audio, {result['n_unreadable']} unreadable):",
+        f"  {'modality':<9}{'task':<6}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'MeanR':>8}  {'videos':>7}{'texts':>7}",
+    ]
+    for modality, m in result["modalities"].items():
+        for direction in ("t2v", "v2t"):
+            r = m[direction]
+            lines.append(f"  {modality.upper():<9}{direction:<6}{r['R1']:7.1f}{r['R5']:7.1f}{r['R10']:7.1f}"
+                         f"{r['MedR']:7.1f}{r['MeanR']:8.1f}  {m['n_videos']:>7}{m['n_texts']:>7}")
+    return "\n".join(lines)

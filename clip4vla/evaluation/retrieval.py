@@ -26,7 +26,10 @@ from typing import Callable, Union
 import numpy as np
 import torch
 
-__all__ = ["retrieval_metrics", "streamed_retrieval_metrics", "video_to_text_metrics", "format_metrics"]
+__all__ = ["RANK_METRICS", "retrieval_metrics", "streamed_retrieval_metrics", "video_to_text_metrics", "format_metrics"]
+
+# What every retrieval evaluation reports per direction.
+RANK_METRICS = ("R1", "R5", "R10", "MedR", "MeanR")
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 _KS = (1, 5, 10)
@@ -226,7 +229,7 @@ def streamed_retrieval_metrics(
 
 def format_metrics(metrics: dict, prefix: str = "") -> str:
     """One log line, e.g. ``t2v R@1 12.3 R@5 34.5 R@10 45.6 MedR 4.0 MeanR 7.1``."""
-    missing = [k for k in ("R1", "R5", "R10", "MedR", "MeanR") if k not in metrics]
+    missing = [k for k in RANK_METRICS if k not in metrics]
     if missing:
         raise KeyError(f"metrics dict lacks {missing}; expected the output of retrieval_metrics")
     body = " ".join(f"R@{k} {metrics[f'R{k}']:.1f}" for k in _KS)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from clip4vla.data.dataset import TriModalDataset, collate_samples, usable_rows
-from clip4vla.evaluation.retrieval import retrieval_metrics
+from clip4vla.evaluation.retrieval import RANK_METRICS, retrieval_metrics
 from clip4vla.precision import autocast
 
 TASKS = {"t2a": ("text", "audio"), "v2a": ("video", "audio"), "t2v": ("text", "video")}
@@ -57,7 +57,7 @@ def zero_shot_retrieval(
     for task, (query, target) in TASKS.items():
         sim = features[query][usable] @ features[target][usable].T  # [n, n]
         metrics = retrieval_metrics(sim)
-        retrieval[task] = {k: float(metrics[k]) for k in ("R1", "R5", "R10", "MedR", "MeanR")}
+        retrieval[task] = {k: float(metrics[k]) for k in RANK_METRICS}
     return {
         "retrieval": retrieval,
         "chance": chance_level(n),

@@ -78,11 +78,16 @@ class CaptionGenerator(nn.Module):
 
     @classmethod
     def from_clip(cls, clip: CLIP, max_words: int, layers: int = 4) -> CaptionGenerator:
-        cfg = clip.config
-        head = cls(GeneratorConfig(layers=layers, width=cfg.embed_dim, heads=max(1, cfg.embed_dim // 64),
-                                 max_words=max_words, max_positions=cfg.context_length, vocab_size=cfg.vocab_size))
+        head = cls(cls.config_for(clip.config, max_words, layers))
         head.fusion.init_from_text_tower(clip)
         return head.to(clip.positional_embedding.device)
+
+    @staticmethod
+    def config_for(clip_config: CLIPConfig, max_words: int, layers: int) -> GeneratorConfig:
+        """The generator a model of ``clip_config`` gets for captions of ``max_words`` tokens."""
+        return GeneratorConfig(layers=layers, width=clip_config.embed_dim, heads=max(1, clip_config.embed_dim // 64),
+                               max_words=max_words, max_positions=clip_config.context_length,
+                               vocab_size=clip_config.vocab_size)
 
     def architecture(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

@@ -33,12 +33,19 @@ from clip4vla.files import save_checkpoint
 from clip4vla.models.audio import AudioEncoder
 from clip4vla.models.clip import CLIP, CLIPConfig, load_openai_clip
 from clip4vla.models.clip4vla import CLIP4VLA
-from clip4vla.models.loading import CheckpointError, check_state_dict, read_state_dict, to_float32_state_dict
+from clip4vla.models.loading import (
+    CheckpointError,
+    check_state_dict,
+    nonfinite_tensors,
+    read_state_dict,
+    to_float32_state_dict,
+)
 from clip4vla.models.preprocessing import Preprocessing
 
 __all__ = [
     "MODEL_FORMAT",
     "ModelFile",
+    "clip_config_from_record",
     "export_model",
     "load_model",
     "model_architecture",
@@ -66,6 +73,16 @@ class ModelFile:
     # "openai": the audio encoder is still to be made from the vision tower
     needs_audio: bool = False
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: str = "model file"  # the file's path, for messages
+
+    def check_type_token(self, use_type_token: bool | None) -> None:
+        """A config's ``model.audio_type_token`` must be the file's (None: take the file's)."""
+        stored = self.architecture["audio_type_token"]
+        if use_type_token is not None and stored is not None and use_type_token != stored:
+            raise CheckpointError(
+                f"{self.source}: the file's audio encoder is built with audio_type_token={stored}, "
+                f"the config asks for {use_type_token}"
+            )
 
 
 # ------------------------------------------------------------------------------ architecture
@@ -80,18 +97,38 @@ def model_architecture(model: CLIP4VLA) -> dict[str, Any]:
     }
 
 
+def clip_config_from_record(record: Any, source: str) -> CLIPConfig:
+    """The stored CLIP shape, every number checked (a crafted record must not reach a constructor)."""
+    if not isinstance(record, Mapping):
+        raise CheckpointError(f"{source}: malformed architecture record: 'clip' is a {type(record).__name__}")
+    bad = [f"{k}={v!r}" for k, v in record.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise CheckpointError(f"{source}: malformed architecture record: {', '.join(bad)} (expected whole numbers >= 1)")
+    try:
+        return CLIPConfig(**record)
+    except TypeError as err:
+        raise CheckpointError(f"{source}: malformed architecture record ({err})") from err
+
+
 def model_from_architecture(architecture: Mapping[str, Any], source: str = "model file") -> CLIP4VLA:
     """An uninitialised :class:`CLIP4VLA` (on the meta device) of the stored architecture."""
+    if not isinstance(architecture, Mapping) or "clip" not in architecture or "audio_type_token" not in architecture:
+        raise CheckpointError(f"{source}: malformed architecture record (needs 'clip' and 'audio_type_token')")
+    clip_config = clip_config_from_record(architecture["clip"], source)
+    use_type_token = architecture["audio_type_token"]
+    heads = architecture.get("heads", {})
+    if not isinstance(use_type_token, bool) or not isinstance(heads, Mapping):
+        raise CheckpointError(f"{source}: malformed architecture record (audio_type_token={use_type_token!r}, "
+                              f"heads is a {type(heads).__name__})")
     try:
-        clip_config = CLIPConfig(**architecture["clip"])
-        use_type_token = bool(architecture["audio_type_token"])
-        heads = dict(architecture.get("heads", {}))
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{source}: malformed architecture record ({type(err).__name__}: {err})") from err
-    with torch.device("meta"):
-        model = CLIP4VLA(CLIP(clip_config), AudioEncoder(clip_config.vision, use_type_token=use_type_token))
-        for name, head_arch in heads.items():
-            model.attach_head(name, build_head(name, head_arch, clip_config, source))
+        with torch.device("meta"):
+            model = CLIP4VLA(CLIP(clip_config), AudioEncoder(clip_config.vision, use_type_token=use_type_token))
+            for name, head_arch in heads.items():
+                model.attach_head(name, build_head(name, head_arch, clip_config, source))
+    except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{source}: the architecture record builds no model ({type(err).__name__}: {err})") from err
     return model
 
 
@@ -102,6 +139,12 @@ def build_head(name: str, architecture: Mapping[str, Any], clip_config: CLIPConf
     builder = head_registry.HEADS.get(name)
     if builder is None:
         raise CheckpointError(f"{source}: unknown head {name!r} (known: {sorted(head_registry.HEADS)})")
+    if not isinstance(architecture, Mapping):
+        raise CheckpointError(f"{source}: head {name!r}: malformed record ({type(architecture).__name__})")
+    bad = [f"{k}={v!r}" for k, v in architecture.items()
+           if not isinstance(v, str) and (isinstance(v, bool) or not isinstance(v, int) or v < 1)]
+    if bad:
+        raise CheckpointError(f"{source}: head {name!r}: {', '.join(bad)} (expected whole numbers >= 1)")
     return builder(architecture, clip_config)
 
 
@@ -126,31 +169,45 @@ def _preprocessing(value: Any, source: str) -> Preprocessing | None:
 
 
 def read_model_file(path: str | os.PathLike) -> ModelFile:
-    """Classify and read any model file (see the module docstring); weights come back float32."""
-    path = Path(path)
+    """Classify and read any model file (see the module docstring); weights come back float32.
+
+    Every weight must be finite: a NaN from a diverged run would otherwise give empty captions,
+    zero metrics or a loss error blaming the first batch's videos, far from the file at fault.
+    """
+    file = _read_model_file(Path(path))
+    file.source = str(path)
+    bad = nonfinite_tensors(file.state_dict)
+    if bad:
+        raise CheckpointError(f"{path}: non-finite weights (NaN or inf) in {len(bad)} tensors, e.g. "
+                              f"{', '.join(bad[:5])}: the file is damaged or from a diverged run; use an earlier checkpoint")
+    return file
+
+
+def _record_file(raw: dict[str, Any], kind: str, weights_key: str, source: str) -> ModelFile:
+    """Our export or a trainer checkpoint: the stored architecture and preprocessing, checked."""
+    architecture = raw.get("architecture")
+    if not isinstance(architecture, Mapping):
+        raise CheckpointError(f"{source}: a {kind} without a valid 'architecture' record "
+                              f"(got {type(architecture).__name__}; written before clip4vla 0.2?)")
+    return ModelFile(
+        kind=kind,
+        architecture=dict(architecture),
+        state_dict=_tensors(raw.get(weights_key), source),
+        preprocessing=_preprocessing(raw.get("preprocessing"), source),
+        extra={k: raw[k] for k in ("task", "step", "config") if k in raw},
+    )
+
+
+def _read_model_file(path: Path) -> ModelFile:
     source = str(path)
     raw = read_state_dict(path)
     if raw.get("format") == MODEL_FORMAT:
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
             raise CheckpointError(f"{source}: model file format version {version!r}; this clip4vla reads {FORMAT_VERSION}")
-        return ModelFile(
-            kind="export",
-            architecture=dict(raw["architecture"]),
-            state_dict=_tensors(raw.get("state_dict"), source),
-            preprocessing=_preprocessing(raw.get("preprocessing"), source),
-            extra={k: raw[k] for k in ("task", "step", "config") if k in raw},
-        )
+        return _record_file(raw, "export", "state_dict", source)
     if "model" in raw and "step" in raw:
-        if "architecture" not in raw:
-            raise CheckpointError(f"{source}: a trainer checkpoint without an 'architecture' record (written before clip4vla 0.2?)")
-        return ModelFile(
-            kind="trainer checkpoint",
-            architecture=dict(raw["architecture"]),
-            state_dict=_tensors(raw["model"], source),
-            preprocessing=_preprocessing(raw.get("preprocessing"), source),
-            extra={k: raw[k] for k in ("task", "step", "config") if k in raw},
-        )
+        return _record_file(raw, "trainer checkpoint", "model", source)
     state = _strip_prefix(raw, "module.")  # saved from a DDP wrapper
     if any(k.startswith("audio.visual.") for k in state) and any(k.startswith("clip.") for k in state):
         return _reference_file(state, source)
@@ -249,14 +306,13 @@ def model_from_file(file: ModelFile, source: str, audio_init: str = "vision", us
         clip = load_openai_clip(file.state_dict)
         model = CLIP4VLA.from_clip(clip, audio_init, True if use_type_token is None else use_type_token)
     else:
-        if use_type_token is not None and use_type_token != file.architecture["audio_type_token"]:
-            raise CheckpointError(
-                f"{source}: the file's audio encoder is built with audio_type_token="
-                f"{file.architecture['audio_type_token']}, the config asks for {use_type_token}"
-            )
+        file.check_type_token(use_type_token)
         model = model_from_architecture(file.architecture, source)
         check_state_dict(file.state_dict, {k: v.shape for k, v in model.state_dict().items()}, source)
-        model.load_state_dict(file.state_dict, strict=True, assign=True)
+        # a plain dict: load_state_dict(assign=True) marks a state dict's own ``_metadata`` for
+        # assignment, and a later ordinary load of the same dict (a resume restoring its
+        # checkpoint) would then swap the parameters out from under the optimiser
+        model.load_state_dict(dict(file.state_dict), strict=True, assign=True)
     model.preprocessing = file.preprocessing or Preprocessing()
     return model
 

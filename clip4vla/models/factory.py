@@ -3,36 +3,52 @@
 from __future__ import annotations
 
 from clip4vla.config import ModelConfig
-from clip4vla.models.checkpoints import model_from_file, read_model_file
+from clip4vla.models.checkpoints import ModelFile, clip_config_from_record, model_from_file, read_model_file
 from clip4vla.models.clip import CLIPConfig
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.loading import CheckpointError
 
 
-def build_model(config: ModelConfig) -> CLIP4VLA:
+def read_init_file(config: ModelConfig) -> ModelFile:
+    """Read ``model.init_from`` and check it against the config, without building anything.
+
+    The trainer calls this before any data work, so a corrupt, foreign or mismatched file is one
+    :class:`CheckpointError` naming it at start-up, not a failure after every clip was decoded.
+    The file decides the architecture: ``arch`` and ``audio_type_token``, when they disagree with
+    it, are an error naming both, so a run never silently trains another model than the config says.
+    """
+    if not config.init_from:
+        raise ValueError("model.init_from is not set")
+    source = config.init_from
+    file = read_model_file(source)
+    stored = clip_config_from_record(file.architecture.get("clip"), source)
+    if config.arch is not None and CLIPConfig.named(config.arch) != stored:
+        raise CheckpointError(
+            f"{source}: model.arch={config.arch} but the file holds a {stored.name() or 'custom'} model "
+            f"({stored}); set model.arch to null (take the file's) or to the file's architecture"
+        )
+    if config.audio_init == "scratch" and not file.needs_audio:
+        raise CheckpointError(
+            f"{source}: model.audio_init=scratch, but this {file.kind} already has a trained audio encoder"
+        )
+    file.check_type_token(config.audio_type_token)
+    return file
+
+
+def build_model(config: ModelConfig, file: ModelFile | None = None) -> CLIP4VLA:
     """The one way scripts and the trainer construct a model (in train mode).
 
-    With ``init_from`` every weight the file has is used (any kind of model file,
+    ``file``: the weights to start from, already read (``read_init_file``, or on resume the
+    checkpoint's own record, so a resume never needs ``init_from``); None reads ``init_from``
+    when set. Every weight the file has is used (any kind of model file,
     ``clip4vla.models.checkpoints``); an OpenAI CLIP file gets its audio encoder from the vision
-    tower (paper) or random (``audio_init: scratch``). The file decides the architecture:
-    ``arch`` and ``audio_type_token``, when they disagree with it, are an error naming both, so a
-    run never silently trains another model than the config says. Without ``init_from``, ``arch``
-    (default ``tiny``) is built with random weights (the synthetic quick start).
+    tower (paper) or random (``audio_init: scratch``). Without a file, ``arch`` (default ``tiny``)
+    is built with random weights (the synthetic quick start).
     """
-    if config.init_from:
-        source = config.init_from
-        file = read_model_file(source)
-        stored = CLIPConfig(**file.architecture["clip"])
-        if config.arch is not None and CLIPConfig.named(config.arch) != stored:
-            raise CheckpointError(
-                f"{source}: model.arch={config.arch} but the file holds a {stored.name() or 'custom'} model "
-                f"({stored}); set model.arch to null (take the file's) or to the file's architecture"
-            )
-        if config.audio_init == "scratch" and not file.needs_audio:
-            raise CheckpointError(
-                f"{source}: model.audio_init=scratch, but this {file.kind} already has a trained audio encoder"
-            )
-        model = model_from_file(file, source, audio_init=config.audio_init, use_type_token=config.audio_type_token)
+    if file is None and config.init_from:
+        file = read_init_file(config)
+    if file is not None:
+        model = model_from_file(file, file.source, audio_init=config.audio_init, use_type_token=config.audio_type_token)
         model.train()
     else:
         clip_config = CLIPConfig.named(config.arch or "tiny")

@@ -35,7 +35,7 @@ from clip4vla.models.pooling import masked_mean_normalised
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FUSION_MODES", "MODALITIES", "FusionConfig", "FusionHead", "FusionTransformer", "TYPE_IDS"]
+__all__ = ["FUSION_MODES", "MODALITIES", "FusionConfig", "FusionHead", "FusionTransformer", "TYPE_IDS", "select_modality"]
 
 FUSION_MODES = ("g2g", "g2l", "l2l")
 MODALITIES = ("v", "a", "av")
@@ -121,7 +121,7 @@ def _pool_av(frames: torch.Tensor, frame_mask: torch.Tensor, segments: torch.Ten
     return torch.where(has_audio, (video + audio) / 2, video)
 
 
-def _select(frame_mask: torch.Tensor, segment_mask: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+def select_modality(frame_mask: torch.Tensor, segment_mask: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The masks with the modality that is left out switched off."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -152,15 +152,19 @@ class FusionHead(nn.Module):
     @classmethod
     def from_clip(cls, clip: CLIP, mode: str, layers: int = 4) -> FusionHead:
         """A head of ``clip``'s shape, its transformer initialised from CLIP's text blocks."""
-        cfg = clip.config
-        head = cls(FusionConfig(mode=mode, layers=layers, width=cfg.embed_dim,
-                                heads=max(1, cfg.embed_dim // 64), max_positions=cfg.context_length))
+        head = cls(cls.config_for(clip.config, mode, layers))
         if head.fusion is not None:
             copied = head.fusion.init_from_text_tower(clip)
             if copied < layers:  # small test models have fewer text blocks than the head
                 log.warning("%s fusion: %d of %d blocks start from CLIP text blocks, the rest are random",
                             mode, copied, layers)
         return head.to(clip.positional_embedding.device)
+
+    @staticmethod
+    def config_for(clip_config: CLIPConfig, mode: str, layers: int) -> FusionConfig:
+        """The head a model of ``clip_config`` gets for ``mode`` with ``layers`` blocks."""
+        return FusionConfig(mode=mode, layers=layers, width=clip_config.embed_dim,
+                            heads=max(1, clip_config.embed_dim // 64), max_positions=clip_config.context_length)
 
     def architecture(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
@@ -190,7 +194,7 @@ class FusionHead(nn.Module):
         modality: str = "av",
     ) -> dict[str, torch.Tensor]:
         """Pooled video vectors (G2G, G2L after the fusion transformer) or the masked items (L2L)."""
-        frame_mask, segment_mask = _select(frame_mask, segment_mask, modality)
+        frame_mask, segment_mask = select_modality(frame_mask, segment_mask, modality)
         if self.mode == "l2l":
             return {"frames": frames, "frame_mask": frame_mask, "segments": segments, "segment_mask": segment_mask}
         if self.mode == "g2l":

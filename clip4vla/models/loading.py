@@ -20,6 +20,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_state_dict",
     "is_torchscript_archive",
     "missing_model_hint",
+    "nonfinite_tensors",
     "read_state_dict",
     "require_checkpoint_file",
     "read_torchscript_state_dict",
@@ -77,15 +79,39 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def read_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> object:
-    """The one reader of ``torch.save`` files: ``torch.load(weights_only=True)``, so no pickled
-    code ever runs; every failure (missing, truncated, foreign, unsafe) is a :class:`CheckpointError`
-    naming the file."""
+def read_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> object:
+    """The one reader of ``torch.save`` files (model files, checkpoints, search indexes, feature
+    shards): ``torch.load(weights_only=True)``, so no pickled code ever runs; every failure
+    (missing, truncated, foreign, unsafe) is a :class:`CheckpointError` naming the file as ``what``."""
     path = require_checkpoint_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip/pickle/IO errors all mean "unreadable"
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: cannot read {what}: {_unreadable_reason(path, err)}") from err
+
+
+def _unreadable_reason(path: Path, err: BaseException) -> str:
+    """Why ``torch.load`` failed, in our terms. torch's own text advises ``weights_only=False``,
+    which would run the file's pickled code: never the way forward for an untrusted file."""
+    text = str(err)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        return (f"not a PyTorch file (torch.save writes a zip archive; this one starts with {head!r}, "
+                f"{path.stat().st_size} bytes)")
+    if "Weights only load failed" in text or "weights_only" in text:
+        detail = next((line.strip() for line in text.splitlines() if line.strip().startswith("WeightsUnpickler error")), "")
+        return ("it holds pickled objects other than tensors, which clip4vla never loads (no code from a model "
+                f"file runs){': ' + detail if detail else ''}")
+    return f"a damaged or truncated archive ({type(err).__name__}: {text.splitlines()[0] if text else ''})"
+
+
+def nonfinite_tensors(tensors: Any) -> list[str]:
+    """Names of floating tensors in a (state-dict) mapping that hold NaN or inf."""
+    if not isinstance(tensors, Mapping):
+        return []
+    return [k for k, v in tensors.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 class _ScriptModule:

@@ -30,6 +30,25 @@ class Preprocessing:
     # The type token the model was trained with; None: each clip's own ([VB] speech, [NB] events).
     audio_type: AudioTypeSetting = None
 
+    def __post_init__(self) -> None:
+        """A stored record is untrusted input: values no pipeline can use are refused here, so a
+        crafted or damaged model file fails when it is read, not deep inside decoding."""
+        for key in ("max_words", "max_frames", "image_size", "max_segments"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"preprocessing {key}={value!r}: expected a whole number >= 1")
+        for key, choices in (("frame_sampling", ("uniform", "head", "tail")), ("frontend", ("kaldi", "reference")),
+                             ("selection", ("centre", "uniform"))):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"preprocessing {key}={getattr(self, key)!r}: expected one of {list(choices)}")
+        seconds = self.max_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
+            raise ValueError(f"preprocessing max_seconds={seconds!r}: expected a finite number > 0")
+        kind = self.audio_type
+        ratio = not isinstance(kind, bool) and isinstance(kind, (int, float)) and 0 <= kind <= 1
+        if not (kind is None or kind in ("vb", "nb", "both") or ratio):
+            raise ValueError(f"preprocessing audio_type={kind!r}: expected null, vb, nb, both or a ratio in [0, 1]")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

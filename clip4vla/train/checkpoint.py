@@ -9,6 +9,7 @@ file that looks like a checkpoint.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from clip4vla.files import TMP_PREFIX, save_checkpoint
-from clip4vla.models.loading import CheckpointError, read_weights_only
+from clip4vla.models.loading import CheckpointError, nonfinite_tensors, read_weights_only
 
 __all__ = [
     "CheckpointError",
@@ -136,14 +137,6 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the previous ones are intact."""
 
 
-def nonfinite_tensors(tensors: Any) -> list[str]:
-    """Names of floating tensors in a (state-dict) mapping that hold NaN or inf."""
-    if not isinstance(tensors, dict):
-        return []
-    return [k for k, v in tensors.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
 def state_bytes(state: Any) -> int:
     """Bytes of the tensors in a nested checkpoint state (about its size on disk)."""
     if isinstance(state, torch.Tensor):
@@ -155,19 +148,21 @@ def state_bytes(state: Any) -> int:
     return 0
 
 
-def describe_write_failure(directory: Path, needed: int, err: BaseException) -> str:
-    """Why a write into ``directory`` failed, in the user's terms (space, permissions)."""
+def describe_write_failure(directory: Path, needed: int, err: BaseException, what: str = "a checkpoint") -> str:
+    """Why writing ``what`` into ``directory`` failed, in the user's terms (space, permissions)."""
     try:
         free = shutil.disk_usage(directory).free
     except OSError:
         free = None
     mb = 1024 * 1024
-    if free is not None and free < 1.5 * needed:
-        return (f"no space left on {directory} (need ~{needed / mb:.0f} MB for a checkpoint, "
-                f"{free / mb:.0f} MB free); the previous checkpoints are intact ({type(err).__name__}: {err})")
+    intact = "; the previous checkpoints are intact" if what == "a checkpoint" else ""
+    full = getattr(err, "errno", None) == errno.ENOSPC or (free is not None and free < 1.5 * needed)
+    if full:
+        room = f", {free / mb:.0f} MB free" if free is not None else ""
+        return f"no space left on {directory} (need ~{needed / mb:.0f} MB for {what}{room}){intact} ({type(err).__name__}: {err})"
     if isinstance(err, PermissionError):
         return f"no permission to write in {directory}: {err}"
-    return f"could not write a checkpoint into {directory} ({type(err).__name__}: {err}); the previous ones are intact"
+    return f"could not write {what} into {directory} ({type(err).__name__}: {err}){intact}"
 
 
 def check_writable(directory: Path, needed: int, keep_last: int) -> None:

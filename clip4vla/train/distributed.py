@@ -96,6 +96,9 @@ def init_distributed(
 
     use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if use_cuda:
+        if not torch.cuda.is_available():
+            raise DistributedSetupError("a CUDA device was asked for (train.device=cuda), but torch sees no CUDA GPU "
+                                        "on this machine: use train.device=auto or cpu")
         if local_rank >= torch.cuda.device_count():
             raise DistributedSetupError(
                 f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"

@@ -16,7 +16,6 @@ the best validation so far) and ``model.pt`` (the model file, ``clip4vla.load_mo
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -29,24 +28,16 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from clip4vla.config import ConfigError, RunConfig, check_trainable, config_to_dict, save_config
+from clip4vla.config import ConfigError, RunConfig, check_trainable, config_to_dict
 from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples
 from clip4vla.data.sampler import ResumableShardedSampler
-from clip4vla.files import save_checkpoint, write_text_atomic
-from clip4vla.models.checkpoints import export_model, model_record
+from clip4vla.data.splits import DataSplits
+from clip4vla.models.checkpoints import ModelFile, model_record
 from clip4vla.models.clip4vla import CLIP4VLA
-from clip4vla.models.factory import build_model
-from clip4vla.precision import autocast
+from clip4vla.models.factory import build_model, read_init_file
 from clip4vla.models.loading import CheckpointError, missing_model_hint
-from clip4vla.train.checkpoint import (
-    CheckpointManager,
-    CheckpointWriteError,
-    capture_rng_state,
-    check_writable,
-    load_checkpoint,
-    restore_rng_state,
-    state_bytes,
-)
+from clip4vla.precision import autocast
+from clip4vla.train.checkpoint import CheckpointWriteError, capture_rng_state, check_writable, restore_rng_state, state_bytes
 from clip4vla.train.distributed import (
     DistInfo,
     all_reduce_grads_mean,
@@ -63,13 +54,12 @@ from clip4vla.train.distributed import (
 from clip4vla.train.grad_cache import cached_accumulation_step
 from clip4vla.train.optim import WarmupCosine, build_optimizer, warmup_cosine_factor
 from clip4vla.train.plotting import plot_metrics
-from clip4vla.train.resume import check_resume_config
+from clip4vla.train.resume import config_changes
+from clip4vla.train.run_folder import RunFolder
 from clip4vla.train.task import Batch, Features, Task
 
 log = logging.getLogger(__name__)
 
-BEST_NAME = "best.pt"
-MODEL_NAME = "model.pt"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -107,12 +97,114 @@ def cpu_bf16_slowdown(size: int = 256) -> float:
     return timings[1] / max(timings[0], 1e-9)
 
 
-def _better(value: float, best: float | None, metric: str) -> bool:
-    """Ranks (MedR, MeanR) and losses improve downwards, everything else upwards."""
-    if best is None:
-        return True
-    lower = metric.endswith(("MedR", "MeanR")) or "loss" in metric
-    return value < best if lower else value > best
+def check_precision(precision: str, device: torch.device) -> None:
+    """bf16 where the hardware has no bf16: refused on a GPU, a warning on a CPU that emulates it."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision=bf16 is not supported by this GPU (V100: use fp16)")
+    if precision == "bf16" and device.type == "cpu":
+        slowdown = cpu_bf16_slowdown()
+        if slowdown > 4.0:
+            log.warning(
+                "train.precision=bf16: a bf16 matmul is %.0fx slower than fp32 on this CPU (no bf16 "
+                "instructions), so training will be far slower than with train.precision=fp32", slowdown
+            )
+
+
+def fill_caches(data: DataSplits, world_size: int, is_main: bool, training: bool = True) -> None:
+    """Decode the cached splits once, in parallel, before the first step (see ``fill_cache``);
+    without ``training`` (nothing left to train) only the test split."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = cpus // world_size
+    workers = workers if workers > 1 else 0  # a single worker would only add the hand-over
+    with torch_threads(1):  # in-process decoding is faster single-threaded (see epoch_batches)
+        if training:
+            data.train.fill_cache(workers, progress=is_main)
+        if is_main:  # only the main rank evaluates
+            for dataset in (data.val if training else None, data.test):
+                if dataset is not None:
+                    dataset.fill_cache(workers)
+
+
+def start_file(config: RunConfig, task: Task, resume_from: tuple[dict[str, Any], Path, Any] | None) -> ModelFile | None:
+    """The weights a run's model starts from, read and checked before any data work: on resume
+    the checkpoint's (every weight is there, so ``init_from`` is not read), else ``init_from``."""
+    mc = config.model
+    if resume_from is not None:
+        state, path, _ = resume_from
+        return ModelFile(kind="trainer checkpoint", architecture=state["architecture"], state_dict=state["model"],
+                         preprocessing=None, source=str(path))
+    if task.requires_init and not mc.init_from:
+        raise ConfigError(
+            f"model.init_from is required: {task.name} fine-tuning starts from a pre-trained model "
+            "(our model.pt, e.g. runs/pretrain_synthetic/model.pt after `python scripts/pretrain.py`)"
+        )
+    if not mc.init_from:
+        return None
+    if not Path(mc.init_from).is_file():
+        raise ConfigError(f"model.init_from={mc.init_from} not found{missing_model_hint(mc.init_from)}")
+    return read_init_file(mc)
+
+
+def drop_untrained_heads(model: CLIP4VLA, task: Task, is_main: bool) -> None:
+    """Heads of ``init_from`` that the task does not train would be stale after it (their towers
+    move under them): they are dropped, so the run's model files never offer them."""
+    for name in [n for n in model.heads if n not in task.trained_heads]:
+        del model.heads[name]
+        if is_main:
+            log.warning("model.init_from's %s head is not trained by this %s run: left out of its model files",
+                        name, task.name)
+
+
+def epoch_batches(dataset: TriModalDataset, sampler: ResumableShardedSampler, batch_size: int, num_workers: int,
+                  device: torch.device, epoch: int, start_batch: int) -> Iterator[Batch]:
+    """This rank's batches of ``epoch`` from batch ``start_batch`` on (a resumed epoch skips the rest)."""
+    dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch, start_batch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                         collate_fn=collate_samples, drop_last=True, pin_memory=device.type == "cuda")
+    if num_workers > 0:
+        yield from loader
+        return
+    # In-process loading: decoding and the front-end are many small ops for which intra-op
+    # threads cost more than they save (measured 6x slower with 2 threads on 2 cores), as
+    # DataLoader workers already know (they run with one thread). Compute gets them back.
+    batches = iter(loader)
+    while True:
+        with torch_threads(1):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+class SigtermStop:
+    """A scheduler's SIGTERM (SLURM, Kubernetes pre-emption), honoured at the next step boundary
+    on every rank; a second SIGTERM is not delayed."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+
+        def note(signum: int, frame: Any) -> None:
+            self.signum = signum
+            signal.signal(signal.SIGTERM, previous)
+            log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+
+        previous = signal.signal(signal.SIGTERM, note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank received SIGTERM (all ranks stop at the same step)."""
+        flag = torch.tensor(0.0 if self.signum is None else 1.0, device=device)
+        return bool(all_reduce_mean(flag).item() > 0) if is_distributed() else self.signum is not None
 
 
 class Stepper:
@@ -151,6 +243,26 @@ class Stepper:
         ]
         self._horizon = (self.scheduler.total_steps, self.scheduler.warmup_steps)
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue the optimisation bitwise (with the RNG state)."""
+        return {
+            "model": self.model.state_dict(),
+            "loss": self.loss_module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.loss_module.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] and self.scaler.is_enabled():  # fp32/bf16 checkpoints have no scaler state
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
 
     def apply_config_schedule(self) -> None:
         """After loading a checkpoint: this config's learning rates, decay, betas and horizon.
@@ -258,10 +370,6 @@ class Stepper:
                 summed[k] = summed.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach() / n
         return summed
 
-class RunFolderInUse(ConfigError):
-    """A fresh run would write over another run's checkpoints."""
-
-
 class TrainingInterrupted(Exception):
     """SIGTERM (a scheduler's pre-emption): the run saved its step and stopped; resume it."""
 
@@ -297,37 +405,38 @@ class Trainer:
             raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
         self.local_batch = tc.batch_size // self.dist.world_size
         self.task = task(config, self.dist)
-        if self.task.requires_init and not config.model.init_from:
-            raise ConfigError(
-                f"model.init_from is required: {self.task.name} fine-tuning starts from a pre-trained model "
-                "(our model.pt, e.g. runs/pretrain_synthetic/model.pt after `python scripts/pretrain.py`)"
-            )
-        if config.model.init_from and not Path(config.model.init_from).is_file():
-            raise ConfigError(f"model.init_from={config.model.init_from} not found"
-                              f"{missing_model_hint(config.model.init_from)}")
+        self.folder = RunFolder(self.out_dir, self.dist, tc.keep_last)
+        self.checkpoints = self.folder.checkpoints
         try:
-            self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
-        except OSError as err:
-            raise CheckpointWriteError(f"cannot create {self.out_dir / 'checkpoints'}: {err}") from err
-        # Before any data or model work: what to resume, and whether the config may resume it.
-        self._resume_from = self._find_resume_state(allow_config_change) if resume else None
-        if not resume:
-            self._claim_output_dir(overwrite)
-        self._check_precision()
+            self._start(resume, overwrite, allow_config_change)
+        except BaseException:
+            self.folder.release()
+            raise
 
+    def _start(self, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
+        config, tc = self.config, self.config.train
+        # Before any data or model work: what to resume, whether the config may resume it, and
+        # the file the model starts from (a resume takes every weight from its checkpoint).
+        self._resume_from = self.folder.resume_state(self.task.name, config, allow_config_change) if resume else None
+        if not resume:
+            self.folder.claim(overwrite)
+        start = start_file(config, self.task, self._resume_from)
+        check_precision(tc.precision, self.device)
         self.select_metric = tc.select_metric or self.task.select_metric
+        if config.data.val_split is not None and self.select_metric not in self.task.validation_metrics:
+            raise ConfigError(f"train.select_metric={self.select_metric!r} is not a validation metric of {self.task.name}; "
+                              f"choose one of {sorted(self.task.validation_metrics)}")
+        self.select_mode = self.task.validation_metrics.get(self.select_metric, "max")
         self.export = tc.export or self.task.export
         torch.manual_seed(tc.seed)
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.out_dir / "config.yaml")  # what this run uses, resumed or not
+        self.folder.write_config(config)
         data = self.task.datasets()
         self.train_set, self.val_set, self.test_set = data.train, data.val, data.test
-        if config.data.cache_decoded and config.data.num_workers == 0:
-            self._fill_caches()
 
-        self.model = build_model(config.model).to(self.device)
+        self.model = build_model(config.model, start).to(self.device)
+        del start
         self.task.setup(self.model)
+        drop_untrained_heads(self.model, self.task, self.dist.is_main)
         self.model.preprocessing = self.task.preprocessing()
 
         self.sampler = ResumableShardedSampler(data.train_order, self.local_batch, self.dist.rank, self.dist.world_size)
@@ -340,82 +449,25 @@ class Trainer:
         self.total_steps = tc.epochs * self.steps_per_epoch
         if tc.max_steps:
             self.total_steps = min(self.total_steps, tc.max_steps)
+        if config.data.cache_decoded and config.data.num_workers == 0:
+            # a finished run that is resumed (to print its results again) only needs the test
+            finished = self._resume_from is not None and int(self._resume_from[0]["step"]) >= self.total_steps
+            fill_caches(data, self.dist.world_size, self.dist.is_main, training=not finished)
         self.stepper = Stepper(config, self.task, self.model, self.dist, self.total_steps)
         self.skips = SkipReport()
-        self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of best.pt
-        self._stop_signal: int | None = None
+        self.sigterm = SigtermStop()
         if self.dist.is_main:
             # model + loss state, plus AdamW's two moments of every trained parameter
             moments = 2 * sum(p.numel() * 4 for p in self.stepper._params)
-            needed = state_bytes(self.model.state_dict()) + state_bytes(self.stepper.loss_module.state_dict()) + moments
+            self._model_bytes = state_bytes(self.model.state_dict())
+            needed = self._model_bytes + state_bytes(self.stepper.loss_module.state_dict()) + moments
             check_writable(self.checkpoints.directory, needed, tc.keep_last)
         if self._resume_from is not None:
             self._restore(*self._resume_from)
             self._resume_from = None
-        elif self.dist.is_main:
-            self._write_history()  # a fresh run starts a fresh log
-
-    # -- start-up checks -----------------------------------------------------------------------
-
-    def _find_resume_state(self, allow_changes: bool) -> tuple[dict[str, Any], Path, dict[str, tuple]] | None:
-        """The newest usable checkpoint and the config changes it is resumed with (checked)."""
-        loaded = self.checkpoints.load_latest()
-        if loaded is None:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.checkpoints.directory)
-            return None
-        state, path = loaded
-        if "architecture" not in state or "config" not in state:
-            raise CheckpointError(f"{path}: written by an older clip4vla (no architecture record); it cannot be resumed")
-        if state.get("task") != self.task.name:
-            raise ConfigError(
-                f"{path} is a checkpoint of a {state.get('task')!r} run; this is {self.task.name!r} "
-                "(choose another train.output_dir)"
-            )
-        changes = check_resume_config(state["config"], config_to_dict(self.config), allow_changes, str(path))
-        return state, path, changes
-
-    def _claim_output_dir(self, overwrite: bool) -> None:
-        """A fresh run never writes over another run's checkpoints unless asked to."""
-        found = [p for _, p in self.checkpoints.checkpoints()]
-        found += [p for p in (self.checkpoints.directory / BEST_NAME, self.out_dir / MODEL_NAME) if p.is_file()]
-        if not found:
-            return
-        if not overwrite:
-            raise RunFolderInUse(
-                f"{self.out_dir} already holds a run ({', '.join(p.name for p in found[-3:])}): continue it with "
-                f"--resume, start over with --overwrite (deletes them), or choose another train.output_dir"
-            )
-        barrier()  # every rank has looked before the main rank deletes
-        if self.dist.is_main:
-            for path in found:
-                path.unlink(missing_ok=True)
-            log.warning("--overwrite: deleted %d files of the previous run in %s", len(found), self.out_dir)
-        barrier()
-
-    def _check_precision(self) -> None:
-        precision = self.config.train.precision
-        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("train.precision=bf16 is not supported by this GPU (V100: use fp16)")
-        if precision == "bf16" and self.device.type == "cpu":
-            slowdown = cpu_bf16_slowdown()
-            if slowdown > 4.0:
-                log.warning(
-                    "train.precision=bf16: a bf16 matmul is %.0fx slower than fp32 on this CPU (no bf16 "
-                    "instructions), so training will be far slower than with train.precision=fp32", slowdown
-                )
-
-    def _fill_caches(self) -> None:
-        """Decode the cached splits once, in parallel, before the first step (see ``fill_cache``)."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = cpus // self.dist.world_size
-        workers = workers if workers > 1 else 0  # a single worker would only add the hand-over
-        with torch_threads(1):  # in-process decoding is faster single-threaded (see _batches)
-            self.train_set.fill_cache(workers, progress=self.dist.is_main)
-            if self.dist.is_main:  # only the main rank evaluates
-                for dataset in (self.val_set, self.test_set):
-                    if dataset is not None:
-                        dataset.fill_cache(workers)
+        else:
+            self.folder.write_history()  # a fresh run starts a fresh log
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -423,51 +475,42 @@ class Trainer:
         return {
             "task": self.task.name,
             **model_record(self.model, self.model.preprocessing),
-            "model": self.model.state_dict(),
-            "loss": self.stepper.loss_module.state_dict(),
-            "optimizer": self.stepper.optimizer.state_dict(),
-            "scheduler": self.stepper.scheduler.state_dict(),
-            "scaler": self.stepper.scaler.state_dict(),
-            "step": self.step,
+            **self.stepper.state_dict(),
             "rng": capture_rng_state(),
             "config": config_to_dict(self.config),
             "skipped": self.skips.count,
-            "history": self.history,
+            "history": self.folder.history,
             "best": self.best,
         }
 
     def _restore(self, state: dict[str, Any], path: Path, changes: dict[str, tuple]) -> None:
         """Load a checkpoint's state, then make the config's (allowed) changes take effect."""
         stored, built = state["architecture"], model_record(self.model, self.model.preprocessing)["architecture"]
-        if stored != built:
+        differences = config_changes(stored, built)
+        if differences:
             raise CheckpointError(
-                f"{path}: the checkpoint's model is {stored}, the config builds {built}; the architecture cannot "
-                "change on resume"
+                f"{path}: the architecture cannot change on resume: "
+                + "; ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differences.items())
+                + " (start a new run in another train.output_dir)"
             )
         stepper = self.stepper
-        self.model.load_state_dict(state["model"])
-        stepper.loss_module.load_state_dict(state["loss"])
-        stepper.optimizer.load_state_dict(state["optimizer"])
-        stepper.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and stepper.scaler.is_enabled():  # fp32/bf16 checkpoints have no scaler state
-            stepper.scaler.load_state_dict(state["scaler"])
-        stepper.step = int(state["step"])
+        stepper.load_state_dict(state)
         self.skips.count = int(state.get("skipped", 0))
-        self.history = list(state.get("history", []))
+        self.folder.history = list(state.get("history", []))
         self.best = state.get("best")
         restore_rng_state(state["rng"])
         old_end = int(state["scheduler"].get("total_steps", self.total_steps))
         stepper.apply_config_schedule()  # the optimiser settings and horizon of *this* config
         if changes:
             log.warning("resumed with config changes: %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-            self.history.append({"step": self.step, "event": "resume", "changed": {k: [a, b] for k, (a, b) in changes.items()}})
+            self.folder.history.append({"step": self.step, "event": "resume",
+                                        "changed": {k: [a, b] for k, (a, b) in changes.items()}})
         if old_end != self.total_steps:
             log.warning("the schedule now ends at step %d (was %d); lr at step %d: %.3g",
                         self.total_steps, old_end, self.step, stepper.optimizer.param_groups[0]["lr"])
-        if self.dist.is_main:
-            # The log is cut back to the restored state: rows written after this checkpoint are
-            # recomputed, so every step appears once, as if the run had never stopped.
-            self._write_history()
+        # The log is cut back to the restored state: rows written after this checkpoint are
+        # recomputed, so every step appears once, as if the run had never stopped.
+        self.folder.write_history()
         log.info("resumed from %s at step %d", path, self.step)
 
     def _save_checkpoint(self) -> None:
@@ -484,43 +527,7 @@ class Trainer:
         if ok < 1.0:
             raise CheckpointWriteError(f"rank {self.dist.rank}: rank 0 could not write the checkpoint of step {self.step}")
 
-    def _write_history(self) -> None:
-        write_text_atomic(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
-
-    def _log_row(self, row: dict[str, Any]) -> None:
-        """Keep a metrics row (in the checkpointed history) and append it to ``metrics.jsonl``."""
-        self.history.append(row)
-        if self.dist.is_main:
-            with open(self.out_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
     # -- data ----------------------------------------------------------------------------------
-
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
-        self.train_set.set_epoch(epoch)
-        self.sampler.set_epoch(epoch, start_batch)
-        loader = torch.utils.data.DataLoader(
-            self.train_set,
-            batch_size=self.local_batch,
-            sampler=self.sampler,
-            num_workers=self.config.data.num_workers,
-            collate_fn=collate_samples,
-            drop_last=True,
-            pin_memory=self.device.type == "cuda",
-        )
-        if self.config.data.num_workers > 0:
-            yield from loader
-            return
-        # In-process loading: decoding and the front-end are many small ops for which intra-op
-        # threads cost more than they save (measured 6x slower with 2 threads on 2 cores), as
-        # DataLoader workers already know (they run with one thread). Compute gets them back.
-        batches = iter(loader)
-        while True:
-            with torch_threads(1):
-                batch = next(batches, None)
-            if batch is None:
-                return
-            yield batch
 
     @property
     def step(self) -> int:
@@ -530,7 +537,9 @@ class Trainer:
         return self.stepper.train_step(micro_batches)
 
     def close(self) -> None:
-        """Release the process group; the DDP wrapper must go first or gloo may abort at exit."""
+        """Release the folder and the process group; the DDP wrapper must go first or gloo may
+        abort at exit."""
+        self.folder.release()
         self.stepper.ddp = None
         cleanup()
 
@@ -539,7 +548,8 @@ class Trainer:
     def _epoch_micro_batches(self, epoch: int, start_step: int) -> Iterator[list[Batch]]:
         accum = self.config.train.accum_steps
         group: list[Batch] = []
-        for batch in self._batches(epoch, start_step * accum):
+        for batch in epoch_batches(self.train_set, self.sampler, self.local_batch, self.config.data.num_workers,
+                                   self.device, epoch, start_step * accum):
             self.skips.update(batch)
             group.append(batch)
             if len(group) == accum:
@@ -562,7 +572,13 @@ class Trainer:
         :class:`TrainingInterrupted` is raised (the scripts exit with status 143); ``--resume``
         continues bitwise where it stopped. A second SIGTERM kills at once.
         """
-        with self._sigterm_saves():
+        try:
+            return self._fit()
+        finally:
+            self.folder.release()
+
+    def _fit(self) -> dict[str, Any]:
+        with self.sigterm.installed():
             self._train()
         if self.skips.count:
             log.warning("data: %s", self.skips.summary())
@@ -570,12 +586,10 @@ class Trainer:
             self._load_best()
         result = self.evaluate(self.test_set, "test")
         if self.dist.is_main:
-            export_model(
-                self.model, self.out_dir / MODEL_NAME, self.model.preprocessing, task=self.task.name,
-                step=self.step, weights=self.export, config=config_to_dict(self.config),
-            )
-            self._write_history()
-            plot_metrics(self.history, self.out_dir / "loss_curves.png", loss_keys=self.task.loss_keys,
+            self.folder.export(self.model, result, self._model_bytes, task=self.task.name, step=self.step,
+                               weights=self.export, config=config_to_dict(self.config))
+            self.folder.write_history()
+            plot_metrics(self.folder.history, self.out_dir / "loss_curves.png", loss_keys=self.task.loss_keys,
                          title=f"{self.task.name} losses")
         barrier()
         if result:
@@ -611,14 +625,14 @@ class Trainer:
                     metrics["skipped"] = self.skips.count
                     t_last, samples_since = now, 0
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", sps=f"{metrics['samples_per_s']:.1f}")
-                    self._log_row({"step": self.step, "epoch": epoch, **metrics})
+                    self.folder.log_row({"step": self.step, "epoch": epoch, **metrics})
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if self._due(tc.eval_every_steps, epoch_end, tc.eval_every_epochs, epoch):
                     self._validate(epoch)
                 saved = self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch)
                 if saved:
                     self._save_checkpoint()
-                if self._stop_requested():
+                if self.sigterm.requested(self.device):
                     if not saved:
                         self._save_checkpoint()
                     raise TrainingInterrupted(
@@ -628,28 +642,6 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
 
-    @contextlib.contextmanager
-    def _sigterm_saves(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-
-        def note(signum: int, frame: Any) -> None:
-            self._stop_signal = signum
-            signal.signal(signal.SIGTERM, previous)  # a second SIGTERM is not delayed
-            log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
-
-        previous = signal.signal(signal.SIGTERM, note)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    def _stop_requested(self) -> bool:
-        """Whether any rank received SIGTERM (all ranks stop at the same step)."""
-        flag = torch.tensor(0.0 if self._stop_signal is None else 1.0, device=self.device)
-        return bool(all_reduce_mean(flag).item() > 0) if is_distributed() else self._stop_signal is not None
-
     def _validate(self, epoch: int) -> None:
         if self.val_set is None:
             return
@@ -657,16 +649,15 @@ class Trainer:
         if not self.dist.is_main:
             return
         metrics = result["metrics"]
-        self._log_row({"step": self.step, "epoch": epoch, **{f"val/{k}": v for k, v in metrics.items()}})
-        shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("R1") or k == self.select_metric)
+        self.folder.log_row({"step": self.step, "epoch": epoch, **{f"val/{k}": v for k, v in metrics.items()}})
+        shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()
+                          if k in self.task.shown_metrics or k == self.select_metric)
         tqdm.write(f"[val] step {self.step}: {shown}")
-        if self.select_metric not in metrics:
-            raise KeyError(f"train.select_metric={self.select_metric!r} is not a validation metric; "
-                           f"choose one of {sorted(metrics)}")
         value = float(metrics[self.select_metric])
-        if _better(value, None if self.best is None else self.best["value"], self.select_metric):
+        best = None if self.best is None else self.best["value"]
+        if best is None or (value < best if self.select_mode == "min" else value > best):
             self.best = {"step": self.step, "metric": self.select_metric, "value": value}
-            save_checkpoint(self.checkpoints.directory / BEST_NAME, {
+            self.folder.save_best({
                 "task": self.task.name,
                 **model_record(self.model, self.model.preprocessing),
                 "model": self.model.state_dict(),
@@ -677,14 +668,13 @@ class Trainer:
 
     def _load_best(self) -> None:
         """Give the main rank the best validation weights for the test and the export."""
-        path = self.checkpoints.directory / BEST_NAME
         if not self.dist.is_main or self.best is None:
             if self.dist.is_main and self.val_set is not None:
                 log.warning("train.export=best but no validation ran; exporting the last weights")
             return
-        self.model.load_state_dict(load_checkpoint(path)["model"])
+        self.model.load_state_dict(self.folder.load_best()["model"])
         log.info("loaded the best validation weights (%s %.4g at step %d) from %s",
-                 self.best["metric"], self.best["value"], self.best["step"], path)
+                 self.best["metric"], self.best["value"], self.best["step"], self.folder.best_path)
 
     def evaluate(self, dataset: TriModalDataset | None, split: str) -> dict[str, Any]:
         """The task's evaluation on ``dataset``, on the main rank (``{}`` elsewhere or without one)."""

@@ -15,12 +15,12 @@ from torch import nn
 
 from clip4vla.config import PretrainConfig
 from clip4vla.data.dataset import SampleOptions, TriModalDataset, usable_rows
-from clip4vla.evaluation.zero_shot import zero_shot_retrieval
+from clip4vla.evaluation.zero_shot import TASKS as ZERO_SHOT_TASKS, zero_shot_retrieval
 from clip4vla.losses import PretrainLoss
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, Features, Task, TaskData, split_datasets
+from clip4vla.train.task import Batch, Features, Task, TaskData, rank_metric_modes, task_datasets
 
 __all__ = ["PretrainForward", "PretrainTask"]
 
@@ -65,6 +65,8 @@ class PretrainTask(Task):
     name = "pretrain"
     # mean of the zero-shot text->audio and video->audio R@1: what pre-training trains
     select_metric = "audio_R1"
+    validation_metrics = {**rank_metric_modes(*ZERO_SHOT_TASKS), "audio_R1": "max"}
+    shown_metrics = ("t2a/R1", "v2a/R1", "t2v/R1", "audio_R1")
     # the pre-trained model is the last step's (validation only monitors; nothing is fine-tuned on it)
     export = "last"
     loss_keys = ("loss", "ta", "va", "aa", "tv", "tt", "vv")
@@ -77,7 +79,7 @@ class PretrainTask(Task):
         self.model: CLIP4VLA | None = None
 
     def datasets(self) -> TaskData:
-        return split_datasets(self.config, self.dist, "pretrain", self.options, self.options.evaluation())
+        return task_datasets(self.config, self.dist, "pretrain", self.options, self.options.evaluation())
 
     def preprocessing(self) -> Preprocessing:
         return self.options.preprocessing(audio_type=None)  # pre-training uses each clip's own type

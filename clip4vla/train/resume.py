@@ -8,10 +8,12 @@ key with it:
   is recomputed for the new horizon, as if the run had been configured so from the start, and the
   log says where it now ends), logging, validation and checkpoint cadence, ``keep_last``, device,
   data loader workers, the distributed timeout;
-* **never** (:data:`RESUME_FIXED`): the batch geometry (``train.batch_size``, ``train.accum_steps``:
-  the data position of a step would no longer be the one the checkpoint was taken at) and the
-  task; the model architecture is compared on its own record (a different model cannot take the
-  weights);
+* **never**: the model's architecture (:data:`RESUME_ARCHITECTURE`; the checkpoint's weights fit
+  only the model they were trained as, and its own architecture record is compared too), the
+  batch geometry (:data:`RESUME_FIXED`: ``train.batch_size``, ``train.accum_steps``; the data
+  position of a step would no longer be the one the checkpoint was taken at) and the task;
+* **ignored** (:data:`RESUME_IGNORED`): ``model.init_from`` is not read on resume, since every
+  weight comes from the checkpoint;
 * **everything else** (learning rates, precision, losses, data paths...) is refused with a message
   naming every differing key, unless the user passes ``--allow-config-change``; then the new values
   are used (a new learning rate really is the learning rate from the next step on), the change is
@@ -24,7 +26,7 @@ from typing import Any
 
 from clip4vla.config import ConfigError
 
-__all__ = ["RESUME_FIXED", "RESUME_FREE", "config_changes", "check_resume_config", "flatten"]
+__all__ = ["RESUME_ARCHITECTURE", "RESUME_FIXED", "RESUME_FREE", "RESUME_IGNORED", "config_changes", "check_resume_config", "flatten"]
 
 RESUME_FREE = frozenset({
     "train.epochs", "train.max_steps", "train.log_every", "train.eval_every_steps", "train.eval_every_epochs",
@@ -32,6 +34,12 @@ RESUME_FREE = frozenset({
     "data.num_workers", "data.cache_decoded",
 })
 RESUME_FIXED = frozenset({"train.batch_size", "train.accum_steps"})
+# The model the checkpoint's weights belong to: no flag can make them fit another one.
+RESUME_ARCHITECTURE = frozenset({
+    "model.arch", "model.audio_type_token", "retrieval.fusion", "retrieval.fusion_layers", "caption.fusion_layers",
+})
+# Not read on resume (every weight comes from the checkpoint), so it may move or go.
+RESUME_IGNORED = frozenset({"train.output_dir", "model.init_from"})
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -65,10 +73,16 @@ def _normal(value: Any) -> Any:
 
 def check_resume_config(stored: dict[str, Any], new: dict[str, Any], allow_changes: bool, source: str) -> dict[str, tuple]:
     """The changes a resume makes; ``ConfigError`` naming each key it may not make."""
-    changes = config_changes(stored, new)
-    changes.pop("train.output_dir", None)  # the same folder, perhaps written differently
+    changes = {k: v for k, v in config_changes(stored, new).items() if k not in RESUME_IGNORED}
+    architecture = {k: v for k, v in changes.items() if k in RESUME_ARCHITECTURE}
     fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED}
-    guarded = {k: v for k, v in changes.items() if k not in RESUME_FREE and k not in RESUME_FIXED}
+    guarded = {k: v for k, v in changes.items() if k not in RESUME_FREE | RESUME_FIXED | RESUME_ARCHITECTURE}
+    if architecture:
+        raise ConfigError(
+            f"cannot resume {source}: the architecture cannot change on resume ({_listing(architecture)}); its "
+            "weights only fit the model they were trained as. Resume with the old values, or start a new run "
+            "in another train.output_dir"
+        )
     if fixed:
         raise ConfigError(
             f"cannot resume {source} with another {', '.join(sorted(fixed))}: "

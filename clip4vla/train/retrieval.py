@@ -16,37 +16,28 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from clip4vla.config import ConfigError, RetrievalConfig
+from clip4vla.config import RetrievalConfig
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.evaluation.fusion_retrieval import (
     encode_retrieval_set,
     evaluate_fusion_retrieval,
+    format_retrieval_table,
     resolve_audio_type,
+    retrieval_summary,
     text_side,
     video_items,
 )
 from clip4vla.losses import RetrievalLoss
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.fusion import FusionHead
+from clip4vla.models.heads import attach_fusion_head
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, Features, Task, TaskData, split_datasets
+from clip4vla.train.task import Batch, Features, Task, TaskData, rank_metric_modes, task_datasets
 
-__all__ = ["RetrievalForward", "RetrievalTask", "attach_fusion_head", "format_retrieval_table"]
+__all__ = ["RetrievalForward", "RetrievalTask"]
 
 log = logging.getLogger(__name__)
-
-
-def attach_fusion_head(model: CLIP4VLA, mode: str, layers: int) -> FusionHead:
-    """The model's fusion head of ``mode``: the one it has, or a new one from its CLIP text blocks."""
-    if "fusion" in model.heads:
-        head = model.heads["fusion"]
-        if head.mode != mode:
-            raise ConfigError(f"model.init_from holds a {head.mode} fusion head, but retrieval.fusion={mode}")
-        return head
-    head = FusionHead.from_clip(model.clip, mode, layers)
-    model.attach_head("fusion", head)
-    return head
 
 
 def _prefixed(prefix: str, side: dict[str, torch.Tensor]) -> Features:
@@ -97,6 +88,9 @@ class RetrievalTask(Task):
 
     name = "retrieval"
     select_metric = "t2v/R1"
+    validation_metrics = rank_metric_modes("t2v", "v2t")
+    shown_metrics = ("t2v/R1", "v2t/R1")
+    trained_heads = ("fusion",)
     export = "best"
     loss_keys = ("loss", "t2v", "v2t")
     requires_init = True
@@ -110,7 +104,7 @@ class RetrievalTask(Task):
         self.model: CLIP4VLA | None = None
 
     def datasets(self) -> TaskData:
-        data = split_datasets(self.config, self.dist, "retrieval", self.options, self.options.evaluation(),
+        data = task_datasets(self.config, self.dist, "retrieval", self.options, self.options.evaluation(),
                               unfold_train=self.config.retrieval.epoch == "captions")
         self.video_numbers = {vid: i for i, vid in enumerate(dict.fromkeys(r.video_id for r in data.train.records))}
         log.info("retrieval: an epoch visits every %s once (retrieval.epoch=%s): %d training rows, %d videos",
@@ -169,19 +163,4 @@ class RetrievalTask(Task):
         return format_retrieval_table(result)
 
     def summary(self, result: dict[str, Any]) -> dict[str, Any]:
-        return {"split": result["split"], "fusion": result["fusion"], **result["modalities"],
-                "n_unreadable": result["n_unreadable"], "n_silent": result["n_silent"]}
-
-
-def format_retrieval_table(result: dict[str, Any]) -> str:
-    lines = [
-        f"text<->video retrieval on the {result['split']} split ({result['fusion'].upper()}, {result['n_clips']} clips, "
-        f"{result['n_silent']} without audio, {result['n_unreadable']} unreadable):",
-        f"  {'modality':<9}{'task':<6}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'MeanR':>8}  {'videos':>7}{'texts':>7}",
-    ]
-    for modality, m in result["modalities"].items():
-        for direction in ("t2v", "v2t"):
-            r = m[direction]
-            lines.append(f"  {modality.upper():<9}{direction:<6}{r['R1']:7.1f}{r['R5']:7.1f}{r['R10']:7.1f}"
-                         f"{r['MedR']:7.1f}{r['MeanR']:8.1f}  {m['n_videos']:>7}{m['n_texts']:>7}")
-    return "\n".join(lines)
+        return retrieval_summary(result)

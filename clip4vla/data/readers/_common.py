@@ -41,6 +41,17 @@ def load_json(path: Path) -> Any:
         raise AnnotationError(path, f"not UTF-8 text ({err.reason})") from None
 
 
+def require_fields(entry: Any, fields: Sequence[str], path: Path, where: str, shape: str = "an object") -> dict:
+    """A JSON entry must be an object holding ``fields``: the one check every JSON reader makes,
+    so each failure names the file, the entry and the field the same way."""
+    if not isinstance(entry, dict):
+        raise AnnotationError(path, f"entry must be {shape}", location=where)
+    for field in fields:
+        if field not in entry:
+            raise AnnotationError(path, "missing field", location=where, field=field)
+    return entry
+
+
 def read_csv(
     path: Path,
     required: Sequence[str],

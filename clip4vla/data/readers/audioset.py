@@ -33,6 +33,7 @@ from clip4vla.data.readers._common import (
     parse_audio_type,
     parse_float,
     read_csv,
+    require_fields,
     require_file,
 )
 from clip4vla.data.records import AnnotationError, ClipRecord, MediaLayout
@@ -49,8 +50,7 @@ def load_ontology(path: str | os.PathLike) -> dict[str, str]:
     names: dict[str, str] = {}
     for i, entry in enumerate(data):
         where = f"[{i}]"
-        if not isinstance(entry, dict):
-            raise AnnotationError(path, "entry must be an object", location=where)
+        require_fields(entry, (), path, where)
         for field in ("id", "name"):
             if not isinstance(entry.get(field), str) or not entry[field].strip():
                 raise AnnotationError(path, "missing or empty", location=where, field=field)

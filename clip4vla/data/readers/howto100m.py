@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from clip4vla.data.readers._common import load_json, parse_audio_type, require_file
+from clip4vla.data.readers._common import load_json, parse_audio_type, require_fields, require_file
 from clip4vla.data.records import AnnotationError, MediaLayout
 from clip4vla.data.span_table import SpanTable, SpanTableBuilder, SpanTableWriter
 
@@ -240,11 +240,7 @@ def _iter_captions(path: Path) -> Iterator[tuple[str, Any]]:
 def _add_video(builder: SpanTableBuilder, path: Path, vid: str, entry: Any) -> bool:
     """Check one video's transcript and add it; False for an empty transcript (no records)."""
     where = f"[{vid!r}]"
-    if not isinstance(entry, dict):
-        raise AnnotationError(path, "entry must be an object {start, end, text}", location=where)
-    for field in ("start", "end", "text"):
-        if field not in entry:
-            raise AnnotationError(path, "missing field", location=where, field=field)
+    require_fields(entry, ("start", "end", "text"), path, where, shape="an object {start, end, text}")
     starts = _times(entry["start"], path, vid, "start")
     ends = _times(entry["end"], path, vid, "end")
     if isinstance(entry["text"], (str, bytes)) or not hasattr(entry["text"], "__len__"):

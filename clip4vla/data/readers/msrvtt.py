@@ -31,6 +31,7 @@ from clip4vla.data.readers._common import (
     parse_caption,
     read_csv,
     read_id_list,
+    require_fields,
     require_file,
 )
 from clip4vla.data.records import AnnotationError, ClipRecord, MediaLayout
@@ -57,11 +58,7 @@ class _MsrvttJson:
         self.videos: dict[str, tuple[str, str]] = {}
         for i, video in enumerate(data["videos"]):
             where = f"videos[{i}]"
-            if not isinstance(video, dict):
-                raise AnnotationError(path, "entry must be an object", location=where)
-            for field in ("video_id", "split"):
-                if field not in video:
-                    raise AnnotationError(path, "missing field", location=where, field=field)
+            require_fields(video, ("video_id", "split"), path, where)
             vid = str(video["video_id"])
             if video["split"] not in OFFICIAL_SPLITS:
                 raise AnnotationError(
@@ -77,11 +74,7 @@ class _MsrvttJson:
         self.captions: dict[str, list[str]] = {}
         for i, sentence in enumerate(data["sentences"]):
             where = f"sentences[{i}]"
-            if not isinstance(sentence, dict):
-                raise AnnotationError(path, "entry must be an object", location=where)
-            for field in ("video_id", "caption"):
-                if field not in sentence:
-                    raise AnnotationError(path, "missing field", location=where, field=field)
+            require_fields(sentence, ("video_id", "caption"), path, where)
             vid = str(sentence["video_id"])
             if vid not in self.videos:
                 raise AnnotationError(

@@ -30,6 +30,7 @@ from clip4vla.data.readers._common import (
     parse_audio_type,
     parse_caption,
     read_id_list,
+    require_fields,
     require_file,
 )
 from clip4vla.data.records import AnnotationError, ClipRecord, MediaLayout
@@ -60,11 +61,7 @@ def _read_json(path: Path) -> dict[str, tuple[list[str], float, float, str]]:
     out: dict[str, tuple[list[str], float, float, str]] = {}
     for i, entry in enumerate(data):
         where = f"[{i}]"
-        if not isinstance(entry, dict):
-            raise AnnotationError(path, "entry must be an object", location=where)
-        for field in ("videoID", "enCap"):
-            if field not in entry:
-                raise AnnotationError(path, "missing field", location=where, field=field)
+        require_fields(entry, ("videoID", "enCap"), path, where)
         vid = entry["videoID"]
         try:
             ytid, start, end = parse_vatex_id(str(vid))
