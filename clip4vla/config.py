@@ -571,20 +571,23 @@ def validate_config(config: RunConfig) -> None:
     minutes later. Every float must be finite; then each section checks its own values
     (``validate()``), so a new task's section brings its own rules.
     """
-    for key, value in _numbers(config):
-        _check(math.isfinite(value), key, value, "must be a finite number")
-    for section in _sections(config):
-        section.validate()
+    fields = list(_fields(config))
+    for key, value in fields:
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, float):
+                _check(math.isfinite(number), key, number, "must be a finite number")
+    for _, value in fields:
+        if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
+            value.validate()
 
 
-def _sections(tree: Any) -> typing.Iterator[Any]:
-    """Every section of a config tree that has its own ``validate()``, depth first."""
+def _fields(tree: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """Every field of a config tree with its dotted key; a section after its own fields."""
     for field in dataclasses.fields(tree):
-        value = getattr(tree, field.name)
+        value, key = getattr(tree, field.name), f"{prefix}{field.name}"
         if dataclasses.is_dataclass(value):
-            yield from _sections(value)
-            if hasattr(value, "validate"):
-                yield value
+            yield from _fields(value, f"{key}.")
+        yield key, value
 
 
 def _check_ratio(value: str | float, key: str) -> None:
@@ -594,18 +597,6 @@ def _check_ratio(value: str | float, key: str) -> None:
 def _check_scale(scale: float | None, key: str) -> None:
     _check(scale is None or 0 < scale <= 1000, key, scale,
            "is the contrastive logit scale (1/temperature): a number in (0, 1000], or null for the default")
-
-
-def _numbers(tree: Any, prefix: str = "") -> typing.Iterator[tuple[str, float]]:
-    """Every float of a config tree (in lists too) with its dotted key."""
-    for field in dataclasses.fields(tree):
-        value, key = getattr(tree, field.name), f"{prefix}{field.name}"
-        if dataclasses.is_dataclass(value):
-            yield from _numbers(value, f"{key}.")
-        elif isinstance(value, float):
-            yield key, value
-        elif isinstance(value, tuple):
-            yield from ((key, v) for v in value if isinstance(v, float))
 
 
 def check_trainable(config: RunConfig) -> None:

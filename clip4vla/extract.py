@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from clip4vla.data.records import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from clip4vla.embed import embed_windows, is_audio_file, printable_path
-from clip4vla.files import save_checkpoint, write_text_atomic
+from clip4vla.files import drop_cut_last_line, save_checkpoint, write_text_atomic
 from clip4vla.media_errors import MediaError
 from clip4vla.models.checkpoints import model_architecture
 from clip4vla.models.clip4vla import CLIP4VLA
@@ -155,11 +155,7 @@ def extract_features(
             n_shard += 1
             pending = []
 
-    if skipped_path.exists() and skipped_path.stat().st_size:
-        with open(skipped_path, "rb+") as fh:  # a line cut by a kill: the next record starts a line of its own
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
+    drop_cut_last_line(skipped_path, "its file is tried again")
     with open(skipped_path, "a", encoding="utf-8") as skipped_file:
         for item_id, path in tqdm(todo, desc="features", unit="file", disable=not progress):
             try:

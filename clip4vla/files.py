@@ -11,6 +11,7 @@ Torch files must read back with ``torch.load(weights_only=True)`` (files are unt
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections import OrderedDict
@@ -20,7 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["TMP_PREFIX", "save_checkpoint", "write_atomic", "write_text_atomic"]
+__all__ = ["TMP_PREFIX", "drop_cut_last_line", "save_checkpoint", "write_atomic", "write_text_atomic"]
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"  # hidden, and never matches a checkpoint name
 
@@ -101,3 +104,29 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     _check_safe(state, "")
     return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def drop_cut_last_line(path: Path, consequence: str) -> None:
+    """Drop a last line without its newline (a kill during an append to a JSON-lines file), so the
+    next append starts a line of its own instead of being glued onto it and lost; ``consequence``
+    says in the warning what happens to the record that line held."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as fh:
+        end = keep = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        while keep > 0:  # back from the end to the last newline, a block at a time (an index can be large)
+            start = max(0, keep - (1 << 16))
+            fh.seek(start)
+            block = fh.read(keep - start)
+            if end == keep and block.endswith(b"\n"):
+                return
+            if b"\n" in block:
+                keep = start + block.rfind(b"\n") + 1
+                break
+            keep = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("%s: its last line was cut by a kill (%d bytes) and is removed; %s", path, end - keep, consequence)

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 from clip4vla.audio import AudioDecodeError, NoAudioError, load_audio_file
 from clip4vla.data.prepare import AUDIO_RATE, decode_media, find_videos
+from clip4vla.files import drop_cut_last_line
 from clip4vla.media_errors import MediaError
 from clip4vla.video import VideoDecodeError
 from clip4vla.video.decode import load_frame_images
@@ -184,31 +185,6 @@ def _check_format(folder: Path, lines: list[dict]) -> None:
             f"--out <new folder> --shards")
 
 
-def _cut_last_line(path: Path, consequence: str) -> None:
-    """Drop a last line without its newline (a kill during the append), so the next append starts
-    a line of its own instead of being glued onto it and lost."""
-    if not path.is_file():
-        return
-    with open(path, "rb+") as fh:
-        end = keep = fh.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        while keep > 0:  # back from the end to the last newline, a block at a time (an index can be large)
-            start = max(0, keep - (1 << 16))
-            fh.seek(start)
-            block = fh.read(keep - start)
-            if end == keep and block.endswith(b"\n"):
-                return
-            if b"\n" in block:
-                keep = start + block.rfind(b"\n") + 1
-                break
-            keep = start
-        fh.truncate(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    log.warning("%s: its last line was cut by a kill (%d bytes) and is removed; %s", path, end - keep, consequence)
-
-
 def _next_shard_number(out: Path) -> int:
     """One more than every shard number the index mentions, readable line or not: a new shard
     never overwrites a shard the index lists."""
@@ -278,10 +254,10 @@ def write_shards(
     out = Path(out_dir)
     videos = find_videos(videos_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _cut_last_line(out / INDEX, "the clips of the shard it listed are written again")
+    drop_cut_last_line(out / INDEX, "the clips of the shard it listed are written again")
     finished = _read_index(out)
     _check_format(out, finished)
-    _cut_last_line(out / MANIFEST, "the next line starts a line of its own")
+    drop_cut_last_line(out / MANIFEST, "the next line starts a line of its own")
     for stale in out.glob(f"{_TMP}*"):
         stale.unlink()
     done = {vid for shard in finished for vid in shard["ids"]} | {vid for shard in finished for vid in shard["failed"]}

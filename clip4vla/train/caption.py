@@ -40,7 +40,7 @@ from clip4vla.models.heads import attach_caption_head
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.text import default_tokenizer
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, Features, Task, TaskData, task_datasets
+from clip4vla.train.task import Batch, DataSplits, Features, Task, task_datasets
 
 __all__ = ["CaptionForward", "CaptionPairs", "CaptionTask"]
 
@@ -120,7 +120,7 @@ class CaptionTask(Task):
         self.train_captions: list[str] = []
         self.model: CLIP4VLA | None = None
 
-    def datasets(self) -> TaskData:
+    def datasets(self) -> DataSplits:
         data = task_datasets(self.config, self.dist, "caption", self.options, self.options.evaluation(),
                               unfold_train=True)
         train = data.train

@@ -61,7 +61,6 @@ from clip4vla.train.task import Batch, Features, Task
 log = logging.getLogger(__name__)
 
 
-
 class NonFiniteLossError(FloatingPointError):
     """Raised (on every rank together) when the loss of a step is NaN or inf."""
 

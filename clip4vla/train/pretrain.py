@@ -20,7 +20,7 @@ from clip4vla.losses import PretrainLoss
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, Features, Task, TaskData, rank_metric_modes, task_datasets
+from clip4vla.train.task import Batch, DataSplits, Features, Task, rank_metric_modes, task_datasets
 
 __all__ = ["PretrainForward", "PretrainTask"]
 
@@ -78,7 +78,7 @@ class PretrainTask(Task):
         )
         self.model: CLIP4VLA | None = None
 
-    def datasets(self) -> TaskData:
+    def datasets(self) -> DataSplits:
         return task_datasets(self.config, self.dist, "pretrain", self.options, self.options.evaluation())
 
     def preprocessing(self) -> Preprocessing:

@@ -33,7 +33,7 @@ from clip4vla.models.fusion import FusionHead
 from clip4vla.models.heads import attach_fusion_head
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, Features, Task, TaskData, rank_metric_modes, task_datasets
+from clip4vla.train.task import Batch, DataSplits, Features, Task, rank_metric_modes, task_datasets
 
 __all__ = ["RetrievalForward", "RetrievalTask"]
 
@@ -103,7 +103,7 @@ class RetrievalTask(Task):
         self.video_numbers: dict[str, int] = {}
         self.model: CLIP4VLA | None = None
 
-    def datasets(self) -> TaskData:
+    def datasets(self) -> DataSplits:
         data = task_datasets(self.config, self.dist, "retrieval", self.options, self.options.evaluation(),
                               unfold_train=self.config.retrieval.epoch == "captions")
         self.video_numbers = {vid: i for i, vid in enumerate(dict.fromkeys(r.video_id for r in data.train.records))}

@@ -26,10 +26,6 @@ Features = dict[str, torch.Tensor]
 Batch = dict[str, Any]
 
 
-# What a task's datasets() returns: train / val / test and the training order.
-TaskData = DataSplits
-
-
 class Task:
     """Base class: override the methods below (see :class:`clip4vla.train.pretrain.PretrainTask`).
 
@@ -69,7 +65,7 @@ class Task:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def datasets(self) -> TaskData:
+    def datasets(self) -> DataSplits:
         raise NotImplementedError
 
     def preprocessing(self) -> Preprocessing:
