@@ -11,7 +11,8 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["clip4vla", "clip4vla.*"]),
-    package_data={"clip4vla.text": ["bpe_simple_vocab_16e6.txt.gz", "LICENSE-NOTE.txt"]},
+    package_data={"clip4vla.text": ["bpe_simple_vocab_16e6.txt.gz", "LICENSE-NOTE.txt"],
+                  "clip4vla.serve": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
@@ -27,10 +28,19 @@ setup(
         "matplotlib",
         "ijson>=3.2",  # streams HowTo100M's caption.json into the span index
         "webdataset>=0.2.90",  # the tar shard format (writer; any WebDataset reader streams our shards)
+        "flask>=3.0",  # clip4vla-search serve: the local search page (werkzeug answers Range requests)
+        "pillow>=9.0",  # the search page's thumbnails (also a matplotlib dependency)
+        "safetensors>=0.4",  # open_clip's .safetensors checkpoints, read without any pickle
     ],
     entry_points={"console_scripts": ["clip4vla-search = clip4vla.search:main"]},
     extras_require={
-        "dev": ["pytest>=7.4"],
+        # selenium drives Debian's chromium + chromium-driver in the search page's browser test
+        # tensorboard: the dashboard's tests read the event files with TensorBoard's own reader
+        # open-clip-torch: the parity tests build tiny open_clip models as the oracle (never at run time)
+        "dev": ["pytest>=7.4", "selenium>=4.20", "tensorboard>=2.14", "open-clip-torch==3.3.0"],
+        "open_clip_tests": ["open-clip-torch==3.3.0"],
+        # train.tensorboard: true writes TensorBoard event files beside metrics.jsonl
+        "tensorboard": ["tensorboard>=2.14"],
         # only the front-end benchmark compares against librosa
         "bench": ["librosa>=0.10"],
     },

@@ -27,6 +27,7 @@ from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.prepare import prepare_videos
 from clip4vla.data.shards import write_shards
 from clip4vla.data.synthetic import make_synthetic_dataset
+from clip4vla.models.preprocessing import Preprocessing
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     print(f"{len(records)} clips: prepared in {prepared_s:.0f} s ({files(tmp / 'prepared')} files, {size(tmp / 'prepared'):.0f} MiB); "
           f"shards in {shards_s:.0f} s ({summary.shards} shard(s), {size(tmp / 'shards_wav'):.0f} MiB with WAV audio, "
           f"{size(tmp / 'shards'):.0f} MiB with FLAC)")
-    options = SampleOptions(max_frames=args.frames, max_segments=args.segments, masked_audio=True)
+    options = SampleOptions(inputs=Preprocessing(max_frames=args.frames, max_segments=args.segments), masked_audio=True)
     with_prepared = [dataclasses.replace(r, frames_dir=tmp / "prepared" / "frames" / r.video_id,
                                          audio_path=tmp / "prepared" / "audio" / f"{r.video_id}.wav") for r in records]
     routes = {

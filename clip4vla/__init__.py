@@ -16,16 +16,17 @@ __version__ = "0.2.0"
 __all__ = ["__version__", "embed_audio", "embed_text", "embed_video", "load_model"]
 
 
-def load_model(path: Any, device: Any = "cpu") -> Any:
+def load_model(path: Any, device: Any = "cpu", activation: Any = None, open_clip_model: Any = None) -> Any:
     """A ready :class:`clip4vla.models.CLIP4VLA` from any model file (see ``clip4vla.models.checkpoints``).
 
     Reads our ``model.pt`` export, a trainer checkpoint, an OpenAI CLIP file (the audio encoder
     then starts from its vision tower) or a released CLIP4VLA checkpoint; ``model.preprocessing``
-    says how media become its inputs.
+    says how media become its inputs. A file that does not record its activation (an open_clip
+    .safetensors, a plain state dict) needs ``activation="quick_gelu" | "gelu"`` or ``open_clip_model``.
     """
     from clip4vla.models.checkpoints import load_model as _load
 
-    return _load(path, device)
+    return _load(path, device, activation=activation, open_clip_model=open_clip_model)
 
 
 def embed_text(model: Any, texts: Any) -> Any:

@@ -28,19 +28,35 @@ if TYPE_CHECKING:  # torch and the model stay out of argument parsing
     from clip4vla.models.clip4vla import CLIP4VLA
 
 __all__ = [
-    "HelpFormatter", "audio_type_arg", "device_arg", "evaluation_split", "exit_with_error", "load_config_and_model",
+    "HelpFormatter", "add_model_arguments", "audio_type_arg", "device_arg", "evaluation_split", "exit_with_error", "load_config_and_model",
     "load_model_or_exit", "positive_int", "require_writable_file", "resolve_device",
 ]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Every script's ``--help``: the module docstring kept as written, each flag's default shown
-    (not for switches and flags without one, whose "None" / "False" would say nothing)."""
+    (not for switches and flags without one, whose "None" / "False" / "[]" would say nothing)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
+        if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model_help: str, config: Path | None, config_help: str,
+                        model_default: Path | None = None, split: bool = True, device: bool = True) -> None:
+    """The flags of every script that runs a trained model on a corpus: ``--model``, ``--config``,
+    ``--set`` (repeatable overrides), ``--split`` and ``--device``, worded and checked alike."""
+    parser.add_argument("--model", type=Path, required=model_default is None, default=model_default, help=model_help)
+    if config is not None:
+        parser.add_argument("--config", type=Path, default=config, help=config_help)
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config value, e.g. --set data.synthetic.root=DIR (repeatable)")
+    if split:
+        parser.add_argument("--split", default=None, help="the split to use (default: the config's data.test_split)")
+    if device:
+        parser.add_argument("--device", type=device_arg, default="auto",
+                            help="auto (a GPU if any), cpu, cuda or cuda:N")
 
 
 def positive_int(text: str) -> int:

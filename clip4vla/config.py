@@ -43,6 +43,14 @@ class ModelConfig:
     init_from: str | None = None
     # None: the architecture of init_from, or "tiny" without one. Set with init_from, it must agree.
     arch: Arch | None = None
+    # The towers' MLP activation, which no state dict records: OpenAI's CLIPs use QuickGELU,
+    # open_clip's LAION / DataComp models exact GELU (same keys and shapes). None: what init_from
+    # records (our model.pt, OpenAI's TorchScript archives) or what open_clip_model implies; a file
+    # that records none (a .safetensors, a plain state dict) and no declaration is an error.
+    activation: Literal["quick_gelu", "gelu"] | None = None
+    # init_from's open_clip model name (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, ...; a -quickgelu
+    # suffix means QuickGELU): fixes the activation, and the file's tensors must have its shapes.
+    open_clip_model: str | None = None
     # Paper Table 5 "+Initial": the audio ViT starts from the vision weights (when init_from has
     # no audio encoder of its own).
     audio_init: Literal["vision", "scratch"] = "vision"
@@ -246,6 +254,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: once per epoch
     keep_last: int = 3
     max_steps: int = 0  # 0: run all epochs
+    # Also write metrics.jsonl's rows as TensorBoard events (<output_dir>/tensorboard; pip install -e ".[tensorboard]").
+    tensorboard: bool = False
     # The validation metric that picks best.pt (None: the task's, e.g. t2v/R1; CIDEr for captions).
     select_metric: str | None = None
     # Which weights become <output_dir>/model.pt and face the test split: the last step's or the
@@ -286,6 +296,8 @@ class RunConfig:
 @dataclasses.dataclass
 class PretrainSection:
     intra_modal: bool = True
+    # The video-audio NCE term of Eq. 5 (false: text-audio alone; Table 5 rows 1-2, before "+Inter-modal NCE").
+    video_audio: bool = True
     learnable_scale: bool = False
     # None: fixed 100 (REF), or CLIP's 1/0.07 when learnable.
     init_scale: float | None = None

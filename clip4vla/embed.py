@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -48,7 +47,6 @@ import torch
 import torch.nn.functional as F
 
 from clip4vla.audio import NoAudioError, empty_segments, load_audio, log_mel, to_segments
-from clip4vla.audio.frontend import frame_count
 from clip4vla.data.records import AUDIO_EXTENSIONS
 from clip4vla.media_errors import MediaError
 from clip4vla.models.clip4vla import CLIP4VLA

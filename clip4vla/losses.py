@@ -99,7 +99,7 @@ def gather_with_grad(t: Tensor) -> Tensor:
 
 
 @dataclass
-class _Layout:
+class _GatheredBatch:
     """Where this rank's rows sit in the gathered global batch, shared by every loss term."""
 
     rows: Tensor | None  # local rows that act as anchors [R] (None: all of them)
@@ -108,7 +108,7 @@ class _Layout:
     norm: Tensor | float  # world / (number of anchors in the global batch)
 
 
-def _gather_batch(features: list[Tensor], valid: Tensor | None) -> tuple[list[Tensor], _Layout]:
+def _gather_batch(features: list[Tensor], valid: Tensor | None) -> tuple[list[Tensor], _GatheredBatch]:
     """Gather ``features`` (each ``[B, D]``) and lay out anchors, targets and masks.
 
     ``valid`` (bool ``[B]``, optional): rows that take part. An invalid row is neither an anchor
@@ -119,7 +119,7 @@ def _gather_batch(features: list[Tensor], valid: Tensor | None) -> tuple[list[Te
     if valid is None:
         gathered, offset, total, world = _gather(*features)
         targets = torch.arange(b, device=features[0].device) + offset
-        return gathered, _Layout(rows=None, targets=targets, col_invalid=None, norm=world / total)
+        return gathered, _GatheredBatch(rows=None, targets=targets, col_invalid=None, norm=world / total)
     _check_valid(valid, b)
     valid = valid.to(features[0].device)
     features = _zero_invalid(features, valid)
@@ -128,7 +128,7 @@ def _gather_batch(features: list[Tensor], valid: Tensor | None) -> tuple[list[Te
     rows = valid.nonzero().squeeze(1)
     valid_all = valid_all.bool()
     norm = world / valid_all.sum().clamp(min=1).to(features[0].dtype)
-    return gathered, _Layout(rows=rows, targets=rows + offset, col_invalid=~valid_all, norm=norm)
+    return gathered, _GatheredBatch(rows=rows, targets=rows + offset, col_invalid=~valid_all, norm=norm)
 
 
 def _check_valid(valid: Tensor, rows: int) -> None:
@@ -165,25 +165,25 @@ def symmetric_nce(logits: Tensor) -> Tensor:
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
 
-def _anchors(x: Tensor, lay: _Layout) -> Tensor:
-    return x if lay.rows is None else x[lay.rows]
+def _anchors(x: Tensor, where: _GatheredBatch) -> Tensor:
+    return x if where.rows is None else x[where.rows]
 
 
-def _candidates(logits: Tensor, lay: _Layout) -> Tensor:
+def _candidates(logits: Tensor, where: _GatheredBatch) -> Tensor:
     """Remove invalid gathered rows from the candidate columns (exp(-inf) = 0)."""
-    return logits if lay.col_invalid is None else logits.masked_fill(lay.col_invalid, float("-inf"))
+    return logits if where.col_invalid is None else logits.masked_fill(where.col_invalid, float("-inf"))
 
 
-def _local_rows_nce(x: Tensor, y: Tensor, x_all: Tensor, y_all: Tensor, lay: _Layout, scale: Tensor | float) -> Tensor:
+def _local_rows_nce(x: Tensor, y: Tensor, x_all: Tensor, y_all: Tensor, where: _GatheredBatch, scale: Tensor | float) -> Tensor:
     """Symmetric NCE restricted to our rows of ``S = s·x yᵀ`` and of ``Sᵀ``.
 
     Row i of S is ``s·x_i · y_allᵀ`` and row i of Sᵀ is ``s·y_i · x_allᵀ``; both have the positive
     at column ``offset + i``. Summing the CE over our rows and multiplying by ``world / total``
     makes the average over ranks equal the global mean (also with unequal per-rank batches).
     """
-    ce_xy = F.cross_entropy(_candidates(scale * (_anchors(x, lay) @ y_all.t()), lay), lay.targets, reduction="sum")
-    ce_yx = F.cross_entropy(_candidates(scale * (_anchors(y, lay) @ x_all.t()), lay), lay.targets, reduction="sum")
-    return 0.5 * (ce_xy + ce_yx) * lay.norm
+    ce_xy = F.cross_entropy(_candidates(scale * (_anchors(x, where) @ y_all.t()), where), where.targets, reduction="sum")
+    ce_yx = F.cross_entropy(_candidates(scale * (_anchors(y, where) @ x_all.t()), where), where.targets, reduction="sum")
+    return 0.5 * (ce_xy + ce_yx) * where.norm
 
 
 def inter_modal_nce(x: Tensor, y: Tensor, logit_scale: Tensor | float, valid: Tensor | None = None) -> Tensor:
@@ -194,8 +194,8 @@ def inter_modal_nce(x: Tensor, y: Tensor, logit_scale: Tensor | float, valid: Te
     ``valid`` (bool ``[B]``): optional rows to use; the others are neither anchors nor negatives.
     """
     _check_pair("x", x, "y", y)
-    (x_all, y_all), lay = _gather_batch([x, y], valid)
-    return _local_rows_nce(x, y, x_all, y_all, lay, logit_scale)
+    (x_all, y_all), where = _gather_batch([x, y], valid)
+    return _local_rows_nce(x, y, x_all, y_all, where, logit_scale)
 
 
 def self_similarity_nce(x: Tensor, logit_scale: Tensor | float, valid: Tensor | None = None) -> Tensor:
@@ -208,24 +208,24 @@ def self_similarity_nce(x: Tensor, logit_scale: Tensor | float, valid: Tensor | 
     return inter_modal_nce(x, x, logit_scale, valid)
 
 
-def _intra_rows(z: Tensor, z_hat_all: Tensor, z_all: Tensor, lay: _Layout, scale: Tensor | float) -> Tensor:
+def _intra_rows(z: Tensor, z_hat_all: Tensor, z_all: Tensor, where: _GatheredBatch, scale: Tensor | float) -> Tensor:
     """Summed CE of rows ``[s·z ẑ_allᵀ | s·z z_allᵀ without column offset+i]``, target ``offset+i``."""
-    anchors = _anchors(z, lay)
-    cross = _candidates(scale * (anchors @ z_hat_all.t()), lay)  # [R, N]: the masked copy + other masked audios
-    same = _candidates(scale * (anchors @ z_all.t()), lay)  # [R, N]: other clean audios (Eq. 4, k != i)
+    anchors = _anchors(z, where)
+    cross = _candidates(scale * (anchors @ z_hat_all.t()), where)  # [R, N]: the masked copy + other masked audios
+    same = _candidates(scale * (anchors @ z_all.t()), where)  # [R, N]: other clean audios (Eq. 4, k != i)
     self_mask = torch.zeros_like(same, dtype=torch.bool)
-    self_mask[torch.arange(anchors.shape[0], device=z.device), lay.targets] = True  # not its own negative
+    self_mask[torch.arange(anchors.shape[0], device=z.device), where.targets] = True  # not its own negative
     same = same.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(torch.cat([cross, same], dim=1), lay.targets, reduction="sum")
+    return F.cross_entropy(torch.cat([cross, same], dim=1), where.targets, reduction="sum")
 
 
 def _intra_local_rows(
-    z: Tensor, z_hat: Tensor, z_all: Tensor, z_hat_all: Tensor, lay: _Layout, scale: Tensor | float
+    z: Tensor, z_hat: Tensor, z_all: Tensor, z_hat_all: Tensor, where: _GatheredBatch, scale: Tensor | float
 ) -> Tensor:
     """Both directions of the intra-modal NCE on our rows, scaled like :func:`_local_rows_nce`."""
-    forward = _intra_rows(z, z_hat_all, z_all, lay, scale)
-    swapped = _intra_rows(z_hat, z_all, z_hat_all, lay, scale)
-    return 0.5 * (forward + swapped) * lay.norm
+    forward = _intra_rows(z, z_hat_all, z_all, where, scale)
+    swapped = _intra_rows(z_hat, z_all, z_hat_all, where, scale)
+    return 0.5 * (forward + swapped) * where.norm
 
 
 def intra_modal_nce(z: Tensor, z_hat: Tensor, logit_scale: Tensor | float, valid: Tensor | None = None) -> Tensor:
@@ -236,8 +236,8 @@ def intra_modal_nce(z: Tensor, z_hat: Tensor, logit_scale: Tensor | float, valid
     ``z``, ``z_hat``: L2-normalised ``[B, D]``; distributed (and ``valid``) like :func:`inter_modal_nce`.
     """
     _check_pair("z", z, "z_hat", z_hat)
-    (z_all, z_hat_all), lay = _gather_batch([z, z_hat], valid)
-    return _intra_local_rows(z, z_hat, z_all, z_hat_all, lay, logit_scale)
+    (z_all, z_hat_all), where = _gather_batch([z, z_hat], valid)
+    return _intra_local_rows(z, z_hat, z_all, z_hat_all, where, logit_scale)
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
@@ -308,9 +308,11 @@ class PretrainLoss(nn.Module):
         ref_extras: bool = False,
         max_scale: float = 100.0,
         text_video: bool = False,
+        video_audio: bool = True,
     ):
         super().__init__()
         self.intra_modal = intra_modal
+        self.video_audio = video_audio
         self.ref_extras = ref_extras
         self.text_video = text_video
         self.logit_scale = LogitScale(init_scale, learnable=learnable_scale, max_scale=max_scale)
@@ -339,16 +341,21 @@ class PretrainLoss(nn.Module):
         t, v, a = feats[:3]
         m = feats[3] if self.intra_modal else None
         # gather each modality once and reuse it for every term
-        gathered, lay = _gather_batch(feats, valid)
+        gathered, where = _gather_batch(feats, valid)
         t_all, v_all, a_all = gathered[:3]
 
         def nce(x: Tensor, y: Tensor, x_all: Tensor, y_all: Tensor) -> Tensor:
-            return _local_rows_nce(x, y, x_all, y_all, lay, scale)
+            return _local_rows_nce(x, y, x_all, y_all, where, scale)
 
         parts: dict[str, Tensor] = {}
         ta = nce(t, a, t_all, a_all)
-        va = nce(v, a, v_all, a_all)
-        total_loss = ta + (2.0 * va if self.ref_extras else va)
+        if self.video_audio:
+            va = nce(v, a, v_all, a_all)
+            total_loss = ta + (2.0 * va if self.ref_extras else va)
+        else:  # monitored only (Table 5 rows 1-2 train text-audio alone)
+            with torch.no_grad():
+                va = nce(v, a, v_all, a_all)
+            total_loss = ta
         parts["ta"], parts["va"] = ta, va
         if self.text_video:
             parts["tv"] = nce(t, v, t_all, v_all)
@@ -358,7 +365,7 @@ class PretrainLoss(nn.Module):
                 parts["tv"] = nce(t, v, t_all, v_all)
 
         if m is not None:
-            aa = _intra_local_rows(a, m, a_all, gathered[3], lay, scale)
+            aa = _intra_local_rows(a, m, a_all, gathered[3], where, scale)
             total_loss = total_loss + aa
             parts["aa"] = aa
             if self.ref_extras:
@@ -386,7 +393,7 @@ def _gather_sides(sides: list[dict[str, Tensor]]) -> tuple[list[dict[str, Tensor
     return out, offset, total, world
 
 
-def s_dtype(side: dict[str, Tensor]) -> torch.dtype:
+def score_dtype(side: dict[str, Tensor]) -> torch.dtype:
     """The dtype scores of a feature dict come out in (fp32 at least)."""
     floating = [v.dtype for v in side.values() if v.is_floating_point()]
     return torch.promote_types(floating[0], torch.float32) if floating else torch.float32
@@ -434,7 +441,7 @@ class RetrievalLoss(nn.Module):
         same_video = video_index[:, None] == index_all[None, :]  # [B, N]
         same_video[torch.arange(b, device=valid.device), targets] = False
         excluded = (same_video | ~valid_all[None, :])[rows]
-        norm = world / valid_all.sum().clamp(min=1).to(s_dtype(text))
+        norm = world / valid_all.sum().clamp(min=1).to(score_dtype(text))
 
         local = lambda side: {k: v[offset:offset + b][rows] for k, v in side.items()}  # noqa: E731
         s_tv = _at_least_fp32(self._similarity(local(text_all), video_all, scale))  # [R, N]

@@ -3,6 +3,7 @@
     clip4vla-search index ~/Videos --model runs/pretrain_synthetic/model.pt   # once, then after changes
     clip4vla-search query "a dog barking in the rain" --dir ~/Videos --top-k 5
     clip4vla-search query "a siren wails" --dir ~/Videos --modality a --json
+    clip4vla-search serve --dir ~/Videos          # then open the address it prints
 
 ``index`` embeds every video and sound file under the folder (vision and audio, per window of
 the model's clip length; ``clip4vla.embed``) into one index file, by default
@@ -10,6 +11,10 @@ the model's clip length; ``clip4vla.embed``) into one index file, by default
 modification time) and drops deleted ones. The index is written atomically — a kill or a full disk
 never leaves a half-written index, the previous one stays usable — and records which model made
 it: querying or extending it with another model is refused (``--rebuild`` starts over).
+
+``serve`` starts a local web page over the index (``clip4vla.serve``): a query box, thumbnails,
+and a player that starts at the matched window; "more like this" and sound queries too. It binds to
+127.0.0.1 unless told otherwise and serves only the files in the index.
 
 ``query`` embeds the text with that model and ranks the files by their best-matching window
 (vision ``v``, audio ``a``, or both ``av``: the average of the two, as G2G retrieval scores), with
@@ -37,7 +42,8 @@ import torch
 
 from clip4vla.models.loading import CheckpointError, read_weights_only
 
-__all__ = ["SearchError", "build_index", "check_query", "load_index", "main", "rank", "search"]
+__all__ = ["SearchError", "build_index", "check_query", "embed_query", "embed_sound_query", "load_index", "main", "rank", "search",
+           "similar", "staleness"]
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +224,14 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
     return stats
 
 
-def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per file: the best window's score (-inf: nothing to match in this modality) and its row."""
+def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str,
+                  audio_query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per file: the best window's score (-inf: nothing to match in this modality) and its row.
+    ``audio_query`` (default: ``query``) is what the audio rows are compared with: "more like this"
+    compares pictures with the window's picture and sound with its sound."""
     has_video, has_audio = index["has_video"], index["has_audio"]
     score_v = index["video"] @ query  # [T]
-    score_a = index["audio"] @ query
+    score_a = index["audio"] @ (query if audio_query is None else audio_query)
     if modality == "v":
         scores = torch.where(has_video, score_v, -torch.inf)
     elif modality == "a":
@@ -258,26 +267,121 @@ def check_query(text: str) -> str:
 
 def search(index: dict[str, Any], model: Any, text: str, top_k: int = 10, modality: str = "av") -> list[dict[str, Any]]:
     """The ``top_k`` files for ``text``: path, score, and the best window's time span."""
-    from clip4vla.embed import embed_text
-
     if modality not in ("v", "a", "av"):
         raise SearchError(f"modality must be v, a or av, got {modality!r}")
     check_query(text)
-    query = embed_text(model, [text])[0].cpu()
-    return rank(index, query, top_k, modality)
+    return rank(index, embed_query(model, text), top_k, modality)
 
 
-def rank(index: dict[str, Any], query: torch.Tensor, top_k: int = 10, modality: str = "av") -> list[dict[str, Any]]:
-    """``search`` for an embedded query (what the latency benchmark times)."""
-    best, best_row = _best_windows(index, query, modality)
+@torch.no_grad()
+def embed_query(model: Any, text: str) -> torch.Tensor:
+    """The unit embedding ``[D]`` of one query text (on the CPU), as one row through the text tower.
+
+    ``embed_text`` pads every call to 32 rows so that a text's bits do not depend on what else is in
+    the call; a query is always alone, so one row is just as repeatable at 1/32 of the cost (a
+    ViT-B/32-sized text tower on one CPU thread: ~1.6 s per query padded, ~0.1 s alone;
+    ``benchmarks/serve_latency.py``). ``query`` and ``serve`` both embed through here, so they
+    return the same rows. A text longer than the model's context is cut there, with a warning.
+    """
+    import torch.nn.functional as F
+
+    from clip4vla.models.preprocessing import Preprocessing
+    from clip4vla.text import default_tokenizer, tokenize
+
+    context = (model.preprocessing or Preprocessing()).max_words
+    if len(default_tokenizer().encode(text)) > context - 2:
+        log.warning("the query is longer than the model's %d tokens and is truncated: %r", context, text[:80])
+    tokens = tokenize([text], context_length=context, truncate=True)
+    device = next(model.parameters()).device
+    return F.normalize(model.encode_text(tokens.to(device))[0].float(), dim=-1).cpu()
+
+
+def rank(index: dict[str, Any], query: torch.Tensor, top_k: int = 10, modality: str = "av",
+         audio_query: torch.Tensor | None = None, exclude: int | None = None) -> list[dict[str, Any]]:
+    """``search`` for an embedded query (what the latency benchmark times).
+
+    Each row also carries the file's number in the index (``id``) and its best window's number
+    (``window``): the browser page (``clip4vla-search serve``) fetches media and thumbnails by
+    them, never by a path from the request. ``exclude``: a file id left out ("more like this"
+    does not return the file it started from).
+    """
+    best, best_row = _best_windows(index, query, modality, audio_query)
+    if exclude is not None:
+        best[exclude] = -torch.inf
     k = min(top_k, int(torch.isfinite(best).sum()))
     scores, order = best.topk(k)
     out = []
     for score, i in zip(scores.tolist(), order.tolist()):
-        start, end = index["spans"][best_row[i]].tolist()
+        row = int(best_row[i])
+        start, end = index["spans"][row].tolist()
         out.append({"path": str(Path(index["root"]) / index["paths"][i]), "score": round(score, 4),
-                    "start": round(start, 2), "end": round(end, 2), "windows": int(index["count"][i])})
+                    "start": round(start, 2), "end": round(end, 2), "windows": int(index["count"][i]),
+                    "id": i, "window": row - int(index["first"][i])})
     return out
+
+
+def similar(index: dict[str, Any], file_id: int, window: int, top_k: int = 10, modality: str = "av") -> list[dict[str, Any]]:
+    """"More like this": the files whose windows look (``v``), sound (``a``) or both (``av``) like
+    window ``window`` of file ``file_id``, by that window's own embeddings (no text). The file
+    itself is left out. A side the window lacks cannot be asked for (``SearchError``); in ``av``
+    it is left to the side the window has."""
+    if modality not in ("v", "a", "av"):
+        raise SearchError(f"modality must be v, a or av, got {modality!r}")
+    if not 0 <= file_id < len(index["paths"]):
+        raise SearchError(f"no file {file_id} in the index ({len(index['paths'])} files)")
+    if not 0 <= window < int(index["count"][file_id]):
+        raise SearchError(f"file {file_id} has {int(index['count'][file_id])} windows, not a window {window}")
+    row = int(index["first"][file_id]) + window
+    has_v, has_a = bool(index["has_video"][row]), bool(index["has_audio"][row])
+    if modality == "av" and not (has_v and has_a):
+        modality = "v" if has_v else "a"
+    if (modality == "v" and not has_v) or (modality == "a" and not has_a):
+        raise SearchError(f"{index['paths'][file_id]} has no {'pictures' if modality == 'v' else 'sound'} in that window "
+                          "to compare with")
+    return rank(index, index["video"][row], top_k, modality, audio_query=index["audio"][row], exclude=file_id)
+
+
+def embed_sound_query(model: Any, path: Path, max_windows: int = 8) -> torch.Tensor:
+    """The audio embedding ``[D]`` of a sound used as a query, with the model's own preprocessing
+    and ``audio_type="auto"`` (what indexing uses), through the bounded decoder: at most
+    ``max_windows`` windows of at most ``max_seconds`` each are decoded, whatever the file's length.
+    ``SearchError`` for a file without readable sound."""
+    from clip4vla.embed import embed_windows
+    from clip4vla.media_errors import MediaError
+
+    try:
+        embedded = embed_windows(model, path, video=False, audio=True, audio_type="auto", max_windows=max_windows)
+    except MediaError as err:
+        raise SearchError(f"not a readable sound ({err})") from err
+    pooled = embedded.pooled("audio")
+    if pooled is None:
+        raise SearchError("the file has no sound to search with")
+    return pooled.cpu()
+
+
+def staleness(index: dict[str, Any], folder: Path) -> dict[str, list[str]]:
+    """What changed in ``folder`` since the index was built: ``changed`` (size or modification
+    time), ``deleted`` and ``new`` files (relative paths), as ``index`` would see them; read only."""
+    from clip4vla.extract import find_media
+
+    known = {name: (int(size), int(mtime)) for name, size, mtime in
+             zip(index["paths"], index["size"].tolist(), index["mtime_ns"].tolist())}
+    known.update({name: (e["size"], e["mtime_ns"]) for name, e in index.get("skipped", {}).items()})
+    try:
+        present = {p.relative_to(folder).as_posix(): p for p in find_media(folder)}
+    except FileNotFoundError:
+        present = {}
+    changed = []
+    for name, path in present.items():
+        if name in known:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if (st.st_size, st.st_mtime_ns) != known[name]:
+                changed.append(name)
+    return {"changed": sorted(changed), "deleted": sorted(set(known) - set(present)),
+            "new": sorted(set(present) - set(known))}
 
 
 def _load_query_model(index: dict[str, Any], override: Path | None) -> Any:
@@ -303,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clip4vla.cli import HelpFormatter, audio_type_arg, positive_int
 
     parser = argparse.ArgumentParser(prog="clip4vla-search", description=__doc__, formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
     p_index = sub.add_parser("index", help="index (or update the index of) a folder of videos",
                              formatter_class=HelpFormatter,
                              description="Embed every video / sound file under DIR; again: only new or changed ones.")
@@ -325,7 +429,27 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what to match: vision, audio, or both")
     p_query.add_argument("--model", type=Path, default=None, help="the index's model file, if it moved")
     p_query.add_argument("--json", action="store_true", help="print the results as JSON")
+    p_serve = sub.add_parser("serve", help="search the indexed folder in a web browser", formatter_class=HelpFormatter,
+                             description="Serve a local page: type a query, see thumbnails, play the matched "
+                                         "seconds. Only files in the index are served; the index is only read.")
+    p_serve.add_argument("--dir", type=Path, default=Path("."), help="the indexed folder")
+    p_serve.add_argument("--index", type=Path, default=None, help=f"index file (when not given: DIR/{DEFAULT_NAME})")
+    p_serve.add_argument("--model", type=Path, default=None, help="the index's model file, if it moved")
+    p_serve.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (0.0.0.0: every machine on the network can see the folder)")
+    p_serve.add_argument("--port", type=_port, default=8765, help="port to listen on (0: any free port)")
     return parser
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             if len(skipped) > 10:
                 print(f"  ... and {len(skipped) - 10} more (the index lists them under 'skipped')")
             return 0
+        if args.command == "serve":
+            from clip4vla.serve.app import serve
+
+            return serve(args.dir, args.index or _default_index(args.dir), args.model, args.host, args.port)
         index_path = args.index or _default_index(args.dir)
         check_query(args.text)  # before loading anything
         index = load_index(index_path)

@@ -25,7 +25,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from clip4vla.cli import HelpFormatter, device_arg, positive_int  # noqa: E402  (no torch import)
+from clip4vla.cli import HelpFormatter, add_model_arguments, positive_int  # noqa: E402  (no torch import)
 
 # flag -> the config key it sets (the key's rules check the flag)
 FLAG_KEYS = {"beam": "caption.beam", "length_penalty": "caption.length_penalty", "modality": "caption.modality"}
@@ -48,12 +48,8 @@ def config_value(key: str) -> Callable[[str], str]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line (a function, so the tests can check every flag's help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="a model file with a caption generator")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "caption_synthetic.yaml",
-                        help="a captioning config: its data section locates the corpus, its caption section decodes")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.synthetic.root=DIR (repeatable)")
-    parser.add_argument("--split", default=None, help="the split to caption (default: the config's data.test_split)")
+    add_model_arguments(parser, "a model file with a caption generator", REPO / "configs" / "caption_synthetic.yaml",
+                        "a captioning config: its data section locates the corpus, its caption section decodes")
     parser.add_argument("--beam", type=config_value("caption.beam"), default=None, metavar="N",
                         help="beam width, 1 = greedy (sets caption.beam; default: the config's)")
     parser.add_argument("--length-penalty", type=config_value("caption.length_penalty"), default=None, metavar="P",
@@ -63,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the generator sees: vision, audio or both "
                              "(sets caption.modality; default: the config's)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="videos decoded at once")
-    parser.add_argument("--device", type=device_arg, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the captions and metrics (default: <model dir>/captions_<split>.json)")
     return parser

@@ -23,24 +23,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from clip4vla.cli import HelpFormatter, device_arg, positive_int  # noqa: E402  (no torch import)
+from clip4vla.cli import HelpFormatter, add_model_arguments, positive_int  # noqa: E402  (no torch import)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (a function, so the tests can check every flag's help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="a model file (model.pt, a checkpoint, ...)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune_synthetic.yaml",
-                        help="a retrieval config: its data section locates the corpus")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.synthetic.root=DIR (repeatable)")
-    parser.add_argument("--split", default=None, help="split to score (default: the config's data.test_split)")
+    add_model_arguments(parser, "a model file (model.pt, a checkpoint, ...)", REPO / "configs" / "finetune_synthetic.yaml",
+                        "a retrieval config: its data section locates the corpus")
     parser.add_argument("--modalities", default="v,a,av", help="comma-separated subset of v,a,av")
     parser.add_argument("--fusion", choices=("g2g",), default=None,
                         help="score a model without a fusion head (a pre-trained one) with global features")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="videos and captions encoded at once")
-    parser.add_argument("--device", type=device_arg, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the metrics JSON (default: <model dir>/retrieval_<split>.json)")
     return parser

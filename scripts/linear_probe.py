@@ -31,19 +31,14 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clip4vla.cli import HelpFormatter, device_arg
+    from clip4vla.cli import HelpFormatter, add_model_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("runs") / "pretrain_synthetic" / "model.pt",
-                        help="the model file to probe (the quick start's by default)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "probe_synthetic.yaml",
-                        help="a probe config: its data section locates ESC-50 / UCF101, its probe section the "
-                             "penalties, mode and prompts")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set probe.mode=zero_shot (repeatable)")
-    parser.add_argument("--device", type=device_arg, default="auto",
-                        help="where features are extracted: auto (a GPU if there is one), cpu, cuda or cuda:N; "
-                             "the probes themselves are fitted on the CPU in float64")
+    add_model_arguments(parser, "the model file to probe (the quick start's by default)",
+                        REPO / "configs" / "probe_synthetic.yaml",
+                        "a probe config: its data section locates ESC-50 / UCF101, its probe section the penalties, "
+                        "mode and prompts (features are extracted on --device; the probes are fitted on the CPU "
+                        "in float64)", model_default=Path("runs") / "pretrain_synthetic" / "model.pt", split=False)
     parser.add_argument("--no-progress", action="store_true", help="hide the feature-extraction progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

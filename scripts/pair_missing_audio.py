@@ -22,17 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from clip4vla.cli import HelpFormatter, positive_int  # noqa: E402  (no torch import)
+from clip4vla.cli import HelpFormatter, add_model_arguments, positive_int  # noqa: E402  (no torch import)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (a function, so the tests can check every flag's help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="a pre-trained model file (its vision tower is used)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune_synthetic.yaml",
-                        help="a retrieval config: its data section locates the corpus")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.msrvtt.video_dir=DIR (repeatable)")
+    add_model_arguments(parser, "a pre-trained model file (its vision tower is used)",
+                        REPO / "configs" / "finetune_synthetic.yaml", "a retrieval config: its data section locates the corpus",
+                        split=False, device=False)
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the pairing JSON (default: audio_pairs.json beside --model)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="videos encoded at once")

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from clip4vla.cli import HelpFormatter, positive_int  # noqa: E402  (no torch import)
+from clip4vla.cli import HelpFormatter, add_model_arguments, positive_int  # noqa: E402  (no torch import)
 
 
 def steps_arg(text: str) -> int:
@@ -36,12 +36,9 @@ def steps_arg(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line (a function, so the tests can check every flag's help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="a model file (its audio and text towers are used)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune_synthetic.yaml",
-                        help="a retrieval config: its data section locates the corpus")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.synthetic.root=DIR (repeatable)")
-    parser.add_argument("--split", default=None, help="split to score (default: the config's data.test_split)")
+    add_model_arguments(parser, "a model file (its audio and text towers are used)",
+                        REPO / "configs" / "finetune_synthetic.yaml", "a retrieval config: its data section locates the corpus",
+                        device=False)
     parser.add_argument("--steps", type=steps_arg, default=11,
                         help="number of mixing ratios w from 0 to 1, evenly spaced")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="clips and captions encoded at once")

@@ -56,3 +56,17 @@ def copy_with_undecodable_name(source: Path, folder: Path, stem: bytes = b"caf\x
     except (OSError, UnicodeEncodeError) as err:
         pytest.skip(f"this file system takes no non-UTF-8 file names ({err})")
     return target
+
+
+def paper_corpora_settings(twins: Path, caption_path: Path) -> dict[str, Path]:
+    """``--set`` keys that point the paper's pre-training configs at the HowTo100M, AudioSet and
+    MSR-VTT format twins in ``twins`` (prepared media), with HowTo100M's captions at ``caption_path``."""
+    return {
+        "data.howto100m.caption_path": caption_path,
+        "data.howto100m.prepared_dir": twins / "howto100m" / "prepared",
+        "data.audioset.segments_csv": twins / "audioset" / "unbalanced_train_segments.csv",
+        "data.audioset.ontology_json": twins / "audioset" / "ontology.json",
+        "data.audioset.prepared_dir": twins / "audioset" / "prepared",
+        "data.msrvtt.annotation_dir": twins / "msrvtt",
+        "data.msrvtt.prepared_dir": twins / "msrvtt" / "prepared",
+    }

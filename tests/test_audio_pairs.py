@@ -12,6 +12,7 @@ from clip4vla.data.audio_pairs import apply_audio_pairs, read_audio_pairs, write
 from clip4vla.data.corpora import read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.pairing import nearest_audio_donors
+from clip4vla.models.preprocessing import Preprocessing
 
 
 def config_for(root):
@@ -41,7 +42,7 @@ def test_paired_records_load_the_donors_audio(synthetic_root, tmp_path):
     assert apply_audio_pairs(list(splits.values()), splits["train"], read_audio_pairs(path), "test") == 1
     record = next(r for r in splits["test"] if r.video_id == silent)
     assert record.audio_from == donor
-    options = SampleOptions(max_frames=2, max_segments=2)
+    options = SampleOptions(inputs=Preprocessing(max_frames=2, max_segments=2))
     sample = TriModalDataset([record], options)[0]
     donor_sample = TriModalDataset([next(r for r in splits["train"] if r.video_id == donor)], options)[0]
     assert sample["valid"] and sample["audio_mask"].any()

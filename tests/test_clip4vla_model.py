@@ -134,11 +134,12 @@ def test_from_openai_checkpoint():
     from clip4vla import load_model
 
     model = load_model(FIXTURES / "clip_tiny_vit_jit.pt")
-    assert model.clip.config.image_resolution == 32 and model.audio.visual.input_resolution == 32
+    # the audio encoder keeps 224x224 segments; positions resampled from the 4x4 grid to 28x28 (issue 20)
+    assert model.clip.config.image_resolution == 32 and model.audio.visual.input_resolution == 224
     assert torch.equal(model.audio.visual.proj, model.clip.visual.proj)
-    assert model.audio.visual.positional_embedding.shape == (17 + 1, 128)
+    assert model.audio.visual.positional_embedding.shape == (1 + 28 * 28 + 1, 128)
     with torch.no_grad():
-        _, global_ = model.encode_audio(torch.randn(1, 2, 3, 32, 32), torch.ones(1, 2, dtype=torch.bool), "vb")
+        _, global_ = model.encode_audio(torch.randn(1, 2, 3, 224, 224), torch.ones(1, 2, dtype=torch.bool), "vb")
     assert global_.shape == (1, 32)
 
 

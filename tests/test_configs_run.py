@@ -22,6 +22,7 @@ import torch
 from clip4vla.config import CaptionConfig, PretrainConfig, ProbeConfig, RetrievalConfig, load_config
 from clip4vla.data.synthetic_formats import write_corpus_format
 from clip4vla.models.clip import CLIPConfig
+from script_checks import paper_corpora_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -31,6 +32,7 @@ CONFIG_RUNS = {
     "pretrain_synthetic.yaml": ("pretrain.py", "test_pretrain.py::test_pretrain_script_writes_outputs_and_prints_json_last"),
     "pretrain_howto_audioset.yaml": ("pretrain.py", "test_configs_run.py::test_paper_pretraining_config_runs_on_two_ranks_and_resumes"),
     "pretrain_howto_audioset_shards.yaml": ("pretrain.py", "test_configs_run.py::test_paper_pretraining_config_on_shards"),
+    "pretrain_laion_b16.yaml": ("pretrain.py", "test_backbones.py::test_laion_b16_config_runs_on_the_format_twins"),
     "finetune_synthetic.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_synthetic_retrieval_config_then_evaluation"),
     "finetune_msrvtt.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_msrvtt_retrieval_config_with_paired_audio"),
     "finetune_vatex.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_vatex_and_audiocaps_retrieval_configs"),
@@ -90,14 +92,9 @@ def test_paper_pretraining_config_runs_on_two_ranks_and_resumes(twins, micro_ope
                             "--no-progress"])
     overrides = sets({
         "model.init_from": micro_openai_clip,
+        "model.activation": "quick_gelu",  # a plain state dict does not record it
         "model.arch": "null",  # the file's (micro), not ViT-B/32
-        "data.howto100m.caption_path": spans,
-        "data.howto100m.prepared_dir": twins / "howto100m" / "prepared",
-        "data.audioset.segments_csv": twins / "audioset" / "unbalanced_train_segments.csv",
-        "data.audioset.ontology_json": twins / "audioset" / "ontology.json",
-        "data.audioset.prepared_dir": twins / "audioset" / "prepared",
-        "data.msrvtt.annotation_dir": twins / "msrvtt",
-        "data.msrvtt.prepared_dir": twins / "msrvtt" / "prepared",
+        **paper_corpora_settings(twins, spans),
         "data.num_workers": 0,
         "data.max_frames": 2,
         "audio.max_segments": 2,
@@ -148,7 +145,7 @@ def test_paper_pretraining_config_on_shards(twins, micro_openai_clip, tmp_path):
                             str(tmp_path / "spans"), "--no-progress"])
     summary = last_json(run("pretrain.py", ["--config", str(CONFIGS / "pretrain_howto_audioset_shards.yaml"), *sets({
         **data,
-        "model.init_from": micro_openai_clip, "model.arch": "null",
+        "model.init_from": micro_openai_clip, "model.arch": "null", "model.activation": "quick_gelu",
         "data.howto100m.caption_path": tmp_path / "spans",
         "data.audioset.segments_csv": twins / "audioset" / "unbalanced_train_segments.csv",
         "data.audioset.ontology_json": twins / "audioset" / "ontology.json",

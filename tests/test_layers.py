@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "clip4vla"
-TRAINING_SCRIPTS = {"pretrain.py", "finetune_retrieval.py", "finetune_caption.py"}
+TRAINING_SCRIPTS = {"pretrain.py", "finetune_retrieval.py", "finetune_caption.py", "ablate.py"}  # ablate: runs of the loop
 
 
 def imported_modules(path: Path) -> set[str]:

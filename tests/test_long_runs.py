@@ -176,7 +176,7 @@ def test_resume_skips_a_non_finite_checkpoint_and_says_which(synthetic_root, tmp
             resumed = trainer(synthetic_root, out, resume=True, **{"train.max_steps": 4})
     assert resumed.step == 2 and "resumed from" in caplog.text and "ckpt_000002.pt" in caplog.text
     with pytest.raises(FloatingPointError, match="refusing to write checkpoint"):
-        resumed.checkpoints.save(9, state)
+        resumed.folder.checkpoints.save(9, state)
 
 
 # ---------------------------------------------------------------- 5. config values at start-up

@@ -27,7 +27,7 @@ def rows(out):
 def test_frozen_towers_are_encoded_once_per_micro_batch(synthetic_root, micro_openai_clip, tmp_path):
     """Paper default (CLIP frozen) with accumulation: text/vision outside the re-encoding pass."""
     cfg = config(synthetic_root, tmp_path / "run", **{
-        "model.init_from": micro_openai_clip, "model.train_clip": False, "model.arch": "null",
+        "model.init_from": micro_openai_clip, "model.train_clip": False, "model.arch": "null", "model.activation": "quick_gelu",
         "train.accum_steps": 2, "train.batch_size": 2, "train.max_steps": 1,
     })
     trainer = Trainer(cfg, PretrainTask)

@@ -48,8 +48,8 @@ def test_export_round_trips_weights_architecture_and_preprocessing(micro, tmp_pa
 def test_openai_file_gets_its_audio_encoder_from_the_vision_tower():
     model = load_model(FIXTURES / "clip_tiny_vit_jit.pt")  # a TorchScript archive like ViT-B-32.pt
     assert torch.equal(model.audio.visual.conv1.weight, model.clip.visual.conv1.weight)
-    assert model.audio.use_type_token and model.preprocessing == Preprocessing()
-    plain = load_model(FIXTURES / "clip_tiny_vit.pt")  # and a plain state dict
+    assert model.audio.use_type_token and model.preprocessing == Preprocessing(image_size=32)  # frames at its 32 px
+    plain = load_model(FIXTURES / "clip_tiny_vit.pt", activation="quick_gelu")  # and a plain state dict (declared)
     assert plain.clip.config == model.clip.config
 
 
@@ -101,7 +101,7 @@ def test_init_from_starts_a_run_from_any_file(micro, tmp_path):
     with pytest.raises(CheckpointError, match="already has a trained audio encoder"):
         build_model(ModelConfig(init_from=str(path), audio_init="scratch"))
     # an OpenAI file may start a scratch audio encoder
-    scratch = build_model(ModelConfig(init_from=str(FIXTURES / "clip_tiny_vit.pt"), audio_init="scratch"))
+    scratch = build_model(ModelConfig(init_from=str(FIXTURES / "clip_tiny_vit.pt"), audio_init="scratch", activation="quick_gelu"))
     assert not torch.equal(scratch.audio.visual.conv1.weight, scratch.clip.visual.conv1.weight)
 
 

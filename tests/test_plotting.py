@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clip4vla.train.plotting import plot_metrics
+from clip4vla.plotting import plot_metrics
 
 
 def _ylabels(history, tmp_path, monkeypatch) -> list[str]:

@@ -37,6 +37,14 @@ NOT_RUN = {
         "needs the caption fine-tune; tests/test_evaluate_scripts.py runs the script",
     "python scripts/linear_probe.py": "lays out two format twins and extracts features of each; "
                                       "tests/test_configs_run.py runs the probe configs",
+    "clip4vla-search serve --dir data/synthetic/videos": "a server that runs until Ctrl-C; tests/test_serve_api.py "
+                                                         "starts it on a free port, tests/test_serve_browser.py drives the page",
+    "python scripts/ablate.py --table 5": "16 training runs (minutes on CPU); tests/test_ablation.py runs "
+                                          "configs/ablations/table5.yaml through it with micro settings",
+    "python scripts/plot_runs.py runs/ablation_table5/seed0 --metric ta --out ablation_ta.png":
+        "needs the ablation's runs; tests/test_tensorboard.py runs the script",
+    "tensorboard --logdir runs/ablation_table5": "a server that runs until Ctrl-C; tests/test_tensorboard.py reads "
+                                                 "the event files with TensorBoard's own reader",
 }
 # The training-free commands after the quick start that this test runs, in README order.
 RUN = [

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,8 @@ def help_text(name: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["pretrain", "finetune_retrieval", "finetune_caption", "linear_probe", "make_synthetic"])
+@pytest.mark.parametrize("name", ["pretrain", "finetune_retrieval", "finetune_caption", "linear_probe", "make_synthetic",
+                                  "ablate", "plot_runs"])
 def test_help_describes_every_flag_and_keeps_examples_as_written(name, capsys):
     text = help_text(name, capsys)
     description, options = text.split("\noptions:\n")
@@ -35,7 +36,8 @@ def test_help_describes_every_flag_and_keeps_examples_as_written(name, capsys):
     flags = [i for i, line in enumerate(lines) if line.startswith("  -")]
     assert flags
     for i in flags:  # help text on the flag's own line (after the metavar) or on the next, indented one
-        own = re.match(r"  (-\S+(?: \S+)?(?:, -\S+(?: \S+)?)?)(?:  +(\S.*))?$", lines[i])
+        # a flag, its metavar (nargs="+": "N [N ...]"), an alias; then the help on the same line or the next
+        own = re.match(r"  (-\S+(?: \S+(?: \[\S+ \.\.\.\])?)?(?:, -\S+(?: \S+)?)?)(?:  +(\S.*))?$", lines[i])
         assert own, lines[i]
         described = own.group(2) or (i + 1 < len(lines) and lines[i + 1].startswith(" " * 20))
         assert described, f"{name}: {own.group(1)} has no help"

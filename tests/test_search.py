@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -99,7 +98,7 @@ def test_query_command_prints_table_and_json(indexed, capsys):
     assert main(["query", "a siren wails", "--dir", str(indexed), "--json", "--modality", "a"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {Path(r["path"]).name for r in rows} == {"long.mp4", "short.mp4", "rain.wav"}
-    assert all(set(r) == {"path", "score", "start", "end", "windows"} for r in rows)
+    assert all(set(r) == {"path", "score", "start", "end", "windows", "id", "window"} for r in rows)
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
 
 
@@ -188,7 +187,7 @@ def test_empty_or_missing_folder_and_missing_index(micro_export, tmp_path, capsy
 def test_script_and_console_entry_point_are_the_same_program():
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "search.py"), "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "clip4vla-search index" in out and "{index,query}" in out
+    assert "clip4vla-search index" in out and "{index,query,serve}" in out
     console = shutil.which("clip4vla-search")
     if console is not None:  # installed by `pip install -e .`
         assert subprocess.run([console, "query", "--help"], capture_output=True, text=True, check=True).stdout.count("--modality")

@@ -21,6 +21,7 @@ from clip4vla.data.corpora import read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
 from clip4vla.data.prepare import prepare_videos
 from clip4vla.data.shards import INDEX, SHARD_FORMAT, ShardFormatError, ShardStore, iter_samples, write_shards
+from clip4vla.models.preprocessing import Preprocessing
 from audio_media import write_sound
 from conftest import micro_pretrain_settings
 from media_factory import write_empty, write_garbage, write_video
@@ -216,7 +217,7 @@ def test_raw_prepared_and_shard_routes_give_the_same_samples(synthetic_root, tmp
 
     with_prepared = [dataclasses.replace(r, frames_dir=prepared / "frames" / r.video_id,
                                          audio_path=prepared / "audio" / f"{r.video_id}.wav") for r in records]
-    base = SampleOptions(max_frames=3, max_segments=2, masked_audio=True)
+    base = SampleOptions(inputs=Preprocessing(max_frames=3, max_segments=2), masked_audio=True)
     routes = {
         "raw": TriModalDataset(records, base),
         "prepared": TriModalDataset(with_prepared, dataclasses.replace(base, media="prepared")),
@@ -307,7 +308,7 @@ def test_dataset_skips_a_clip_of_a_missing_shard_and_keeps_the_batch_shape(synth
     records = [r for r in read_split(_data(synthetic_root), "synthetic", "train", "pretrain")
                + read_split(_data(synthetic_root), "synthetic", "test", "pretrain") if r.video_id in line["ids"]]
     assert records
-    dataset = TriModalDataset(records, SampleOptions(max_frames=2, max_segments=2, media="shards", shards=(("synthetic", str(broken)),)))
+    dataset = TriModalDataset(records, SampleOptions(inputs=Preprocessing(max_frames=2, max_segments=2), media="shards", shards=(("synthetic", str(broken)),)))
     sample = dataset[0]
     assert not sample["valid"] and line["shard"] in sample["skip_reason"]
     assert sample["frames"].shape == (2, 3, 224, 224)

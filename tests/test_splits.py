@@ -8,6 +8,7 @@ from clip4vla.config import ConfigError, RetrievalConfig, load_config
 from clip4vla.data.corpora import read_split
 from clip4vla.data.dataset import SampleOptions
 from clip4vla.data.splits import split_datasets
+from clip4vla.models.preprocessing import Preprocessing
 from conftest import PRETRAIN_CLIPS
 
 
@@ -17,7 +18,7 @@ def config(root, *extra):
 
 
 def test_a_training_set_can_be_several_splits(synthetic_root):
-    options = SampleOptions(max_frames=2, max_segments=2)
+    options = SampleOptions(inputs=Preprocessing(max_frames=2, max_segments=2))
     one = split_datasets(config(synthetic_root), "retrieval", options, options)
     two = split_datasets(config(synthetic_root, "data.train_split=train+val", "data.val_split=null"), "retrieval",
                          options, options)

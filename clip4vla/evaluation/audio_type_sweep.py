@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from clip4vla.data.dataset import TriModalDataset, collate_samples
+from clip4vla.data.dataset import TriModalDataset
+from clip4vla.evaluation.encode import encode_batches
 from clip4vla.evaluation.retrieval import retrieval_metrics
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.text import tokenize
@@ -25,18 +26,18 @@ def sweep_audio_type(model: CLIP4VLA, dataset: TriModalDataset, ratios: Sequence
     the audio encoder runs again for each ratio.
     """
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
-    segments, masks, kept = [], [], []
-    for batch in loader:
+
+    def audio_clips(batch: dict[str, Any]) -> dict[str, Any]:
         keep = batch["valid"] & batch["audio_mask"].any(1)
-        segments.append(batch["audio"][keep])
-        masks.append(batch["audio_mask"][keep])
-        kept += batch["index"][keep].tolist()
-    if not kept:
+        return {"segments": batch["audio"][keep], "masks": batch["audio_mask"][keep],
+                "kept": batch["index"][keep].tolist()}
+
+    clips = encode_batches(dataset, batch_size, audio_clips)
+    if not clips.get("kept"):
         raise ValueError("no clip of the split has audio")
-    segments, masks = torch.cat(segments), torch.cat(masks)
+    segments, masks, kept = clips["segments"], clips["masks"], clips["kept"]
     captions = [(i, c) for i, index in enumerate(kept) for c in dataset.records[index].captions]
-    tokens = tokenize([c for _, c in captions], context_length=dataset.options.max_words, truncate=True)
+    tokens = tokenize([c for _, c in captions], context_length=dataset.options.inputs.max_words, truncate=True)
     text = torch.cat([model.encode_text(tokens[i:i + batch_size].to(device)) for i in range(0, len(tokens), batch_size)])
     text = F.normalize(text.float(), dim=-1)
     mapping = torch.tensor([i for i, _ in captions])

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from clip4vla.data.dataset import TriModalDataset, collate_samples
+from clip4vla.data.dataset import TriModalDataset
 from clip4vla.evaluation.captioning import caption_metrics
-from clip4vla.evaluation.fusion_retrieval import resolve_audio_type, video_items
+from clip4vla.evaluation.encode import encode_batches
 from clip4vla.files import write_text_atomic
+from clip4vla.models.audio import resolve_audio_type
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.decoding import generate
 from clip4vla.models.fusion import select_modality
@@ -34,30 +35,31 @@ __all__ = ["caption_baselines", "caption_references", "caption_summary", "captio
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def caption_videos(model: CLIP4VLA, dataset: TriModalDataset, modality: str, audio_type: Any, beam: int,
                    length_penalty: float, device: torch.device, precision: str = "fp32", batch_size: int = 16,
                    cached: bool = True) -> tuple[dict[str, str], int]:
     """A caption for every readable clip of ``dataset`` (``{video_id: text}``) and the unreadable count."""
     tokenizer = default_tokenizer()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
-    predictions: dict[str, str] = {}
-    unreadable = 0
-    for batch in loader:
+
+    def step(batch: dict[str, Any]) -> dict[str, Any]:
         readable = batch["valid"]
-        unreadable += int((~readable).sum())
-        if not bool(readable.any()):
-            continue
+        ids = [vid for vid, ok in zip(batch["video_id"], readable.tolist()) if ok]
+        if not ids:
+            return {"ids": [], "captions": [], "unreadable": ~readable}
         frame_mask, audio_mask = select_modality(batch["frame_mask"][readable], batch["audio_mask"][readable], modality)
         with autocast(device, precision):
-            frames, segments = video_items(
-                model, batch["frames"][readable].to(device), frame_mask.to(device), batch["audio"][readable].to(device),
+            frames, segments = model.encode_media(
+                batch["frames"][readable].to(device), frame_mask.to(device), batch["audio"][readable].to(device),
                 audio_mask.to(device), resolve_audio_type(audio_type, batch["audio_type"][readable].to(device)), modality,
             )
             words = generate(model, frames, frame_mask.to(device), segments, audio_mask.to(device), beam=beam,
                              length_penalty=length_penalty, cached=cached)
-        ids = [vid for vid, ok in zip(batch["video_id"], readable.tolist()) if ok]
-        predictions.update({vid: tokenizer.decode(w).strip() for vid, w in zip(ids, words)})
+        return {"ids": ids, "captions": [tokenizer.decode(w).strip() for w in words],
+                "unreadable": ~readable}
+
+    out = encode_batches(dataset, batch_size, step)
+    predictions = dict(zip(out.get("ids", []), out.get("captions", [])))
+    unreadable = int(out["unreadable"].sum()) if "unreadable" in out else 0
     return predictions, unreadable
 
 

@@ -18,15 +18,17 @@ from typing import Any, Sequence
 
 import torch
 
-from clip4vla.data.dataset import TriModalDataset, collate_samples
+from clip4vla.data.dataset import TriModalDataset
+from clip4vla.evaluation.encode import encode_batches
 from clip4vla.evaluation.retrieval import streamed_retrieval_metrics
+from clip4vla.models.audio import resolve_audio_type
 from clip4vla.models.clip4vla import CLIP4VLA
-from clip4vla.models.fusion import FusionHead
+from clip4vla.models.fusion import FusionHead, has_modality
 from clip4vla.precision import autocast
 from clip4vla.text import tokenize
 
 __all__ = ["EncodedSet", "encode_retrieval_set", "evaluate_fusion_retrieval", "format_retrieval_table",
-           "retrieval_summary", "text_side", "video_items"]
+           "retrieval_summary"]
 
 METRIC_KEYS = ("R1", "R5", "R10", "MedR", "MeanR")
 # L2L keeps its pair scores: refuse sets whose matrix would not fit comfortably
@@ -47,52 +49,25 @@ class EncodedSet:
     video_ids: list[str]
 
 
-def text_side(model: CLIP4VLA, head: FusionHead, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    token_features, text_global = model.encode_text_tokens(tokens)
-    return head.text_side(tokens, token_features, text_global)
-
-
-def video_items(model: CLIP4VLA, frames: torch.Tensor, frame_mask: torch.Tensor, audio: torch.Tensor,
-                audio_mask: torch.Tensor, audio_type: Any, modality: str = "av") -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame and segment features ``[B, F, D]``, ``[B, L, D]``; the modality left out is not encoded."""
-    dim = model.clip.config.embed_dim
-    if modality == "a":
-        frame_features = frames.new_zeros(*frame_mask.shape, dim)
-    else:
-        frame_features = model.encode_video(frames, frame_mask)[0]
-    if modality == "v":
-        segment_features = audio.new_zeros(*audio_mask.shape, dim)
-    else:
-        segment_features = model.encode_audio(audio, audio_mask, audio_type)[0]
-    return frame_features, segment_features
-
-
-def resolve_audio_type(setting: Any, batch_ids: torch.Tensor) -> Any:
-    """``"clip"``: each clip's own type id; otherwise the setting (``"vb"``, ``"nb"``, ``"both"``, w)."""
-    return batch_ids if setting == "clip" else setting
-
-
 @torch.no_grad()
 def encode_retrieval_set(model: CLIP4VLA, dataset: TriModalDataset, batch_size: int, device: torch.device,
                          precision: str, audio_type: Any) -> EncodedSet:
     """Encode every clip's frames and segments once, and tokenize every caption."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("frames", "frame_mask", "segments", "segment_mask", "readable")}
-    for batch in loader:
+
+    def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         with autocast(device, precision):
-            frames, segments = video_items(
-                model, batch["frames"].to(device), batch["frame_mask"].to(device), batch["audio"].to(device),
+            frames, segments = model.encode_media(
+                batch["frames"].to(device), batch["frame_mask"].to(device), batch["audio"].to(device),
                 batch["audio_mask"].to(device), resolve_audio_type(audio_type, batch["audio_type"].to(device)),
             )
-        parts["frames"].append(frames.float().cpu())
-        parts["segments"].append(segments.float().cpu())
-        parts["frame_mask"].append(batch["frame_mask"])
-        parts["segment_mask"].append(batch["audio_mask"])
-        parts["readable"].append(batch["valid"])
+        return {"frames": frames, "frame_mask": batch["frame_mask"], "segments": segments,
+                "segment_mask": batch["audio_mask"], "readable": batch["valid"]}
+
+    parts = encode_batches(dataset, batch_size, step)
     captions = [(i, c) for i, record in enumerate(dataset.records) for c in record.captions]
-    tokens = tokenize([c for _, c in captions], context_length=dataset.options.max_words, truncate=True)
+    tokens = tokenize([c for _, c in captions], context_length=dataset.options.inputs.max_words, truncate=True)
     return EncodedSet(
-        **{k: torch.cat(v) for k, v in parts.items()},
+        **parts,
         tokens=tokens,
         text_to_video=torch.tensor([i for i, _ in captions], dtype=torch.long),
         video_ids=[r.video_id for r in dataset.records],
@@ -101,10 +76,7 @@ def encode_retrieval_set(model: CLIP4VLA, dataset: TriModalDataset, batch_size: 
 
 def _pool(encoded: EncodedSet, modality: str) -> torch.Tensor:
     """The clips that can take part in ``modality`` (bool ``[V]``)."""
-    has_frames = encoded.frame_mask.any(1)
-    has_audio = encoded.segment_mask.any(1)
-    usable = {"v": has_frames, "a": has_audio, "av": has_frames | has_audio}[modality]
-    return usable & encoded.readable
+    return has_modality(encoded.frame_mask, encoded.segment_mask, modality) & encoded.readable
 
 
 @torch.no_grad()
@@ -124,7 +96,7 @@ def _score(model: CLIP4VLA, head: FusionHead, encoded: EncodedSet, modality: str
 
     def texts(rows: slice) -> dict[str, torch.Tensor]:
         with autocast(device, precision):
-            side = text_side(model, head, tokens[rows].to(device))
+            side = model.fusion_text(tokens[rows].to(device))
         return {k: v.float() if v.is_floating_point() else v for k, v in side.items()}
 
     n_video, n_text = int(keep.sum()), len(tokens)

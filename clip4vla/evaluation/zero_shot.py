@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip4vla.data.dataset import TriModalDataset, collate_samples, usable_rows
+from clip4vla.data.dataset import TriModalDataset, usable_rows
+from clip4vla.evaluation.encode import encode_batches
 from clip4vla.evaluation.retrieval import RANK_METRICS, retrieval_metrics
 from clip4vla.precision import autocast
 
@@ -23,25 +24,22 @@ def chance_level(n: int) -> dict[str, float]:
     return {"R1": 100.0 / n, "R5": 100.0 * min(5, n) / n, "R10": 100.0 * min(10, n) / n, "MedR": (n + 1) / 2}
 
 
-@torch.no_grad()
 def encode_dataset(
     model: torch.nn.Module, dataset: TriModalDataset, batch_size: int, device: torch.device, precision: str = "fp32"
 ) -> dict[str, torch.Tensor]:
     """Unit-norm global text/video/audio features of every clip, plus which clips are usable."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
-    parts: dict[str, list[torch.Tensor]] = {"text": [], "video": [], "audio": [], "usable": []}
-    for batch in loader:
+
+    def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         with autocast(device, precision):
             text = model.encode_text(batch["text"].to(device))
             _, video = model.encode_video(batch["frames"].to(device), batch["frame_mask"].to(device))
             _, audio = model.encode_audio(
                 batch["audio"].to(device), batch["audio_mask"].to(device), batch["audio_type"].to(device)
             )
-        parts["text"].append(F.normalize(text.float(), dim=-1).cpu())
-        parts["video"].append(F.normalize(video.float(), dim=-1).cpu())
-        parts["audio"].append(F.normalize(audio.float(), dim=-1).cpu())
-        parts["usable"].append(usable_rows(batch))
-    return {k: torch.cat(v) for k, v in parts.items()}
+        return {"text": F.normalize(text.float(), dim=-1), "video": F.normalize(video.float(), dim=-1),
+                "audio": F.normalize(audio.float(), dim=-1), "usable": usable_rows(batch)}
+
+    return encode_batches(dataset, batch_size, step)
 
 
 def zero_shot_retrieval(

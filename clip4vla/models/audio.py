@@ -4,27 +4,68 @@ Each 224x224 segment (3 channels: left, mid, right log-mel) is cut into patches 
 image, ``[CLS] + patches + [TYPE]`` goes through a transformer with the CLIP vision architecture,
 and the projected CLS is the segment feature. The type token selects what the encoder listens
 for: row 0 of ``type_embedding`` is [VB] (verbal), row 1 is [NB] (non-verbal).
+
+The segments stay 224x224 whatever the image tower's resolution (48, 224, 336 px): the encoder is
+built for 224-px inputs and the copied positional table is resampled once to its patch grid, as
+AST adapts an ImageNet ViT to spectrograms. Resizing the spectrogram instead would blur (or, at
+48 px, throw away) mel bins and time frames, and cost 2.25x the tokens at 336 px; keeping 224 keeps
+the front-end's time-frequency resolution, one data pipeline for every backbone, and the
+pre-trained patch weights, which see the same 14/16/32-px patches either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Union
+from typing import Any, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clip4vla.models.clip import CLIPConfig, VisionConfig, VisionTransformer, infer_vision_config
 from clip4vla.models.loading import CheckpointError, check_state_dict, to_float32_state_dict
 from clip4vla.models.pooling import encode_valid, masked_mean_normalised
 
-__all__ = ["AUDIO_TYPE_IDS", "AudioEncoder", "AudioType"]
+__all__ = ["AUDIO_RESOLUTION", "AUDIO_TYPE_IDS", "AudioEncoder", "AudioType", "audio_vision_config",
+           "resample_patch_positions", "resolve_audio_type"]
+
+# The audio encoder's input side: the front-end's segment size (clip4vla.audio.segments.SEGMENT_LENGTH).
+AUDIO_RESOLUTION = 224
 
 # Type ids as the data pipeline produces them (sample["audio_type"]): 0 = [VB], 1 = [NB].
 AUDIO_TYPE_IDS = {"vb": 0, "nb": 1}
 
 # "vb" | "nb" | "both" | mixing ratio w in [0, 1] | LongTensor of type ids
 AudioType = Union[str, float, int, torch.Tensor]
+
+
+def resolve_audio_type(setting: Any, clip_types: torch.Tensor) -> AudioType:
+    """A task's ``audio_type`` setting for one batch: ``"clip"`` takes each clip's own type id
+    (``clip_types``, ``[B]``); ``"vb"``, ``"nb"``, ``"both"`` or a mixing ratio apply to every clip."""
+    return clip_types if setting == "clip" else setting
+
+
+def audio_vision_config(vision: VisionConfig) -> VisionConfig:
+    """The image tower's architecture at the audio encoder's 224-px input (see the module docstring)."""
+    if AUDIO_RESOLUTION % vision.patch_size:
+        raise ValueError(f"the audio encoder's {AUDIO_RESOLUTION}-px segments are not a whole number of "
+                         f"{vision.patch_size}-px patches")
+    return dataclasses.replace(vision, image_resolution=AUDIO_RESOLUTION)
+
+
+def resample_patch_positions(table: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[1 + g*g, W]`` positional rows (CLS first) -> ``[1 + grid*grid, W]``: the patch rows as a
+    ``g x g`` map resized bicubically (in float32) to ``grid x grid``; the CLS row is kept."""
+    cls_row, patches = table[:1], table[1:]
+    side = round(patches.shape[0] ** 0.5)
+    if side * side != patches.shape[0]:
+        raise ValueError(f"{patches.shape[0]} patch positions are not a square grid")
+    if side == grid:
+        return table.clone()
+    image = patches.float().T.reshape(1, -1, side, side)  # [1, W, g, g]
+    resized = F.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([cls_row, resized.reshape(-1, grid * grid).T.to(table.dtype)])
 
 
 class AudioEncoder(nn.Module):
@@ -51,7 +92,7 @@ class AudioEncoder(nn.Module):
     @classmethod
     def scratch(cls, config: CLIPConfig, use_type_token: bool = True) -> AudioEncoder:
         """Randomly initialised encoder with the vision architecture of ``config`` (Table 5 row 1)."""
-        return cls(config.vision, use_type_token=use_type_token)
+        return cls(audio_vision_config(config.vision), use_type_token=use_type_token)
 
     @classmethod
     def from_vision(cls, vision: VisionTransformer, use_type_token: bool = True) -> AudioEncoder:
@@ -59,14 +100,16 @@ class AudioEncoder(nn.Module):
 
         The copies have their own storage, so training the audio encoder never touches the
         vision tower. Only what images lack stays random: the type table and the type
-        position's positional row.
+        position's positional row. A tower whose images are not 224 px has its patch positions
+        resampled once to the 224-px segments' grid (:func:`resample_patch_positions`).
         """
-        encoder = cls(vision.config, use_type_token=use_type_token).to(device=vision.proj.device)
+        encoder = cls(audio_vision_config(vision.config), use_type_token=use_type_token).to(device=vision.proj.device)
         with torch.no_grad():
             state = {k: v.detach().clone() for k, v in vision.state_dict().items()}
-            image_rows = 1 + vision.num_patches
+            image_rows = state["positional_embedding"][: 1 + vision.num_patches]
+            grid = AUDIO_RESOLUTION // vision.config.patch_size
             state["positional_embedding"] = torch.cat(
-                [state["positional_embedding"][:image_rows], encoder.visual.positional_embedding[image_rows:]]
+                [resample_patch_positions(image_rows, grid), encoder.visual.positional_embedding[1 + grid * grid:]]
             )
             encoder.visual.load_state_dict(state, strict=True)
         return encoder

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip4vla.models.clip import CLIP, CLIPConfig, LayerNorm, QuickGELU
-from clip4vla.models.fusion import TYPE_IDS, FusionTransformer
+from clip4vla.models.fusion import TYPE_IDS, FusionTransformer, item_types
 
 __all__ = ["GeneratorConfig", "CaptionGenerator", "CaptionState", "build_caption_head"]
 
@@ -96,8 +96,7 @@ class CaptionGenerator(nn.Module):
 
     def _item_layout(self, frame_mask: torch.Tensor, segment_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Types ``[N, I]``, positions ``[I]`` and mask ``[N, I]`` of the frames and segments."""
-        types = torch.cat([torch.full_like(frame_mask, TYPE_IDS["video"], dtype=torch.long),
-                           torch.full_like(segment_mask, TYPE_IDS["audio"], dtype=torch.long)], dim=1)
+        types = item_types(frame_mask, segment_mask)
         n_items = types.shape[1]
         positions = torch.arange(self.config.max_words, self.config.max_words + n_items, device=types.device)
         return types, positions, torch.cat([frame_mask, segment_mask], dim=1)

@@ -7,8 +7,12 @@ from any of:
   the preprocessing the weights were trained with (:class:`Preprocessing`);
 * **a trainer checkpoint** ``checkpoints/ckpt_<step>.pt`` or ``best.pt`` (same contents plus the
   optimiser state, which is ignored here);
-* **an OpenAI CLIP file** (``ViT-B-32.pt``, TorchScript archive or state dict): the audio encoder
-  is initialised from the vision tower (paper "+Initial");
+* **an OpenAI CLIP file** (``ViT-B-32.pt``, TorchScript archive or state dict) of any ViT size and
+  resolution: the audio encoder is initialised from the vision tower (paper "+Initial");
+* **an open_clip checkpoint** of an OpenAI-architecture ViT (``open_clip_model.safetensors``,
+  ``open_clip_pytorch_model.bin``, a ``create_model(...).state_dict()``, an open_clip training
+  checkpoint): read like an OpenAI state dict, with the activation declared
+  (:mod:`clip4vla.models.open_clip_format`: no state dict records it, and it is never guessed);
 * **a released CLIP4VLA checkpoint** (keys ``clip.*``, ``audio.visual.*`` with
   ``control_embedding``; its token table has 3 extra rows, dropped here).
 
@@ -30,15 +34,24 @@ import torch
 from torch import nn
 
 from clip4vla.files import save_checkpoint
-from clip4vla.models.audio import AudioEncoder
-from clip4vla.models.clip import CLIP, CLIPConfig, load_openai_clip
+from clip4vla.models.audio import AUDIO_RESOLUTION, AudioEncoder
+from clip4vla.models.clip import ACTIVATIONS, CLIP, CLIPConfig, foreign_tower, load_openai_clip
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.loading import (
     CheckpointError,
     check_state_dict,
     nonfinite_tensors,
-    read_state_dict,
+    read_model_container,
     to_float32_state_dict,
+)
+from clip4vla.models.open_clip_format import (
+    OPEN_CLIP_FILE_NAMES,
+    archive_activation,
+    check_backbone,
+    check_named_shapes,
+    read_hub_config,
+    record_name,
+    resolve_activation,
 )
 from clip4vla.models.preprocessing import Preprocessing
 
@@ -46,6 +59,7 @@ __all__ = [
     "MODEL_FORMAT",
     "ModelFile",
     "clip_config_from_record",
+    "declare_activation",
     "export_model",
     "load_model",
     "model_architecture",
@@ -66,11 +80,11 @@ _REF_EXTRA_VOCAB = 3
 class ModelFile:
     """What a model file holds, whatever its kind."""
 
-    kind: str  # "export", "trainer checkpoint", "openai", "reference"
+    kind: str  # "export", "trainer checkpoint", "openai", "open_clip", "reference"
     architecture: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     preprocessing: Preprocessing | None
-    # "openai": the audio encoder is still to be made from the vision tower
+    # "openai" / "open_clip": the audio encoder is still to be made from the vision tower
     needs_audio: bool = False
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = "model file"  # the file's path, for messages
@@ -91,8 +105,9 @@ class ModelFile:
 def model_architecture(model: CLIP4VLA) -> dict[str, Any]:
     """Everything needed to rebuild ``model`` before loading its weights (plain types only)."""
     return {
-        "clip": dataclasses.asdict(model.clip.config),
+        "clip": dataclasses.asdict(model.clip.config),  # shapes and the activation
         "audio_type_token": model.audio.use_type_token,
+        "audio_resolution": model.audio.visual.input_resolution,
         "heads": {name: head.architecture() for name, head in model.heads.items()},
     }
 
@@ -101,11 +116,19 @@ def clip_config_from_record(record: Any, source: str) -> CLIPConfig:
     """The stored CLIP shape, every number checked (a crafted record must not reach a constructor)."""
     if not isinstance(record, Mapping):
         raise CheckpointError(f"{source}: malformed architecture record: 'clip' is a {type(record).__name__}")
+    record = dict(record)
+    # files written before the activation was recorded were all built with QuickGELU
+    activation = record.pop("activation", "quick_gelu")
+    if activation is None:
+        raise CheckpointError(f"{source}: the activation is not declared (declare_activation was not called)")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"{source}: malformed architecture record: activation={activation!r} "
+                              f"(expected one of {list(ACTIVATIONS)})")
     bad = [f"{k}={v!r}" for k, v in record.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
     if bad:
         raise CheckpointError(f"{source}: malformed architecture record: {', '.join(bad)} (expected whole numbers >= 1)")
     try:
-        return CLIPConfig(**record)
+        return CLIPConfig(**record, activation=activation)
     except TypeError as err:
         raise CheckpointError(f"{source}: malformed architecture record ({err})") from err
 
@@ -117,12 +140,17 @@ def model_from_architecture(architecture: Mapping[str, Any], source: str = "mode
     clip_config = clip_config_from_record(architecture["clip"], source)
     use_type_token = architecture["audio_type_token"]
     heads = architecture.get("heads", {})
+    audio_resolution = architecture.get("audio_resolution", clip_config.image_resolution)  # older files: the same
+    if isinstance(audio_resolution, bool) or not isinstance(audio_resolution, int) or audio_resolution < 1:
+        raise CheckpointError(f"{source}: malformed architecture record (audio_resolution={audio_resolution!r})")
+    check_backbone(clip_config, audio_resolution, source)
     if not isinstance(use_type_token, bool) or not isinstance(heads, Mapping):
         raise CheckpointError(f"{source}: malformed architecture record (audio_type_token={use_type_token!r}, "
                               f"heads is a {type(heads).__name__})")
     try:
         with torch.device("meta"):
-            model = CLIP4VLA(CLIP(clip_config), AudioEncoder(clip_config.vision, use_type_token=use_type_token))
+            audio_vision = dataclasses.replace(clip_config.vision, image_resolution=audio_resolution)
+            model = CLIP4VLA(CLIP(clip_config), AudioEncoder(audio_vision, use_type_token=use_type_token))
             for name, head_arch in heads.items():
                 model.attach_head(name, build_head(name, head_arch, clip_config, source))
     except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as err:
@@ -200,7 +228,7 @@ def _record_file(raw: dict[str, Any], kind: str, weights_key: str, source: str) 
 
 def _read_model_file(path: Path) -> ModelFile:
     source = str(path)
-    raw = read_state_dict(path)
+    raw, container, classes = read_model_container(path)
     if raw.get("format") == MODEL_FORMAT:
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
@@ -208,24 +236,67 @@ def _read_model_file(path: Path) -> ModelFile:
         return _record_file(raw, "export", "state_dict", source)
     if "model" in raw and "step" in raw:
         return _record_file(raw, "trainer checkpoint", "model", source)
+    open_clip_name = None
+    if isinstance(raw.get("state_dict"), Mapping) and "epoch" in raw:  # open_clip's training checkpoint
+        open_clip_name, raw = record_name(raw), dict(raw["state_dict"])
     state = _strip_prefix(raw, "module.")  # saved from a DDP wrapper
     if any(k.startswith("audio.visual.") for k in state) and any(k.startswith("clip.") for k in state):
         return _reference_file(state, source)
-    if "visual.conv1.weight" in state:
+    if "visual.conv1.weight" in state or foreign_tower(state):
         state = to_float32_state_dict(state, source, owned=True)
-        config = CLIPConfig.from_state_dict(state, source)
+        config = CLIPConfig.from_state_dict(state, source)  # a ResNet, ConvNeXt, EVA... tower: an error here
+        # OpenAI publishes TorchScript archives, whose module classes name the activation; a
+        # .safetensors, a file under open_clip's hub names or its training checkpoint is open_clip's
+        told_open_clip = (container == "safetensors" or path.name in OPEN_CLIP_FILE_NAMES
+                          or open_clip_name is not None)
+        clip_record = dataclasses.asdict(config)
+        if container == "torchscript":
+            clip_record["activation"] = archive_activation(classes)
+        else:  # a hub folder's open_clip_config.json records it
+            clip_record["activation"] = read_hub_config(path, config, source)
+            told_open_clip = told_open_clip or clip_record["activation"] is not None
         return ModelFile(
-            kind="openai",
-            architecture={"clip": dataclasses.asdict(config), "audio_type_token": None, "heads": {}},
+            kind="open_clip" if told_open_clip else "openai",
+            architecture={"clip": clip_record, "audio_type_token": None, "heads": {}},
             state_dict=state,
             preprocessing=None,
             needs_audio=True,
+            extra={"container": container, **({"open_clip_model": open_clip_name} if open_clip_name else {})},
         )
     shown = ", ".join(sorted(map(str, raw))[:8])
     raise CheckpointError(
-        f"{source}: not a model file clip4vla knows (our model.pt export, a trainer checkpoint, an OpenAI "
-        f"CLIP file or a released CLIP4VLA checkpoint); top-level keys: {shown}"
+        f"{source}: not a model file clip4vla knows (our model.pt export, a trainer checkpoint, an OpenAI or "
+        f"open_clip ViT CLIP file or a released CLIP4VLA checkpoint); top-level keys: {shown}"
     )
+
+
+def declare_activation(file: ModelFile, activation: str | None = None, open_clip_model: str | None = None) -> ModelFile:
+    """Settle the file's activation and check the backbone, before anything is built or read.
+
+    ``activation`` / ``open_clip_model``: the config's ``model.activation`` / ``model.open_clip_model``
+    (:func:`clip4vla.models.open_clip_format.resolve_activation`). A file that records its activation
+    keeps it (a contradicting declaration is an error); one that does not needs a declaration. A
+    declared open_clip name must fit the file's tensors. Returns ``file``, its record completed.
+    """
+    record = file.architecture.get("clip")
+    if not isinstance(record, Mapping):
+        raise CheckpointError(f"{file.source}: malformed architecture record: 'clip' is a {type(record).__name__}")
+    record = dict(record)
+    recorded = record.get("activation", "quick_gelu") if "activation" in record or not file.needs_audio else None
+    name = open_clip_model or file.extra.get("open_clip_model")
+    if open_clip_model is None and name is not None and activation is not None:
+        name = None  # the declaration decides over the name an open_clip training checkpoint stored
+    record["activation"] = resolve_activation(recorded, activation, name, file.kind, file.source)
+    file.architecture["clip"] = record
+    config = clip_config_from_record(record, file.source)
+    if name is not None:
+        check_named_shapes(config, name, file.source)
+    check_backbone(config, file.architecture.get("audio_resolution", AUDIO_RESOLUTION if file.needs_audio
+                                                 else config.image_resolution), file.source)
+    if file.preprocessing is not None and file.preprocessing.image_size != config.image_resolution:
+        raise CheckpointError(f"{file.source}: the preprocessing record says {file.preprocessing.image_size}-px frames, "
+                              f"the vision tower takes {config.image_resolution} px")
+    return file
 
 
 def _tensors(state: Any, source: str) -> dict[str, torch.Tensor]:
@@ -303,7 +374,12 @@ def _reference_fusion(state: dict[str, Any], config: CLIPConfig, converted: dict
 def model_from_file(file: ModelFile, source: str, audio_init: str = "vision", use_type_token: bool | None = None) -> CLIP4VLA:
     """Build the model a :class:`ModelFile` describes and load its weights (nothing loads partially)."""
     if file.needs_audio:
-        clip = load_openai_clip(file.state_dict)
+        activation = file.architecture["clip"].get("activation")
+        if activation is None:
+            declare_activation(file)  # raises: the file records no activation and none was declared
+            activation = file.architecture["clip"]["activation"]
+        clip = load_openai_clip(file.state_dict, activation=activation)
+        check_backbone(clip.config, AUDIO_RESOLUTION, source)
         model = CLIP4VLA.from_clip(clip, audio_init, True if use_type_token is None else use_type_token)
     else:
         file.check_type_token(use_type_token)
@@ -313,17 +389,26 @@ def model_from_file(file: ModelFile, source: str, audio_init: str = "vision", us
         # assignment, and a later ordinary load of the same dict (a resume restoring its
         # checkpoint) would then swap the parameters out from under the optimiser
         model.load_state_dict(dict(file.state_dict), strict=True, assign=True)
-    model.preprocessing = file.preprocessing or Preprocessing()
+    # frames at the vision tower's resolution; files without a record get the paper's other defaults
+    resolution = model.clip.config.image_resolution
+    preprocessing = file.preprocessing or Preprocessing(image_size=resolution)
+    if preprocessing.image_size != resolution:
+        raise CheckpointError(f"{source}: the preprocessing record says {preprocessing.image_size}-px frames, "
+                              f"the vision tower takes {resolution} px")
+    model.preprocessing = preprocessing
     return model
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIP4VLA:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", activation: str | None = None,
+               open_clip_model: str | None = None) -> CLIP4VLA:
     """A ready :class:`CLIP4VLA` in eval mode from any model file (module docstring).
 
-    ``model.preprocessing`` says how to turn media into its inputs (the defaults of the paper for
-    OpenAI and released files, which do not record it).
+    ``model.preprocessing`` says how to turn media into its inputs (the defaults of the paper, at
+    the vision tower's resolution, for OpenAI, open_clip and released files, which do not record it).
+    ``activation`` (``"quick_gelu"`` / ``"gelu"``) or ``open_clip_model`` (e.g. ``"ViT-B-16"``) must be
+    given for a file that does not record its activation (a .safetensors or plain state dict).
     """
-    file = read_model_file(path)
+    file = declare_activation(read_model_file(path), activation, open_clip_model)
     model = model_from_file(file, str(path))
     return model.to(device).eval()
 

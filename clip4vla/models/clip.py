@@ -9,11 +9,13 @@ batch-first ``[N, L, W]`` activations and ``F.scaled_dot_product_attention`` ins
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ from clip4vla.models.loading import (
 )
 
 __all__ = [
+    "ACTIVATIONS",
+    "Activation",
     "CLIP",
     "CLIPConfig",
     "CheckpointError",
@@ -45,6 +49,11 @@ __all__ = [
 # OpenAI's rule: every attention head is 64 wide.
 HEAD_WIDTH = 64
 ARCHITECTURES = ("micro", "tiny", "vit_b_32", "vit_b_16")
+# The MLP activation of every block. No state dict records it, and both kinds of released CLIP have
+# the same keys and shapes: OpenAI's were trained with QuickGELU, open_clip's LAION / DataComp
+# models with exact GELU. The wrong one loads without a word and gives wrong features.
+Activation = Literal["quick_gelu", "gelu"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class VisionConfig:
     layers: int
     heads: int
     output_dim: int
+    activation: Activation = "quick_gelu"
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class CLIPConfig:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+    activation: Activation = "quick_gelu"
 
     @property
     def vision(self) -> VisionConfig:
@@ -84,7 +95,12 @@ class CLIPConfig:
             layers=self.vision_layers,
             heads=self.vision_heads,
             output_dim=self.embed_dim,
+            activation=self.activation,
         )
+
+    def shape(self) -> CLIPConfig:
+        """The tensor shapes alone (activation set to the default): what a state dict can tell."""
+        return dataclasses.replace(self, activation="quick_gelu")
 
     @classmethod
     def named(cls, arch: str) -> CLIPConfig:
@@ -94,8 +110,8 @@ class CLIPConfig:
         return getattr(cls, arch)()
 
     def name(self) -> str | None:
-        """The named architecture this config equals, or None."""
-        return next((arch for arch in ARCHITECTURES if getattr(CLIPConfig, arch)() == self), None)
+        """The named architecture whose shapes this config has (any activation), or None."""
+        return next((arch for arch in ARCHITECTURES if getattr(CLIPConfig, arch)() == self.shape()), None)
 
     @classmethod
     def vit_b_32(cls) -> CLIPConfig:
@@ -157,9 +173,15 @@ class CLIPConfig:
         inference needs is missing or has an impossible shape, e.g. a ResNet CLIP or an
         unrelated model.
         """
-        if "visual.layer1.0.conv1.weight" in state:
-            raise CheckpointError(f"{source}: ResNet CLIP checkpoints are not supported (ViT only)")
+        foreign = foreign_tower(state)
+        if foreign:
+            raise CheckpointError(f"{source}: {foreign}")
         vision = infer_vision_config(state, "visual.", extra_positions=0, source=source)
+        if vision.width in _NON_64_HEAD_WIDTHS:
+            raise CheckpointError(
+                f"{source}: a {vision.width}-wide vision tower ({_NON_64_HEAD_WIDTHS[vision.width]} in open_clip) has "
+                "attention heads that are not 64 wide; their number is in no tensor, so it does not load"
+            )
         text_width = _shape(state, "ln_final.weight", source, ndim=1)[0]
         context_length, pos_width = _shape(state, "positional_embedding", source, ndim=2)
         vocab_size, tok_width = _shape(state, "token_embedding.weight", source, ndim=2)
@@ -185,6 +207,33 @@ class CLIPConfig:
             transformer_heads=max(1, text_width // HEAD_WIDTH),
             transformer_layers=_count_blocks(state, "transformer.resblocks.", source),
         )
+
+
+# Towers that are not OpenAI's ViT layout, told by a key prefix, and why they cannot load: the audio
+# encoder is a copy of an OpenAI-layout ViT, and the text side is OpenAI's causal transformer.
+_FOREIGN_TOWERS = (
+    ("visual.layer1.", "a ResNet CLIP (RN50, RN101, ...): only ViT vision towers load"),
+    ("visual.trunk.", "a timm vision tower (ConvNeXt or another timm model inside open_clip): "
+                      "only OpenAI-layout ViT towers load"),
+    ("visual.blocks.", "an EVA / timm-layout ViT (visual.blocks.*): only OpenAI-layout ViT towers load"),
+    ("visual.patch_embed.", "an EVA / timm-layout ViT (visual.patch_embed.*): only OpenAI-layout ViT towers load"),
+    ("visual.attn_pool", "an attention-pooled vision tower (CoCa): only CLS-token ViT towers load"),
+    ("text.", "a custom text tower (open_clip's CustomTextCLIP: SigLIP, MobileCLIP, Hugging Face text "
+              "encoders): only OpenAI's text transformer loads"),
+)
+# Vision widths of open_clip's ViT-H/14, ViT-g/14 and ViT-bigG/14, whose heads are 80, 88 and 104
+# wide: the head count is in no tensor, and the 64-wide rule would silently split them wrongly.
+_NON_64_HEAD_WIDTHS = {1280: "ViT-H-14", 1408: "ViT-g-14", 1664: "ViT-bigG-14"}
+
+
+def foreign_tower(state: Mapping[str, object]) -> str | None:
+    """Why a CLIP state dict is not an OpenAI-layout ViT CLIP (None when nothing says so)."""
+    for prefix, reason in _FOREIGN_TOWERS:
+        if any(k.startswith(prefix) for k in state):
+            return f"{reason} (found keys {prefix}*)"
+    if any(".ls_1." in k or ".ls_2." in k for k in state):
+        return "a ViT with layer scale (ls_1 / ls_2): only OpenAI-layout blocks load"
+    return None
 
 
 def infer_vision_config(
@@ -261,6 +310,15 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def activation_module(activation: str) -> nn.Module:
+    """``quick_gelu`` (OpenAI's CLIPs) or ``gelu`` (exact, erf-based: open_clip's LAION / DataComp)."""
+    if activation == "quick_gelu":
+        return QuickGELU()
+    if activation == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown activation {activation!r}; choose one of {list(ACTIVATIONS)}")
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
 
@@ -304,14 +362,14 @@ class SelfAttention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
 
-    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False, activation: str = "quick_gelu") -> None:
         super().__init__()
         self.causal = causal
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
-        self.mlp.add_module("gelu", QuickGELU())
+        self.mlp.add_module("gelu", activation_module(activation))  # no parameters: keys unchanged
         self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
         self.ln_2 = LayerNorm(width)
 
@@ -338,12 +396,13 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of residual blocks with optional activation checkpointing."""
 
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False) -> None:
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False,
+                 activation: str = "quick_gelu") -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.Sequential(
-            *[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)]
+            *[ResidualAttentionBlock(width, heads, causal, activation) for _ in range(layers)]
         )
         self.grad_checkpointing = False
 
@@ -388,7 +447,7 @@ class VisionTransformer(nn.Module):
             scale * torch.randn(1 + self.num_patches + extra_positions, width)
         )
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, config.layers, config.heads)
+        self.transformer = Transformer(width, config.layers, config.heads, activation=config.activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, config.output_dim))
 
@@ -433,12 +492,13 @@ class TextTransformer(nn.Module):
     """
 
     def __init__(
-        self, context_length: int, vocab_size: int, width: int, layers: int, heads: int, output_dim: int
+        self, context_length: int, vocab_size: int, width: int, layers: int, heads: int, output_dim: int,
+        activation: str = "quick_gelu",
     ) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
-        self.transformer = Transformer(width, layers, heads, causal=True)
+        self.transformer = Transformer(width, layers, heads, causal=True, activation=activation)
         self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, output_dim))
         self._init_text_parameters()
@@ -536,6 +596,7 @@ class CLIP(TextTransformer):
             layers=config.transformer_layers,
             heads=config.transformer_heads,
             output_dim=config.embed_dim,
+            activation=config.activation,
         )
         self.config = config
         self.visual = VisionTransformer(config.vision)
@@ -561,7 +622,8 @@ class CLIP(TextTransformer):
 
 
 def load_openai_clip(
-    path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+    path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor], device: str | torch.device = "cpu",
+    activation: str = "quick_gelu",
 ) -> CLIP:
     """Build a float32, eval-mode :class:`CLIP` from an OpenAI checkpoint.
 
@@ -573,7 +635,11 @@ def load_openai_clip(
     exists twice: peak RSS growth ~1.2x the fp32 weight size for fp32, fp16 and archive files
     (``benchmarks/clip_load_memory.py``). An in-memory dict is copied (the model must not alias
     the caller's tensors). Any mismatch raises :class:`CheckpointError`; nothing loads partially.
+    ``activation``: OpenAI's QuickGELU by default; ``"gelu"`` for open_clip's LAION / DataComp weights
+    (same keys and shapes: see :data:`Activation`).
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {list(ACTIVATIONS)}")
     if isinstance(path_or_state_dict, Mapping):
         source = "state dict"
         state = to_float32_state_dict(path_or_state_dict, source, owned=False)
@@ -581,7 +647,7 @@ def load_openai_clip(
         source = str(path_or_state_dict)
         state = to_float32_state_dict(read_state_dict(path_or_state_dict), source, owned=True)
 
-    config = CLIPConfig.from_state_dict(state, source)
+    config = dataclasses.replace(CLIPConfig.from_state_dict(state, source), activation=activation)
     try:
         with torch.device("meta"):
             model = CLIP(config)

@@ -125,5 +125,37 @@ class CLIP4VLA(nn.Module):
         """``[B, L, 3, 224, 224]`` segments + ``[B, L]`` mask -> (``[B, L, D]``, ``[B, D]`` global)."""
         return self.audio(segments, mask, audio_type)
 
+    def encode_media(
+        self,
+        frames: torch.Tensor,  # [B, F, 3, H, W]
+        frame_mask: torch.Tensor,  # [B, F]
+        audio: torch.Tensor,  # [B, L, 3, 224, 224]
+        audio_mask: torch.Tensor,  # [B, L]
+        audio_type: AudioType,
+        modality: str = "av",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A clip's two streams item by item: frame features ``[B, F, D]`` and segment features ``[B, L, D]``.
+
+        The stream ``modality`` leaves out ("v": the audio, "a": the frames) is not encoded and
+        reads as zeros, so fusion heads and the caption generator see one layout whatever the
+        modality (their masks say which items count).
+        """
+        dim = self.clip.config.embed_dim
+        if modality == "a":
+            frame_features = frames.new_zeros(*frame_mask.shape, dim)
+        else:
+            frame_features = self.encode_video(frames, frame_mask)[0]
+        if modality == "v":
+            segment_features = audio.new_zeros(*audio_mask.shape, dim)
+        else:
+            segment_features = self.encode_audio(audio, audio_mask, audio_type)[0]
+        return frame_features, segment_features
+
+    def fusion_text(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[B, S]`` token ids -> the text side the fusion head compares (one text-tower pass)."""
+        if "fusion" not in self.heads:
+            raise ValueError("the model has no fusion head (fine-tune it for retrieval first)")
+        return self.heads["fusion"].text_side(tokens, *self.encode_text_tokens(tokens))
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

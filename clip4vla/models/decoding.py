@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from clip4vla.models.captioner import CaptionGenerator, CaptionState
+from clip4vla.models.captioner import CaptionGenerator
 from clip4vla.models.clip4vla import CLIP4VLA
 
 __all__ = ["SOT", "EOT", "generate"]

@@ -35,7 +35,8 @@ from clip4vla.models.pooling import masked_mean_normalised
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FUSION_MODES", "MODALITIES", "FusionConfig", "FusionHead", "FusionTransformer", "TYPE_IDS", "select_modality"]
+__all__ = ["FUSION_MODES", "MODALITIES", "FusionConfig", "FusionHead", "FusionTransformer", "TYPE_IDS", "has_modality", "item_types",
+           "select_modality"]
 
 FUSION_MODES = ("g2g", "g2l", "l2l")
 MODALITIES = ("v", "a", "av")
@@ -121,6 +122,20 @@ def _pool_av(frames: torch.Tensor, frame_mask: torch.Tensor, segments: torch.Ten
     return torch.where(has_audio, (video + audio) / 2, video)
 
 
+def has_modality(frame_mask: torch.Tensor, segment_mask: torch.Tensor, modality: str) -> torch.Tensor:
+    """Which clips can take part in ``modality`` (bool ``[B]``): "v" needs frames, "a" an audio
+    track, "av" either (a silent clip is scored with vision alone)."""
+    has_frames, has_audio = frame_mask.any(1), segment_mask.any(1)
+    return {"v": has_frames, "a": has_audio, "av": has_frames | has_audio}[modality]
+
+
+def item_types(frame_mask: torch.Tensor, segment_mask: torch.Tensor) -> torch.Tensor:
+    """Token-type ids ``[B, F + L]`` of frames followed by segments: the fusion transformer's layout
+    for the video side (G2L, L2L, caption generator)."""
+    return torch.cat([torch.full_like(frame_mask, TYPE_IDS["video"], dtype=torch.long),
+                      torch.full_like(segment_mask, TYPE_IDS["audio"], dtype=torch.long)], dim=1)
+
+
 def select_modality(frame_mask: torch.Tensor, segment_mask: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The masks with the modality that is left out switched off."""
     if modality not in MODALITIES:
@@ -199,8 +214,7 @@ class FusionHead(nn.Module):
             return {"frames": frames, "frame_mask": frame_mask, "segments": segments, "segment_mask": segment_mask}
         if self.mode == "g2l":
             n_frames = frames.shape[1]
-            types = torch.cat([torch.full_like(frame_mask, TYPE_IDS["video"], dtype=torch.long),
-                               torch.full_like(segment_mask, TYPE_IDS["audio"], dtype=torch.long)], dim=1)
+            types = item_types(frame_mask, segment_mask)
             mask = torch.cat([frame_mask, segment_mask], dim=1)
             fused = self.fusion(torch.cat([frames, segments], dim=1), types, mask)  # [B, F + L, D]
             frames, segments = fused[:, :n_frames], fused[:, n_frames:]
@@ -220,8 +234,7 @@ class FusionHead(nn.Module):
         n_text, n_video = tokens.shape[0], video["frames"].shape[0]
         items = torch.cat([video["frames"], video["segments"]], dim=1).to(tokens.dtype)  # [V, F + L, D]
         item_mask = torch.cat([video["frame_mask"], video["segment_mask"]], dim=1)
-        item_types = torch.cat([torch.full_like(video["frame_mask"], TYPE_IDS["video"], dtype=torch.long),
-                                torch.full_like(video["segment_mask"], TYPE_IDS["audio"], dtype=torch.long)], dim=1)
+        video_types = item_types(video["frame_mask"], video["segment_mask"])
         text_types = torch.full_like(token_mask, TYPE_IDS["text"], dtype=torch.long)
         texts_per_chunk = max(1, pair_chunk // max(n_video, 1))
         rows = []
@@ -233,7 +246,7 @@ class FusionHead(nn.Module):
             t_tokens, t_mask, t_types = tokens[t, :used], token_mask[t, :used], text_types[t, :used]
             # every (text, video) pair of the chunk: [n * V, S + F + L, D]
             seq = torch.cat([t_tokens.unsqueeze(1).expand(-1, n_video, -1, -1), items.unsqueeze(0).expand(n, -1, -1, -1)], dim=2)
-            types = torch.cat([t_types.unsqueeze(1).expand(-1, n_video, -1), item_types.unsqueeze(0).expand(n, -1, -1)], dim=2)
+            types = torch.cat([t_types.unsqueeze(1).expand(-1, n_video, -1), video_types.unsqueeze(0).expand(n, -1, -1)], dim=2)
             mask = torch.cat([t_mask.unsqueeze(1).expand(-1, n_video, -1), item_mask.unsqueeze(0).expand(n, -1, -1)], dim=2)
             positions = torch.cat([torch.arange(used), torch.arange(tokens.shape[1], tokens.shape[1] + items.shape[1])])
             out = self.fusion(seq.flatten(0, 1), types.flatten(0, 1), mask.flatten(0, 1),

@@ -6,8 +6,9 @@ weights) or from disk where they may be truncated. This module turns any file in
 executes code from a file: ``torch.save`` files go through ``torch.load(weights_only=True)``, and
 TorchScript archives, whose pickled modules would run their own ``__setstate__`` code under
 ``torch.jit.load``, are unpickled by :func:`read_torchscript_state_dict` with an allow-list that
-turns every module into an inert holder and only rebuilds tensors. It knows nothing about model
-classes so that every model module can use it without import cycles.
+turns every module into an inert holder and only rebuilds tensors; ``.safetensors`` files (open_clip's
+``open_clip_model.safetensors``) are read with the ``safetensors`` package, which has no pickle at
+all. It knows nothing about model classes so that every model module can use it without import cycles.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ __all__ = [
     "ARCHIVE_SCALAR_KEYS",
     "CheckpointError",
     "check_state_dict",
+    "is_safetensors_file",
     "is_torchscript_archive",
     "missing_model_hint",
     "nonfinite_tensors",
+    "read_model_container",
     "read_state_dict",
+    "read_safetensors",
     "require_checkpoint_file",
     "read_torchscript_state_dict",
     "read_weights_only",
@@ -77,6 +81,30 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """True for a safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.safetensors`` file (nothing in the format can run code)."""
+    path = require_checkpoint_file(path)
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:  # an install without the dependency: say what to do
+        raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)") from err
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # header, dtype or size errors all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot read safetensors file ({type(err).__name__}: {err})") from err
 
 
 def read_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> object:
@@ -195,6 +223,12 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
     load time); here the module tree is unpickled into inert holders (:class:`_ArchiveUnpickler`)
     and walked, keeping the tensors each class declares as ``__parameters__`` / ``__buffers__``.
     """
+    return read_torchscript_archive(path)[0]
+
+
+def read_torchscript_archive(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`read_torchscript_state_dict` plus the class name of every module (``{"visual.x": "QuickGELU"}``),
+    which records what a state dict cannot, such as a block's activation."""
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
@@ -202,10 +236,12 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         prefix = pickles[0].split("/")[0]
         root = _ArchiveUnpickler(archive.read(pickles[0]), archive, prefix).load()
         state: dict[str, torch.Tensor] = {}
+        classes: dict[str, str] = {}
 
         def walk(obj: object, where: str) -> None:
             if not isinstance(obj, _ScriptModule) or not isinstance(obj.state, dict):
                 return
+            classes[where.rstrip(".")] = obj.qualified_name.rpartition(".")[2]
             declared = _state_names(archive, prefix, obj.qualified_name)
             for name, value in obj.state.items():
                 if isinstance(value, torch.Tensor) and name in declared:
@@ -216,30 +252,39 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         walk(root, "")
     if not state:
         raise CheckpointError(f"{path}: TorchScript archive holds no parameters")
-    return state
+    return state, classes
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
-    """Read a state dict from a plain ``torch.save`` file or a TorchScript archive.
-
-    The returned dict is owned by the caller (nothing else references its tensors), so callers
-    may convert entries in place to keep peak memory low.
-    """
+def read_model_container(path: str | os.PathLike) -> tuple[dict[str, object], str, dict[str, str]]:
+    """``(contents, container, module classes)``: :func:`read_state_dict` that also says which kind
+    of file it read (``"torchscript"``, ``"safetensors"`` or ``"torch"``) and, for a TorchScript
+    archive, the class of each module (empty otherwise)."""
     path = require_checkpoint_file(path)
     if is_torchscript_archive(path):
         try:
-            state = read_torchscript_state_dict(path)
+            state, classes = read_torchscript_archive(path)
         except CheckpointError:
             raise
         except Exception as err:  # truncated zips, bad pickles, refused classes: all one failure
             raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
-    else:
-        state = read_weights_only(path)
+        return dict(state), "torchscript", classes
+    if is_safetensors_file(path):
+        return dict(read_safetensors(path)), "safetensors", {}
+    state = read_weights_only(path)
     if not isinstance(state, Mapping):
         raise CheckpointError(
             f"{path}: expected a state dict (mapping of names to tensors), got {type(state).__name__}"
         )
-    return dict(state)
+    return dict(state), "torch", {}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, object]:
+    """Read a state dict from a plain ``torch.save`` file, a TorchScript archive or a safetensors file.
+
+    The returned dict is owned by the caller (nothing else references its tensors), so callers
+    may convert entries in place to keep peak memory low.
+    """
+    return read_model_container(path)[0]
 
 
 def to_float32_state_dict(

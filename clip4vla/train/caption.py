@@ -12,18 +12,15 @@ caption, and the model's own captions shuffled across videos.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from clip4vla.config import CaptionConfig
 from clip4vla.data.dataset import IGNORE_INDEX, SampleOptions, TriModalDataset
-from clip4vla.data.records import ClipRecord
 from clip4vla.evaluation.caption_inference import (
     caption_references,
     caption_summary,
@@ -32,7 +29,7 @@ from clip4vla.evaluation.caption_inference import (
     score_captions,
 )
 from clip4vla.evaluation.captioning import caption_metrics, java_problem
-from clip4vla.evaluation.fusion_retrieval import resolve_audio_type, video_items
+from clip4vla.models.audio import resolve_audio_type
 from clip4vla.models.captioner import CaptionGenerator
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.fusion import select_modality
@@ -40,60 +37,31 @@ from clip4vla.models.heads import attach_caption_head
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.text import default_tokenizer
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, DataSplits, Features, Task, task_datasets
+from clip4vla.train.task import Batch, DataSplits, Features, Task, TaskForward, task_datasets
 
-__all__ = ["CaptionForward", "CaptionPairs", "CaptionTask"]
+__all__ = ["CaptionForward", "CaptionTask"]
 
 log = logging.getLogger(__name__)
 
 
-def _media_key(record: ClipRecord) -> tuple:
-    """What decoding a record reads (everything but its captions): equal keys decode equally."""
-    return (record.source, record.video_id, record.video_path, record.audio_path, record.frames_dir, record.start,
-            record.end, record.audio_from)
+class CaptionForward(TaskForward):
+    """Batch tensors -> next-word logits ``[B, S, vocab]``.
 
-
-class CaptionPairs(TriModalDataset):
-    """The training set: one sample per (clip, caption) pair, its decoded media cached once per clip.
-
-    Teacher forcing visits every caption, so the records are unfolded (5 to 20 per clip). A cache
-    per record held each clip's frames and spectrogram that many times: 9.6 GB for the synthetic
-    set's 4200 pairs (2.3 MB each) where its 840 clips take 1.9 GB. Here one record per clip is
-    decoded and every pair of the clip shares that entry. Decoding draws no random numbers when
-    the cache is allowed (``TriModalDataset.fill_cache``), so the samples are the same tensors.
+    Every feature feeds the generator together, so nothing is split off as ``clip_features``:
+    frozen towers run under the model's own ``no_grad`` (``CLIP4VLA.clip_frozen``).
     """
 
-    def fill_cache(self, num_workers: int, progress: bool = True) -> None:
-        clips: dict[tuple, list[int]] = {}
-        for index, record in enumerate(self.records):
-            clips.setdefault(_media_key(record), []).append(index)
-        pending = [group for group in clips.values() if group[0] not in self._cache]
-        if not pending:
-            return
-        # the base class's parallel decoding, on one record per clip; its entries are then shared
-        firsts = TriModalDataset([self.records[group[0]] for group in pending], self.options, seed=self.seed)
-        firsts.fill_cache(num_workers, progress)
-        for i, group in enumerate(pending):
-            decoded = firsts._cache.get(i)  # absent: unreadable, reported when a pair is visited
-            if decoded is not None:
-                self._cache.update(dict.fromkeys(group, decoded))
-
-
-class CaptionForward(nn.Module):
-    """Batch tensors -> next-word logits ``[B, S, vocab]`` (the module DDP wraps)."""
-
     def __init__(self, model: CLIP4VLA, head: CaptionGenerator, modality: str, audio_type: Any) -> None:
-        super().__init__()
-        self.model, self.head, self.modality, self.audio_type = model, head, modality, audio_type
+        super().__init__(model)
+        self.head, self.modality, self.audio_type = head, modality, audio_type
 
-    def forward(self, caption_input: torch.Tensor, caption_target: torch.Tensor, frames: torch.Tensor,
-                frame_mask: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor,
-                audio_type: torch.Tensor) -> Features:
+    def trainable_features(self, caption_input: torch.Tensor, caption_target: torch.Tensor, frames: torch.Tensor,
+                           frame_mask: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor,
+                           audio_type: torch.Tensor, **_: torch.Tensor) -> Features:
         text = self.model.encode_text_tokens(caption_input)[0]  # [B, S, D], causal: no peeking ahead
         frame_mask, audio_mask = select_modality(frame_mask, audio_mask, self.modality)
-        frame_features, segment_features = video_items(
-            self.model, frames, frame_mask, audio, audio_mask, resolve_audio_type(self.audio_type, audio_type),
-            self.modality,
+        frame_features, segment_features = self.model.encode_media(
+            frames, frame_mask, audio, audio_mask, resolve_audio_type(self.audio_type, audio_type), self.modality,
         )
         logits = self.head(text, caption_target != IGNORE_INDEX, frame_features, frame_mask, segment_features,
                            audio_mask, self.model.clip.token_embedding.weight)
@@ -123,8 +91,6 @@ class CaptionTask(Task):
     def datasets(self) -> DataSplits:
         data = task_datasets(self.config, self.dist, "caption", self.options, self.options.evaluation(),
                               unfold_train=True)
-        train = data.train
-        data = dataclasses.replace(data, train=CaptionPairs(train.records, train.options, seed=train.seed))
         if self.dist.is_main:  # a broken Java shows now, not after training (it only costs METEOR and PTB tokens)
             java_problem()
         self.train_captions = [c for r in data.train.records for c in r.captions]

@@ -28,16 +28,17 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from clip4vla.config import ConfigError, RunConfig, check_trainable, config_to_dict
+from clip4vla.config import ConfigError, RunConfig, TrainConfig, check_trainable, config_to_dict
 from clip4vla.data.dataset import SkipReport, TriModalDataset, collate_samples
 from clip4vla.data.sampler import ResumableShardedSampler
 from clip4vla.data.splits import DataSplits
 from clip4vla.models.checkpoints import ModelFile, model_record
 from clip4vla.models.clip4vla import CLIP4VLA
-from clip4vla.models.factory import build_model, read_init_file
+from clip4vla.models.factory import build_model, inputs_for_model, read_init_file
 from clip4vla.models.loading import CheckpointError, missing_model_hint
+from clip4vla.plotting import plot_metrics
 from clip4vla.precision import autocast
-from clip4vla.train.checkpoint import CheckpointWriteError, capture_rng_state, check_writable, restore_rng_state, state_bytes
+from clip4vla.train.checkpoint import capture_rng_state, check_writable, restore_rng_state, state_bytes
 from clip4vla.train.distributed import (
     DistInfo,
     all_reduce_grads_mean,
@@ -53,9 +54,9 @@ from clip4vla.train.distributed import (
 )
 from clip4vla.train.grad_cache import cached_accumulation_step
 from clip4vla.train.optim import WarmupCosine, build_optimizer, warmup_cosine_factor
-from clip4vla.train.plotting import plot_metrics
-from clip4vla.train.resume import config_changes
+from clip4vla.train.resume import check_architecture
 from clip4vla.train.run_folder import RunFolder
+from clip4vla.train.selection import BestWeights, selection
 from clip4vla.train.task import Batch, Features, Task
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,16 @@ def epoch_batches(dataset: TriModalDataset, sampler: ResumableShardedSampler, ba
         yield batch
 
 
+def run_length(tc: TrainConfig, batches_per_epoch: int, n_samples: int) -> tuple[int, int]:
+    """``(steps per epoch, total steps)`` of a run: ``train.epochs`` of full steps, capped by ``max_steps``."""
+    steps_per_epoch = batches_per_epoch // tc.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"an epoch of {n_samples} samples does not fill one step of "
+                         f"{tc.batch_size} x {tc.accum_steps} accumulation steps")
+    total = tc.epochs * steps_per_epoch
+    return steps_per_epoch, min(total, tc.max_steps) if tc.max_steps else total
+
+
 class SigtermStop:
     """A scheduler's SIGTERM (SLURM, Kubernetes pre-emption), honoured at the next step boundary
     on every rank; a second SIGTERM is not delayed."""
@@ -254,6 +265,11 @@ class Stepper:
             "step": self.step,
         }
 
+    def checkpoint_bytes(self) -> int:
+        """Bytes of a checkpoint: model and loss state plus AdamW's two moments per trained parameter."""
+        moments = 2 * sum(p.numel() * 4 for p in self._params)
+        return state_bytes(self.model.state_dict()) + state_bytes(self.loss_module.state_dict()) + moments
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.loss_module.load_state_dict(state["loss"])
@@ -309,8 +325,11 @@ class Stepper:
             return self.ddp(**inputs)
 
     def _frozen(self, inputs: dict[str, torch.Tensor]) -> Features:
-        with autocast(self.device, self.config.train.precision):
-            return self.task.frozen_features(inputs)
+        """Features of frozen CLIP towers: once per micro-batch, no autograd, outside DDP."""
+        if not self.model.clip_frozen:
+            return {}
+        with torch.no_grad(), autocast(self.device, self.config.train.precision):
+            return self.task.forward_module.clip_features(**inputs)
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         """Forward/backward over ``accum_steps`` micro-batches, then one optimiser step."""
@@ -405,7 +424,6 @@ class Trainer:
         self.local_batch = tc.batch_size // self.dist.world_size
         self.task = task(config, self.dist)
         self.folder = RunFolder(self.out_dir, self.dist, tc.keep_last)
-        self.checkpoints = self.folder.checkpoints
         try:
             self._start(resume, overwrite, allow_config_change)
         except BaseException:
@@ -420,12 +438,10 @@ class Trainer:
         if not resume:
             self.folder.claim(overwrite)
         start = start_file(config, self.task, self._resume_from)
+        # frames at the model's resolution, known from its file before any data is read (issue 20)
+        self.task.options.inputs = inputs_for_model(self.task.options.inputs, config.model, start)
         check_precision(tc.precision, self.device)
-        self.select_metric = tc.select_metric or self.task.select_metric
-        if config.data.val_split is not None and self.select_metric not in self.task.validation_metrics:
-            raise ConfigError(f"train.select_metric={self.select_metric!r} is not a validation metric of {self.task.name}; "
-                              f"choose one of {sorted(self.task.validation_metrics)}")
-        self.select_mode = self.task.validation_metrics.get(self.select_metric, "max")
+        self.best = BestWeights(self.folder, *selection(config, self.task))
         self.export = tc.export or self.task.export
         torch.manual_seed(tc.seed)
         self.folder.write_config(config)
@@ -439,29 +455,17 @@ class Trainer:
         self.model.preprocessing = self.task.preprocessing()
 
         self.sampler = ResumableShardedSampler(data.train_order, self.local_batch, self.dist.rank, self.dist.world_size)
-        self.steps_per_epoch = self.sampler.batches_per_epoch // tc.accum_steps
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"an epoch of {len(self.train_set)} samples does not fill one step of "
-                f"{tc.batch_size} x {tc.accum_steps} accumulation steps"
-            )
-        self.total_steps = tc.epochs * self.steps_per_epoch
-        if tc.max_steps:
-            self.total_steps = min(self.total_steps, tc.max_steps)
+        self.steps_per_epoch, self.total_steps = run_length(tc, self.sampler.batches_per_epoch, len(self.train_set))
         if config.data.cache_decoded and config.data.num_workers == 0:
             # a finished run that is resumed (to print its results again) only needs the test
             finished = self._resume_from is not None and int(self._resume_from[0]["step"]) >= self.total_steps
             fill_caches(data, self.dist.world_size, self.dist.is_main, training=not finished)
         self.stepper = Stepper(config, self.task, self.model, self.dist, self.total_steps)
         self.skips = SkipReport()
-        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of best.pt
         self.sigterm = SigtermStop()
+        self._model_bytes = state_bytes(self.model.state_dict())
         if self.dist.is_main:
-            # model + loss state, plus AdamW's two moments of every trained parameter
-            moments = 2 * sum(p.numel() * 4 for p in self.stepper._params)
-            self._model_bytes = state_bytes(self.model.state_dict())
-            needed = self._model_bytes + state_bytes(self.stepper.loss_module.state_dict()) + moments
-            check_writable(self.checkpoints.directory, needed, tc.keep_last)
+            check_writable(self.folder.checkpoints.directory, self.stepper.checkpoint_bytes(), tc.keep_last)
         if self._resume_from is not None:
             self._restore(*self._resume_from)
             self._resume_from = None
@@ -479,24 +483,18 @@ class Trainer:
             "config": config_to_dict(self.config),
             "skipped": self.skips.count,
             "history": self.folder.history,
-            "best": self.best,
+            "best": self.best.best,
         }
 
     def _restore(self, state: dict[str, Any], path: Path, changes: dict[str, tuple]) -> None:
         """Load a checkpoint's state, then make the config's (allowed) changes take effect."""
-        stored, built = state["architecture"], model_record(self.model, self.model.preprocessing)["architecture"]
-        differences = config_changes(stored, built)
-        if differences:
-            raise CheckpointError(
-                f"{path}: the architecture cannot change on resume: "
-                + "; ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differences.items())
-                + " (start a new run in another train.output_dir)"
-            )
+        check_architecture(state["architecture"], model_record(self.model, self.model.preprocessing)["architecture"],
+                           path)
         stepper = self.stepper
         stepper.load_state_dict(state)
         self.skips.count = int(state.get("skipped", 0))
         self.folder.history = list(state.get("history", []))
-        self.best = state.get("best")
+        self.best.best = state.get("best")
         restore_rng_state(state["rng"])
         old_end = int(state["scheduler"].get("total_steps", self.total_steps))
         stepper.apply_config_schedule()  # the optimiser settings and horizon of *this* config
@@ -511,20 +509,6 @@ class Trainer:
         # recomputed, so every step appears once, as if the run had never stopped.
         self.folder.write_history()
         log.info("resumed from %s at step %d", path, self.step)
-
-    def _save_checkpoint(self) -> None:
-        """Main rank writes; every rank learns whether it worked (so none waits on a dead peer)."""
-        failure: BaseException | None = None
-        if self.dist.is_main:
-            try:
-                self.checkpoints.save(self.step, self._state())
-            except (CheckpointWriteError, FloatingPointError) as err:
-                failure = err
-        ok = all_reduce_mean(torch.tensor(0.0 if failure else 1.0, device=self.device)).item()
-        if failure is not None:
-            raise failure
-        if ok < 1.0:
-            raise CheckpointWriteError(f"rank {self.dist.rank}: rank 0 could not write the checkpoint of step {self.step}")
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -581,8 +565,8 @@ class Trainer:
             self._train()
         if self.skips.count:
             log.warning("data: %s", self.skips.summary())
-        if self.export == "best":
-            self._load_best()
+        if self.export == "best" and self.dist.is_main:
+            self.best.load_into(self.model, validated=self.val_set is not None)
         result = self.evaluate(self.test_set, "test")
         if self.dist.is_main:
             self.folder.export(self.model, result, self._model_bytes, task=self.task.name, step=self.step,
@@ -630,13 +614,13 @@ class Trainer:
                     self._validate(epoch)
                 saved = self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch)
                 if saved:
-                    self._save_checkpoint()
+                    self.folder.save_checkpoint(self.step, self._state)
                 if self.sigterm.requested(self.device):
                     if not saved:
-                        self._save_checkpoint()
+                        self.folder.save_checkpoint(self.step, self._state)
                     raise TrainingInterrupted(
                         f"SIGTERM: stopped after step {self.step} of {self.total_steps}; its checkpoint is in "
-                        f"{self.checkpoints.directory}. Continue with --resume"
+                        f"{self.folder.checkpoints.directory}. Continue with --resume"
                     )
                 if self.step >= self.total_steps:
                     break
@@ -650,30 +634,11 @@ class Trainer:
         metrics = result["metrics"]
         self.folder.log_row({"step": self.step, "epoch": epoch, **{f"val/{k}": v for k, v in metrics.items()}})
         shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()
-                          if k in self.task.shown_metrics or k == self.select_metric)
+                          if k in self.task.shown_metrics or k == self.best.metric)
         tqdm.write(f"[val] step {self.step}: {shown}")
-        value = float(metrics[self.select_metric])
-        best = None if self.best is None else self.best["value"]
-        if best is None or (value < best if self.select_mode == "min" else value > best):
-            self.best = {"step": self.step, "metric": self.select_metric, "value": value}
-            self.folder.save_best({
-                "task": self.task.name,
-                **model_record(self.model, self.model.preprocessing),
-                "model": self.model.state_dict(),
-                "step": self.step,
-                "best": self.best,
-                "config": config_to_dict(self.config),
-            })
-
-    def _load_best(self) -> None:
-        """Give the main rank the best validation weights for the test and the export."""
-        if not self.dist.is_main or self.best is None:
-            if self.dist.is_main and self.val_set is not None:
-                log.warning("train.export=best but no validation ran; exporting the last weights")
-            return
-        self.model.load_state_dict(self.folder.load_best()["model"])
-        log.info("loaded the best validation weights (%s %.4g at step %d) from %s",
-                 self.best["metric"], self.best["value"], self.best["step"], self.folder.best_path)
+        self.best.offer(self.step, metrics, lambda: {"task": self.task.name, "model": self.model.state_dict(),
+                                                     **model_record(self.model, self.model.preprocessing),
+                                                     "config": config_to_dict(self.config)})
 
     def evaluate(self, dataset: TriModalDataset | None, split: str) -> dict[str, Any]:
         """The task's evaluation on ``dataset``, on the main rank (``{}`` elsewhere or without one)."""

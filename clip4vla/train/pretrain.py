@@ -1,9 +1,9 @@
 """Pre-training as a task of the one loop: tri-modal NCE on global features (paper Eq. 5).
 
-Text and vision towers are frozen by default (paper): their features are computed once per
-micro-batch without autograd (:meth:`PretrainTask.frozen_features`), outside DDP and outside the
-re-encoding pass of feature-cached accumulation. The audio encoder (and, with
-``model.train_clip``, the CLIP towers) is what DDP wraps.
+Text and vision towers are frozen by default (paper): their features
+(:meth:`PretrainForward.clip_features`) are then computed once per micro-batch without autograd,
+outside DDP and outside the re-encoding pass of feature-cached accumulation. The audio encoder
+(and, with ``model.train_clip``, the CLIP towers) is what DDP wraps.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
 from clip4vla.config import PretrainConfig
 from clip4vla.data.dataset import SampleOptions, TriModalDataset, usable_rows
@@ -20,40 +19,29 @@ from clip4vla.losses import PretrainLoss
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, DataSplits, Features, Task, rank_metric_modes, task_datasets
+from clip4vla.train.task import Batch, DataSplits, Features, Task, TaskForward, rank_metric_modes, task_datasets
 
 __all__ = ["PretrainForward", "PretrainTask"]
 
 
-class PretrainForward(nn.Module):
-    """Batch tensors -> global features of the trainable towers; the module DDP wraps.
+class PretrainForward(TaskForward):
+    """Global features: text and video from CLIP's towers, audio (and its masked copy) from the audio encoder."""
 
-    ``encode_clip``: the text and vision towers train too (``model.train_clip``), so they are
-    encoded here; otherwise :meth:`PretrainTask.frozen_features` supplies them.
-    """
+    def clip_features(self, text: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
+                      **_: torch.Tensor) -> Features:
+        return {"text": self.model.encode_text(text), "video": self.model.encode_video(frames, frame_mask)[1]}
 
-    def __init__(self, model: CLIP4VLA, encode_clip: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.encode_clip = encode_clip
-
-    def forward(
+    def trainable_features(
         self,
-        text: torch.Tensor,  # [B, max_words]
-        frames: torch.Tensor,  # [B, F, 3, H, W]
-        frame_mask: torch.Tensor,  # [B, F]
         audio: torch.Tensor,  # [B, L, 3, 224, 224]
         audio_mask: torch.Tensor,  # [B, L]
         audio_type: torch.Tensor,  # [B]
         masked_audio: torch.Tensor | None = None,
+        **_: torch.Tensor,
     ) -> Features:
-        out: Features = {}
-        if self.encode_clip:
-            out["text"] = self.model.encode_text(text)
-            out["video"] = self.model.encode_video(frames, frame_mask)[1]
         # Two calls rather than one on torch.cat([audio, masked_audio]): that copy of the pixel
         # batch cost more than the second call's overhead (measured on CPU with the tiny model).
-        out["audio"] = self.model.encode_audio(audio, audio_mask, audio_type)[1]
+        out = {"audio": self.model.encode_audio(audio, audio_mask, audio_type)[1]}
         if masked_audio is not None:
             out["masked_audio"] = self.model.encode_audio(masked_audio, audio_mask, audio_type)[1]
         return out
@@ -93,23 +81,15 @@ class PretrainTask(Task):
             init_scale=pc.init_scale,
             ref_extras=pc.ref_extras,
             text_video=pc.text_video,
+            video_audio=pc.video_audio,
         ).to(self.device)
-        self.forward_module = PretrainForward(model, encode_clip=self.config.model.train_clip)
+        self.forward_module = PretrainForward(model)
 
     def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         keys = ["text", "frames", "frame_mask", "audio", "audio_mask", "audio_type"]
         if self.config.pretrain.intra_modal:
             keys.append("masked_audio")
         return {k: batch[k].to(self.device, non_blocking=True) for k in keys}
-
-    @torch.no_grad()
-    def frozen_features(self, inputs: dict[str, torch.Tensor]) -> Features:
-        if self.config.model.train_clip:
-            return {}
-        return {
-            "text": self.model.encode_text(inputs["text"]),
-            "video": self.model.encode_video(inputs["frames"], inputs["frame_mask"])[1],
-        }
 
     def loss(self, features: Features, batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         valid = torch.cat([usable_rows(b) for b in batches]).to(self.device)

@@ -25,13 +25,15 @@ from __future__ import annotations
 from typing import Any
 
 from clip4vla.config import ConfigError
+from clip4vla.models.loading import CheckpointError
 
-__all__ = ["RESUME_ARCHITECTURE", "RESUME_FIXED", "RESUME_FREE", "RESUME_IGNORED", "config_changes", "check_resume_config", "flatten"]
+__all__ = ["RESUME_ARCHITECTURE", "RESUME_FIXED", "RESUME_FREE", "RESUME_IGNORED", "config_changes", "check_architecture", "check_resume_config",
+           "flatten"]
 
 RESUME_FREE = frozenset({
     "train.epochs", "train.max_steps", "train.log_every", "train.eval_every_steps", "train.eval_every_epochs",
     "train.checkpoint_every_steps", "train.keep_last", "train.device", "train.dist_timeout_s",
-    "data.num_workers", "data.cache_decoded",
+    "data.num_workers", "data.cache_decoded", "train.tensorboard",
 })
 RESUME_FIXED = frozenset({"train.batch_size", "train.accum_steps"})
 # The model the checkpoint's weights belong to: no flag can make them fit another one.
@@ -98,3 +100,14 @@ def check_resume_config(stored: dict[str, Any], new: dict[str, Any], allow_chang
 
 def _listing(changes: dict[str, tuple]) -> str:
     return "; ".join(f"{key} was {old!r}, now {new!r}" for key, (old, new) in changes.items())
+
+
+def check_architecture(stored: dict[str, Any], built: dict[str, Any], source: Any) -> None:
+    """A checkpoint's weights fit only the model they were trained as: any difference is refused."""
+    differences = config_changes(stored, built)
+    if differences:
+        raise CheckpointError(
+            f"{source}: the architecture cannot change on resume: "
+            + "; ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            + " (start a new run in another train.output_dir)"
+        )

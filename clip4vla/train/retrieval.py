@@ -14,7 +14,6 @@ import logging
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
 from clip4vla.config import RetrievalConfig
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
@@ -22,18 +21,16 @@ from clip4vla.evaluation.fusion_retrieval import (
     encode_retrieval_set,
     evaluate_fusion_retrieval,
     format_retrieval_table,
-    resolve_audio_type,
     retrieval_summary,
-    text_side,
-    video_items,
 )
 from clip4vla.losses import RetrievalLoss
+from clip4vla.models.audio import resolve_audio_type
 from clip4vla.models.clip4vla import CLIP4VLA
-from clip4vla.models.fusion import FusionHead
+from clip4vla.models.fusion import FusionHead, has_modality
 from clip4vla.models.heads import attach_fusion_head
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.train.distributed import DistInfo
-from clip4vla.train.task import Batch, DataSplits, Features, Task, rank_metric_modes, task_datasets
+from clip4vla.train.task import Batch, DataSplits, Features, Task, TaskForward, rank_metric_modes, task_datasets
 
 __all__ = ["RetrievalForward", "RetrievalTask"]
 
@@ -49,38 +46,32 @@ def _side(features: Features, prefix: str) -> dict[str, torch.Tensor]:
             for k, v in features.items() if k.startswith(prefix)}
 
 
-class RetrievalForward(nn.Module):
-    """Batch tensors -> text side and video side (the module DDP wraps).
+class RetrievalForward(TaskForward):
+    """Text side (CLIP's text tower) and video side (frames, segments, fusion head) of a batch."""
 
-    ``encode_text`` False: the text tower is frozen and :meth:`RetrievalTask.frozen_features`
-    supplies the text side once per micro-batch.
-    """
-
-    def __init__(self, model: CLIP4VLA, head: FusionHead, modality: str, audio_type: Any, encode_text: bool) -> None:
-        super().__init__()
-        self.model = model
+    def __init__(self, model: CLIP4VLA, head: FusionHead, modality: str, audio_type: Any) -> None:
+        super().__init__(model)
         self.head = head
         self.modality = modality
         self.audio_type = audio_type
-        self.encode_text = encode_text
 
-    def forward(
+    def clip_features(self, text: torch.Tensor, **_: torch.Tensor) -> Features:
+        return _prefixed("text.", self.model.fusion_text(text))  # text: [B, max_words]
+
+    def trainable_features(
         self,
-        text: torch.Tensor,  # [B, max_words]
         frames: torch.Tensor,  # [B, F, 3, H, W]
         frame_mask: torch.Tensor,  # [B, F]
         audio: torch.Tensor,  # [B, L, 3, 224, 224]
         audio_mask: torch.Tensor,  # [B, L]
         audio_type: torch.Tensor,  # [B]
+        **_: torch.Tensor,
     ) -> Features:
-        out: Features = _prefixed("text.", text_side(self.model, self.head, text)) if self.encode_text else {}
-        frame_features, segment_features = video_items(
-            self.model, frames, frame_mask, audio, audio_mask, resolve_audio_type(self.audio_type, audio_type),
-            self.modality,
+        frame_features, segment_features = self.model.encode_media(
+            frames, frame_mask, audio, audio_mask, resolve_audio_type(self.audio_type, audio_type), self.modality,
         )
-        out.update(_prefixed("video.", self.head.video_side(frame_features, frame_mask, segment_features, audio_mask,
-                                                             self.modality)))
-        return out
+        return _prefixed("video.", self.head.video_side(frame_features, frame_mask, segment_features, audio_mask,
+                                                        self.modality))
 
 
 class RetrievalTask(Task):
@@ -122,23 +113,14 @@ class RetrievalTask(Task):
         head = attach_fusion_head(model, rc.fusion, rc.fusion_layers)
         self.loss_module = RetrievalLoss(head, direction=rc.loss, learnable_scale=rc.learnable_scale,
                                          init_scale=rc.init_scale, train_head=rc.fusion == "l2l").to(self.device)
-        self.forward_module = RetrievalForward(model, head, rc.modality, rc.audio_type,
-                                               encode_text=self.config.model.train_clip)
+        self.forward_module = RetrievalForward(model, head, rc.modality, rc.audio_type)
 
     def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         keys = ("text", "frames", "frame_mask", "audio", "audio_mask", "audio_type")
         return {k: batch[k].to(self.device, non_blocking=True) for k in keys}
 
-    @torch.no_grad()
-    def frozen_features(self, inputs: dict[str, torch.Tensor]) -> Features:
-        if self.config.model.train_clip:
-            return {}
-        return _prefixed("text.", text_side(self.model, self.model.heads["fusion"], inputs["text"]))
-
     def _usable(self, batch: Batch) -> torch.Tensor:
-        has_frames, has_audio = batch["frame_mask"].any(1), batch["audio_mask"].any(1)
-        content = {"v": has_frames, "a": has_audio, "av": has_frames | has_audio}[self.config.retrieval.modality]
-        return batch["valid"] & content
+        return batch["valid"] & has_modality(batch["frame_mask"], batch["audio_mask"], self.config.retrieval.modality)
 
     def loss(self, features: Features, batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         valid = torch.cat([self._usable(b) for b in batches]).to(self.device)

@@ -23,7 +23,9 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
 
 from clip4vla.config import ConfigError, RunConfig, config_to_dict, save_config
 from clip4vla.files import save_checkpoint, write_text_atomic
@@ -31,7 +33,7 @@ from clip4vla.models.checkpoints import export_model
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.loading import CheckpointError
 from clip4vla.train.checkpoint import CheckpointManager, CheckpointWriteError, describe_write_failure, load_checkpoint
-from clip4vla.train.distributed import DistInfo, barrier, broadcast_object, is_distributed
+from clip4vla.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, is_distributed
 from clip4vla.train.resume import check_resume_config
 
 __all__ = ["BEST_NAME", "LOCK_NAME", "MODEL_NAME", "ExportError", "RunFolder", "RunFolderInUse", "RunFolderLocked",
@@ -183,6 +185,8 @@ class RunFolder:
         self.lock = claim_run_folder(self.directory, dist)  # before anything in the folder is looked at
         # metrics rows of the run so far (kept in every checkpoint, mirrored in metrics.jsonl)
         self.history: list[dict[str, Any]] = []
+        self._tensorboard: bool = False  # train.tensorboard: mirror the rows as events (tensorboard.py)
+        self._events: Any = None
 
     @property
     def best_path(self) -> Path:
@@ -193,6 +197,9 @@ class RunFolder:
         return self.directory / MODEL_NAME
 
     def release(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         self.lock.release()
 
     # -- start ---------------------------------------------------------------------------------
@@ -233,6 +240,11 @@ class RunFolder:
         return state, path, changes
 
     def write_config(self, config: RunConfig) -> None:
+        self._tensorboard = bool(getattr(config.train, "tensorboard", False))
+        if self._tensorboard:
+            from clip4vla.train.tensorboard import require_tensorboard
+
+            require_tensorboard()  # every rank, before any data or model work
         if self.dist.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
             save_config(config, self.directory / "config.yaml")  # what this run uses, resumed or not
@@ -242,6 +254,10 @@ class RunFolder:
     def write_history(self) -> None:
         if self.dist.is_main:
             write_text_atomic(self.directory / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+            if self._tensorboard and self._events is None:  # a (resumed) run's events: exactly this log
+                from clip4vla.train.tensorboard import TensorBoardLog
+
+                self._events = TensorBoardLog(self.directory, self.history)
 
     def log_row(self, row: dict[str, Any]) -> None:
         """Keep a metrics row (in the checkpointed history) and append it to ``metrics.jsonl``."""
@@ -249,6 +265,8 @@ class RunFolder:
         if self.dist.is_main:
             with open(self.directory / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            if self._events is not None:
+                self._events.write(row)
 
     # -- best.pt and model.pt ------------------------------------------------------------------
 
@@ -257,6 +275,21 @@ class RunFolder:
 
     def load_best(self) -> dict[str, Any]:
         return load_checkpoint(self.best_path)
+
+    def save_checkpoint(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        """The main rank writes ``state()``; every rank learns whether it worked (so none waits on a
+        dead peer)."""
+        failure: BaseException | None = None
+        if self.dist.is_main:
+            try:
+                self.checkpoints.save(step, state())
+            except (CheckpointWriteError, FloatingPointError) as err:
+                failure = err
+        ok = all_reduce_mean(torch.tensor(0.0 if failure else 1.0, device=self.dist.device)).item()
+        if failure is not None:
+            raise failure
+        if ok < 1.0:
+            raise CheckpointWriteError(f"rank {self.dist.rank}: rank 0 could not write the checkpoint of step {step}")
 
     def export(self, model: CLIP4VLA, result: dict[str, Any], model_bytes: int, **provenance: Any) -> None:
         """``model.pt``; a failed write keeps the test result for the report (:class:`ExportError`)."""

@@ -2,9 +2,10 @@
 
 The loop owns everything every run needs (DDP, precision, accumulation, clipping, schedule,
 checkpoints, resume, validation cadence, best-checkpoint selection, logs, the model file). A
-:class:`Task` owns what differs: its datasets, the module DDP wraps (the trainable towers), the
-features of frozen towers, the loss and the modules it trains, the evaluation and the metric to
-select on. Pre-training (:mod:`clip4vla.train.pretrain`) is one task; fine-tuning tasks are others.
+:class:`Task` owns what differs: its datasets, the module DDP wraps (saying which features
+come from CLIP's towers, so that frozen towers run once without autograd), the loss and the
+modules it trains, the evaluation and the metric to select on. Pre-training
+(:mod:`clip4vla.train.pretrain`) is one task; fine-tuning tasks are others.
 """
 
 from __future__ import annotations
@@ -26,12 +27,39 @@ Features = dict[str, torch.Tensor]
 Batch = dict[str, Any]
 
 
+class TaskForward(nn.Module):
+    """Batch tensors -> features for the loss: the module DDP wraps.
+
+    A task splits its features in two. :meth:`clip_features` come from CLIP's text and vision
+    towers alone; :meth:`trainable_features` are the rest (the audio encoder, task heads). Whether
+    the towers train is the model's own state (``model.clip_frozen``, set once from
+    ``model.train_clip``): frozen, the stepper computes ``clip_features`` once per micro-batch
+    without autograd, outside DDP and outside the re-encoding pass of feature-cached accumulation,
+    and :meth:`forward` leaves them out; trained, :meth:`forward` computes both.
+    """
+
+    def __init__(self, model: CLIP4VLA) -> None:
+        super().__init__()
+        self.model = model
+
+    def clip_features(self, **inputs: torch.Tensor) -> Features:
+        return {}
+
+    def trainable_features(self, **inputs: torch.Tensor) -> Features:
+        raise NotImplementedError
+
+    def forward(self, **inputs: torch.Tensor) -> Features:
+        out = {} if self.model.clip_frozen else self.clip_features(**inputs)
+        out.update(self.trainable_features(**inputs))
+        return out
+
+
 class Task:
     """Base class: override the methods below (see :class:`clip4vla.train.pretrain.PretrainTask`).
 
     The loop calls, in order: :meth:`datasets`, then (with the model built) :meth:`setup`, then per
-    optimiser step :meth:`inputs`, :meth:`frozen_features`, ``forward_module(**inputs)`` and
-    :meth:`loss`; for validation and test :meth:`evaluate`.
+    optimiser step :meth:`inputs`, ``forward_module`` (a :class:`TaskForward`) and :meth:`loss`;
+    for validation and test :meth:`evaluate`.
     """
 
     name = "task"
@@ -55,12 +83,15 @@ class Task:
     loss_keys: tuple[str, ...] = ("loss",)
     # fine-tuning starts from a pre-trained model (model.init_from), never from random towers
     requires_init = False
+    # How records become tensors (set in __init__; the loop sets options.inputs.image_size to the
+    # resolution of the model the run starts from before any data is read).
+    options: SampleOptions
 
     def __init__(self, config: RunConfig, dist: DistInfo) -> None:
         self.config = config
         self.dist = dist
         self.device = dist.device
-        self.forward_module: nn.Module = nn.Identity()
+        self.forward_module: TaskForward | None = None
         self.loss_module: nn.Module = nn.Module()  # trained outside DDP (gradients all-reduced)
 
     # -- data ----------------------------------------------------------------------------------
@@ -75,16 +106,12 @@ class Task:
     # -- model ---------------------------------------------------------------------------------
 
     def setup(self, model: CLIP4VLA) -> None:
-        """Add task heads to ``model`` and build ``forward_module`` and ``loss_module``."""
+        """Add task heads to ``model`` and build ``forward_module`` (a :class:`TaskForward`) and ``loss_module``."""
         raise NotImplementedError
 
     def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The tensors of a collated batch that the step needs, on the run's device."""
         raise NotImplementedError
-
-    def frozen_features(self, inputs: dict[str, torch.Tensor]) -> Features:
-        """Features of frozen towers (no autograd, computed once per micro-batch); {} when none."""
-        return {}
 
     def loss(self, features: Features, batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss over the features of ``batches`` (the micro-batches of one step, concatenated)."""
