@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # torch and the model stay out of argument parsing
 
 __all__ = [
     "HelpFormatter", "add_model_arguments", "audio_type_arg", "device_arg", "evaluation_split", "exit_with_error", "load_config_and_model",
-    "load_model_or_exit", "positive_int", "require_writable_file", "resolve_device",
+    "load_model_or_exit", "port_arg", "positive_int", "require_writable_file", "resolve_device",
 ]
 
 
@@ -67,6 +67,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def port_arg(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
     return value
 
 

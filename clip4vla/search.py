@@ -404,7 +404,7 @@ def _load_query_model(index: dict[str, Any], override: Path | None) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clip4vla.cli import HelpFormatter, audio_type_arg, positive_int
+    from clip4vla.cli import HelpFormatter, audio_type_arg, port_arg, positive_int
 
     parser = argparse.ArgumentParser(prog="clip4vla-search", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
@@ -437,19 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--model", type=Path, default=None, help="the index's model file, if it moved")
     p_serve.add_argument("--host", default="127.0.0.1",
                          help="address to listen on (0.0.0.0: every machine on the network can see the folder)")
-    p_serve.add_argument("--port", type=_port, default=8765, help="port to listen on (0: any free port)")
+    p_serve.add_argument("--port", type=port_arg, default=8765, help="port to listen on (0: any free port)")
     return parser
-
-
-def _port(text: str) -> int:
-    """argparse type: a TCP port, 0 (any free one) to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -281,7 +281,8 @@ class _SharedDecodes:
                     dataset = getattr(data, split)
                     cache = getattr(dataset, "_cache", None)
                     if isinstance(cache, dict) and dataset.options.cache_decoded:
-                        dataset._cache = caches.setdefault(f"{split} {key}", cache)
+                        # the inputs record the frame size, which follows the model each run starts from
+                        dataset._cache = caches.setdefault(f"{split} {key} {dataset.options.inputs!r}", cache)
                 return data
 
         return SharedDecodeTask
