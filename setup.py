@@ -38,7 +38,8 @@ setup(
         # tensorboard: the dashboard's tests read the event files with TensorBoard's own reader
         # open-clip-torch: the parity tests build tiny open_clip models as the oracle (never at run time)
         "dev": ["pytest>=7.4", "selenium>=4.20", "tensorboard>=2.14", "open-clip-torch==3.3.0"],
-        "open_clip_tests": ["open-clip-torch==3.3.0"],
+        # extras are named as pip normalises a request (PEP 685: "open-clip-tests", never "open_clip_tests")
+        "open-clip-tests": ["open-clip-torch==3.3.0"],
         # train.tensorboard: true writes TensorBoard event files beside metrics.jsonl
         "tensorboard": ["tensorboard>=2.14"],
         # only the front-end benchmark compares against librosa

@@ -34,13 +34,19 @@ __all__ = [
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Every script's ``--help``: the module docstring kept as written, each flag's default shown
-    (not for switches and flags without one, whose "None" / "False" / "[]" would say nothing)."""
+    """Every script's ``--help``: the module docstring kept as written but shown as plain text (the
+    double backquotes that mark literals in the source left out), each flag's default shown (not for
+    switches and flags without one, whose "None" / "False" / "[]" would say nothing)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(text.replace("``", ""), width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False or action.default == []:
-            return action.help
-        return super()._get_help_string(action)
+            text = action.help
+        else:
+            text = super()._get_help_string(action)
+        return text and text.replace("``", "")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model_help: str, config: Path | None, config_help: str,

@@ -46,7 +46,10 @@ class ModelConfig:
     # The towers' MLP activation, which no state dict records: OpenAI's CLIPs use QuickGELU,
     # open_clip's LAION / DataComp models exact GELU (same keys and shapes). None: what init_from
     # records (our model.pt, OpenAI's TorchScript archives) or what open_clip_model implies; a file
-    # that records none (a .safetensors, a plain state dict) and no declaration is an error.
+    # that records none (a .safetensors, a plain state dict) and no declaration is an error. No state
+    # dict records the attention heads either: a plain one is read with 64-wide heads (OpenAI's and
+    # LAION's rule up to ViT-L) and refused where its widths cannot be split so; a hub folder's
+    # open_clip_config.json records the heads (and the activation), and is followed.
     activation: Literal["quick_gelu", "gelu"] | None = None
     # init_from's open_clip model name (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, ...; a -quickgelu
     # suffix means QuickGELU): fixes the activation, and the file's tensors must have its shapes.
@@ -161,7 +164,38 @@ class Ucf101Data:
     split: int = 1
 
 
-Corpus = Literal["synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101"]
+@dataclasses.dataclass
+class ManifestData:
+    # Your own media: a .csv, .tsv or .jsonl file of media paths and captions, or a list of them
+    # (concatenated); the columns are described in clip4vla/data/readers/manifest.py.
+    path: str | tuple
+    root: str | None = None  # relative media paths start here (None: each manifest's own folder)
+    # our column name -> the file's, where they differ (e.g. {video: filepath, caption: title})
+    columns: dict = dataclasses.field(default_factory=dict)
+    # without a split column: train / val / test shares, by a hash of each file's path
+    split_fractions: tuple = (0.8, 0.1, 0.1)
+    audio_type: Literal["vb", "nb"] = "vb"  # rows without an audio_type value
+    missing: Literal["error", "skip"] = "error"  # media files that do not exist
+    report_dir: str | None = None  # where the list of missing media goes (None: train.output_dir, else the temp folder)
+    prepared_dir: str | None = None  # scripts/prepare_data.py --videos ROOT --out DIR (files named by stem)
+
+    def validate(self) -> None:
+        from clip4vla.data.readers.manifest import COLUMNS
+
+        paths = [self.path] if isinstance(self.path, str) else list(self.path)
+        _check(bool(paths) and all(isinstance(p, str) and p.strip() for p in paths), "data.manifest.path", self.path,
+               "must name a .csv, .tsv or .jsonl file (or a list of them)")
+        _check(set(self.columns) <= set(COLUMNS), "data.manifest.columns", self.columns,
+               f"maps our column names {list(COLUMNS)} to the file's")
+        _check(all(isinstance(v, str) and v for v in self.columns.values()), "data.manifest.columns", self.columns,
+               "values must be the file's column names")
+        _check(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions)
+               and abs(sum(self.split_fractions) - 1) < 1e-6, "data.manifest.split_fractions",
+               list(self.split_fractions), "must be three non-negative shares (train, val, test) summing to 1")
+
+
+Corpus = Literal["synthetic", "msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101",
+                 "manifest"]
 CORPORA = typing.get_args(Corpus)
 
 
@@ -184,6 +218,7 @@ class DataConfig:
     audioset: AudioSetData | None = None
     esc50: Esc50Data | None = None
     ucf101: Ucf101Data | None = None
+    manifest: ManifestData | None = None
     # howto_audioset: per-corpus share of an epoch (e.g. [0.5, 0.5]); None = in proportion to size.
     mixture_weights: tuple | None = None
     # Silent clips paired with the audio of similar training clips (scripts/pair_missing_audio.py);
@@ -211,6 +246,8 @@ class DataConfig:
             _check(all(w >= 0 for w in self.mixture_weights) and sum(self.mixture_weights) > 0, "data.mixture_weights",
                    list(self.mixture_weights), "must be non-negative with a positive sum")
         if self.media == "shards":
+            _check("manifest" not in (self.corpus, self.eval_corpus), "data.media", self.media,
+                   "is not available for data.corpus / eval_corpus: manifest yet; use raw or prepared")
             in_use = ["howto100m", "audioset"] if self.corpus == "howto_audioset" else [self.corpus]
             if self.eval_corpus is not None:
                 in_use.append(self.eval_corpus)
@@ -391,6 +428,7 @@ class ProbeSection:
     seed: int = 0  # picks the held-out slice of the training folds
     esc50_prompt: str = "the sound of a {}"
     ucf101_prompt: str = "a video of {}"
+    manifest_prompt: str = "a video of {}"  # data.corpus: manifest, its label column's class names
 
     def validate(self) -> None:
         _check(set(self.ucf101_splits) <= {1, 2, 3} and len(self.ucf101_splits) > 0, "probe.ucf101_splits",
@@ -399,7 +437,7 @@ class ProbeSection:
                list(self.weight_decays), "must be a non-empty list of numbers > 0 (the fit's unique optimum needs one)")
         _check(0 < self.val_fraction < 1, "probe.val_fraction", self.val_fraction, "is a fraction in (0, 1)")
         _check(self.max_iter >= 1, "probe.max_iter", self.max_iter, "must be at least 1")
-        for key in ("esc50_prompt", "ucf101_prompt"):
+        for key in ("esc50_prompt", "ucf101_prompt", "manifest_prompt"):
             _check("{}" in getattr(self, key), f"probe.{key}", getattr(self, key), "must contain {} for the class name")
         _check_ratio(self.audio_type, "probe.audio_type")
 
@@ -626,15 +664,58 @@ def check_trainable(config: RunConfig) -> None:
 
 def config_to_dict(config: Any) -> dict:
     """Plain-Python dict of a config tree (tuples become lists so YAML stays readable)."""
+    return _plain(dataclasses.asdict(config))
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
 
-    return plain(dataclasses.asdict(config))
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return config_to_dict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_text(config: Any) -> str:
+    """The resolved config as YAML for ``--print-config``: every key ``--set`` can change, with its value.
+
+    An optional section that is not set (``data.msrvtt``) is ``null`` there, which hides the keys
+    ``--set data.msrvtt.KEY=VALUE`` takes: they follow it as comments, with their defaults, so the
+    text still loads as the same config.
+    """
+    return "".join(_section_lines(config, "", ""))
+
+
+def _section_lines(section: Any, indent: str, prefix: str) -> typing.Iterator[str]:
+    hints = typing.get_type_hints(type(section))
+    for field in dataclasses.fields(section):
+        value, key = getattr(section, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            yield f"{indent}{field.name}:\n"
+            yield from _section_lines(value, indent + "  ", f"{key}.")
+            continue
+        unset = _section_class(hints[field.name]) if value is None else None
+        if unset is None:
+            text = yaml.safe_dump({field.name: _plain(value)}, sort_keys=False)
+            yield "".join(f"{indent}{line}\n" for line in text.splitlines())
+            continue
+        yield f"{indent}{field.name}: null  # not set; its keys (--set {key}.KEY=VALUE):\n"
+        for item in dataclasses.fields(unset):
+            if item.default is not dataclasses.MISSING:
+                shown = _flow(item.name, item.default)
+            elif item.default_factory is not dataclasses.MISSING:
+                shown = _flow(item.name, item.default_factory())
+            else:
+                shown = f"{item.name}: (required)"
+            yield f"{indent}#   {shown}\n"
+
+
+def _flow(name: str, value: Any) -> str:
+    """``name: value`` on one line, as YAML writes it (a list or mapping in flow style)."""
+    value = _plain(value)
+    style = None if isinstance(value, (list, dict)) else False  # None: flow for collections of scalars
+    return yaml.safe_dump({name: value}, default_flow_style=style, sort_keys=False, width=10**6).rstrip("\n")
 
 
 def save_config(config: Any, path: str | Path) -> Path:

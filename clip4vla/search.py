@@ -14,7 +14,9 @@ it: querying or extending it with another model is refused (``--rebuild`` starts
 
 ``serve`` starts a local web page over the index (``clip4vla.serve``): a query box, thumbnails,
 and a player that starts at the matched window; "more like this" and sound queries too. It binds to
-127.0.0.1 unless told otherwise and serves only the files in the index.
+127.0.0.1 unless told otherwise, answers only requests addressed to the name it listens on (plus
+``--allow-host`` names) and serves only the files in the index, which holds only the files that
+resolve inside the folder.
 
 ``query`` embeds the text with that model and ranks the files by their best-matching window
 (vision ``v``, audio ``a``, or both ``av``: the average of the two, as G2G retrieval scores), with
@@ -24,15 +26,18 @@ loses on it; ``a`` ranks only files with sound, ``v`` only files with pictures. 
 (nothing but spaces or control characters) has no meaning and is refused.
 
 Unreadable files are listed, never fatal; names that are not valid UTF-8 are shown escaped
-(``bad\\xff.mp4``).
+(``bad\\xff.mp4``). ``python -m clip4vla.search`` is the same program.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
+import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,8 +47,8 @@ import torch
 
 from clip4vla.models.loading import CheckpointError, read_weights_only
 
-__all__ = ["SearchError", "build_index", "check_query", "embed_query", "embed_sound_query", "load_index", "main", "rank", "search",
-           "similar", "staleness"]
+__all__ = ["SearchError", "build_index", "check_query", "embed_query", "embed_sound_query", "load_index", "main", "rank",
+           "readable_reason", "resolve_inside", "search", "servable_media", "similar", "staleness"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,38 @@ class SearchError(Exception):
 
 def _default_index(folder: Path) -> Path:
     return folder / DEFAULT_NAME
+
+
+def resolve_inside(path: Path, root: Path) -> Path | None:
+    """``path`` resolved, if it is a file inside ``root`` (a resolved folder); ``None`` for a
+    symlink out of it (or a loop, or a file gone). The one rule for what ``index`` embeds and what
+    ``serve`` hands out, so the page never lists a file it cannot play."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # gone, or a symlink loop
+        return None
+    return real if real.is_file() and real.is_relative_to(root) else None
+
+
+def servable_media(folder: Path) -> list[Path]:
+    """The media files under ``folder`` (``clip4vla.extract.find_media``) that resolve inside it."""
+    from clip4vla.extract import find_media
+
+    root = folder.resolve()
+    return [p for p in find_media(folder) if resolve_inside(p, root) is not None]
+
+
+# FFmpeg's errors read "[Errno 1094995529] Invalid data found when processing input: '/the/path'"
+_DECODER_ERROR = re.compile(r"\[Errno -?\d+\] ([^:()'\[\]]+?)(?:: '.*?')?(?=\)*$)")
+
+
+def readable_reason(reason: str, path: Path | None = None, name: str | None = None) -> str:
+    """Why a file could not be read, for people: a decoder error number as the decoder's own words
+    ("the decoder says: Invalid data found when processing input"), and ``path`` (an upload's
+    temporary copy) shown as ``name`` (the user's file)."""
+    if path is not None and name is not None:
+        reason = reason.replace(str(path), name)
+    return _DECODER_ERROR.sub(lambda m: f"the decoder says: {m.group(1)}", reason)
 
 
 # The index on disk is packed: one row per window of every file, so a query is two matrix-vector
@@ -154,12 +191,12 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
 
     from clip4vla import load_model
     from clip4vla.embed import embed_windows, is_audio_file
-    from clip4vla.extract import file_digest, find_media, model_identity
+    from clip4vla.extract import file_digest, model_identity
     from clip4vla.media_errors import MediaError
     from clip4vla.models.loading import CheckpointError
 
     try:
-        files = find_media(folder)
+        files = servable_media(folder)
     except FileNotFoundError as err:
         raise SearchError(str(err)) from err
     if not files:
@@ -205,7 +242,7 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
             if w.video is None and w.audio is None:
                 raise MediaError(f"{path}: a sound file without sound")
         except MediaError as err:
-            skipped[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "reason": str(err)}
+            skipped[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "reason": readable_reason(str(err))}
             continue
         n = len(w.spans)
         entries[rel] = {
@@ -224,9 +261,10 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
     return stats
 
 
-def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str,
-                  audio_query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per file: the best window's score (-inf: nothing to match in this modality) and its row.
+def _window_scores(index: dict[str, Any], query: torch.Tensor, modality: str,
+                   audio_query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per window row ``[T]``: the ranking score (-inf: nothing to match in this modality) and the
+    two cosines it is made of, vision and sound (nan where the window lacks that side).
     ``audio_query`` (default: ``query``) is what the audio rows are compared with: "more like this"
     compares pictures with the window's picture and sound with its sound."""
     has_video, has_audio = index["has_video"], index["has_audio"]
@@ -245,6 +283,11 @@ def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str,
         neutral_a = score_a[has_audio].mean() if bool(has_audio.any()) else score_a.new_zeros(())
         scores = (torch.where(has_video, score_v, neutral_v) + torch.where(has_audio, score_a, neutral_a)) / 2
         scores = torch.where(has_video | has_audio, scores, -torch.inf)
+    return scores, torch.where(has_video, score_v, torch.nan), torch.where(has_audio, score_a, torch.nan)
+
+
+def _best_windows(index: dict[str, Any], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per file: the best window's score (-inf: nothing to match) and its row."""
     owner = torch.repeat_interleave(torch.arange(len(index["count"])), index["count"])
     best = torch.full((len(index["count"]),), -torch.inf, dtype=scores.dtype).scatter_reduce(
         0, owner, scores, reduce="amax")
@@ -253,6 +296,11 @@ def _best_windows(index: dict[str, Any], query: torch.Tensor, modality: str,
     best_row = torch.zeros(len(best), dtype=torch.long).scatter_reduce(
         0, owner[is_best], rows[is_best], reduce="amin", include_self=False)
     return best, best_row
+
+
+def _number(value: float) -> float | None:
+    """A score for a JSON row: ``None`` where there is none (a side the window lacks)."""
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def check_query(text: str) -> str:
@@ -302,21 +350,33 @@ def rank(index: dict[str, Any], query: torch.Tensor, top_k: int = 10, modality: 
 
     Each row also carries the file's number in the index (``id``) and its best window's number
     (``window``): the browser page (``clip4vla-search serve``) fetches media and thumbnails by
-    them, never by a path from the request. ``exclude``: a file id left out ("more like this"
-    does not return the file it started from).
+    them, never by a path from the request. ``vision`` and ``sound`` are that window's two cosines
+    with the query (``None``: the window has no pictures / no sound), the parts of ``score``;
+    ``per_window`` has the same three for every window of the file. ``exclude``: a file id left out
+    ("more like this" does not return the file it started from). The path of a name that is not
+    UTF-8 is shown escaped (``caf\\xe9.mp4``), as everywhere else.
     """
-    best, best_row = _best_windows(index, query, modality, audio_query)
+    from clip4vla.embed import printable_path
+
+    scores, vision, sound = _window_scores(index, query, modality, audio_query)
+    best, best_row = _best_windows(index, scores)
     if exclude is not None:
         best[exclude] = -torch.inf
     k = min(top_k, int(torch.isfinite(best).sum()))
-    scores, order = best.topk(k)
+    top, order = best.topk(k)
     out = []
-    for score, i in zip(scores.tolist(), order.tolist()):
-        row = int(best_row[i])
-        start, end = index["spans"][row].tolist()
-        out.append({"path": str(Path(index["root"]) / index["paths"][i]), "score": round(score, 4),
-                    "start": round(start, 2), "end": round(end, 2), "windows": int(index["count"][i]),
-                    "id": i, "window": row - int(index["first"][i])})
+    for score, i in zip(top.tolist(), order.tolist()):
+        first, count = int(index["first"][i]), int(index["count"][i])
+        window = int(best_row[i]) - first
+        rows = slice(first, first + count)  # this file's windows only: the index may hold millions
+        windows = [{"start": round(start, 2), "end": round(end, 2), "score": _number(s), "vision": _number(v),
+                    "sound": _number(a)} for (start, end), s, v, a in
+                   zip(index["spans"][rows].tolist(), scores[rows].tolist(), vision[rows].tolist(), sound[rows].tolist())]
+        best_window = windows[window]
+        out.append({"path": printable_path(Path(index["root"]) / index["paths"][i]), "score": round(score, 4),
+                    "start": best_window["start"], "end": best_window["end"], "windows": count, "id": i,
+                    "window": window, "vision": best_window["vision"], "sound": best_window["sound"],
+                    "per_window": windows})
     return out
 
 
@@ -341,34 +401,34 @@ def similar(index: dict[str, Any], file_id: int, window: int, top_k: int = 10, m
     return rank(index, index["video"][row], top_k, modality, audio_query=index["audio"][row], exclude=file_id)
 
 
-def embed_sound_query(model: Any, path: Path, max_windows: int = 8) -> torch.Tensor:
+def embed_sound_query(model: Any, path: Path, max_windows: int = 8, name: str | None = None) -> torch.Tensor:
     """The audio embedding ``[D]`` of a sound used as a query, with the model's own preprocessing
     and ``audio_type="auto"`` (what indexing uses), through the bounded decoder: at most
     ``max_windows`` windows of at most ``max_seconds`` each are decoded, whatever the file's length.
-    ``SearchError`` for a file without readable sound."""
-    from clip4vla.embed import embed_windows
+    ``SearchError`` for a file without readable sound, calling the file ``name`` (an upload's own
+    name, not the server's temporary copy)."""
+    from clip4vla.embed import embed_windows, printable_path
     from clip4vla.media_errors import MediaError
 
+    name = name or printable_path(path)
     try:
         embedded = embed_windows(model, path, video=False, audio=True, audio_type="auto", max_windows=max_windows)
     except MediaError as err:
-        raise SearchError(f"not a readable sound ({err})") from err
+        raise SearchError(f"not a readable sound: {readable_reason(str(err), path, name)}") from err
     pooled = embedded.pooled("audio")
     if pooled is None:
-        raise SearchError("the file has no sound to search with")
+        raise SearchError(f"{name} has no sound to search with")
     return pooled.cpu()
 
 
 def staleness(index: dict[str, Any], folder: Path) -> dict[str, list[str]]:
     """What changed in ``folder`` since the index was built: ``changed`` (size or modification
     time), ``deleted`` and ``new`` files (relative paths), as ``index`` would see them; read only."""
-    from clip4vla.extract import find_media
-
     known = {name: (int(size), int(mtime)) for name, size, mtime in
              zip(index["paths"], index["size"].tolist(), index["mtime_ns"].tolist())}
     known.update({name: (e["size"], e["mtime_ns"]) for name, e in index.get("skipped", {}).items()})
     try:
-        present = {p.relative_to(folder).as_posix(): p for p in find_media(folder)}
+        present = {p.relative_to(folder).as_posix(): p for p in servable_media(folder)}
     except FileNotFoundError:
         present = {}
     changed = []
@@ -438,7 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--host", default="127.0.0.1",
                          help="address to listen on (0.0.0.0: every machine on the network can see the folder)")
     p_serve.add_argument("--port", type=port_arg, default=8765, help="port to listen on (0: any free port)")
+    p_serve.add_argument("--allow-host", action="append", type=_host_arg, default=None, metavar="NAME",
+                         help="also answer requests addressed to this host name (repeatable); without it the page "
+                              "answers only to the address it listens on (for 127.0.0.1: 127.0.0.1, localhost, [::1])")
     return parser
+
+
+def _host_arg(text: str) -> str:
+    """A host name or address for ``--allow-host`` (no scheme, port or path)."""
+    name = text.strip().lower()
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        ipaddress.ip_address(bare)
+        return bare
+    except ValueError:
+        if re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", bare):
+            return bare
+    raise argparse.ArgumentTypeError(f"expected a host name or address (e.g. media.lan or 192.168.1.7), "
+                                     f"without scheme or port, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from clip4vla.serve.app import serve
 
-            return serve(args.dir, args.index or _default_index(args.dir), args.model, args.host, args.port)
+            return serve(args.dir, args.index or _default_index(args.dir), args.model, args.host, args.port,
+                         args.allow_host or ())
         index_path = args.index or _default_index(args.dir)
         check_query(args.text)  # before loading anything
         index = load_index(index_path)
@@ -484,4 +562,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m clip4vla.search` runs this file as __main__, a second copy whose SearchError is not
+    # the one clip4vla.serve raises: run the imported module's main, so that errors stay one line
+    from clip4vla.search import main as search_main
+
+    sys.exit(search_main())

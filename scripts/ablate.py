@@ -12,7 +12,9 @@ checkpoints); its model.pt is then scored by zero-shot text->audio retrieval on 
 split (--eval-corpus for more corpora). The table (mean ± std over the seeds, the paper's numbers
 beside MSR-VTT and VATEX) is printed and written as <output-dir>/<table>.json and .md; the last
 stdout line is that JSON. Re-run the same command after a kill: finished rows are skipped, a killed
-row resumes from its newest checkpoint.
+row resumes from its newest checkpoint. With the tensorboard package installed, every finished run's
+metrics.jsonl is also written as a TensorBoard dashboard: tensorboard --logdir
+<output-dir>/tensorboard/rows (one run per row and seed; stage 0 in <output-dir>/tensorboard/stage0).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from clip4vla.cli import HelpFormatter  # noqa: E402
 DEFAULT_CONFIG = REPO / "configs" / "pretrain_synthetic.yaml"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--table", default="5", help="table number (configs/ablations/table<N>.yaml) or a YAML file")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the pre-training config every row starts from")
@@ -41,24 +43,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=None, help="parent folder of the runs (default: the table's)")
     parser.add_argument("--eval-corpus", action="append", default=[], metavar="CORPUS",
                         help="score on this corpus's test split (repeatable; default: the config's evaluation corpus)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from clip4vla.config import ConfigError
     from clip4vla.data.records import AnnotationError
     from clip4vla.models.loading import CheckpointError
-    from clip4vla.train.ablation import format_table, load_table, run_ablation, table_path
+    from clip4vla.train.ablation import AblationInterrupted, format_table, load_table, run_ablation, table_path
     from clip4vla.train.checkpoint import CheckpointWriteError
-    from clip4vla.train.loop import TrainingInterrupted
 
     try:
         table = load_table(table_path(args.table))
         summary = run_ablation(table, args.config, args.overrides, args.seeds, args.output_dir, args.eval_corpus)
-    except TrainingInterrupted as stop:
-        print(f"{stop}; re-run the same command to continue the ablation", file=sys.stderr, flush=True)
+    except AblationInterrupted as stop:
+        print(str(stop), file=sys.stderr, flush=True)
         return 143
     except (ConfigError, CheckpointError, CheckpointWriteError, AnnotationError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary))
     out = args.output_dir or Path(table.output_dir)
     print(f"written: {out / (table.name + '.json')}, {out / (table.name + '.md')} ({summary['wall_s']:.0f} s)")
+    if summary["dashboard"]:
+        print(f"dashboard: tensorboard --logdir {summary['dashboard']}")
     print(json.dumps(summary), flush=True)
     return 0
 

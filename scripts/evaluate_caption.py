@@ -9,8 +9,10 @@ the data is (its data section) and how to decode (its caption section; --beam, -
 and --modality override it under the config's rules). Scores one caption per video against all
 of its references (pycocoevalcap with its PTB tokenizer; without a working Java, a labelled
 whitespace tokenisation and no METEOR). Writes every caption to --out before scoring, then the
-metrics too; prints a table with three video-blind baselines and, as the last stdout line, the
-same JSON object as scripts/finetune_caption.py.
+metrics too, by default into the model's folder (<model dir>/captions_<split>.json: for the test
+split this replaces the captions the fine-tune wrote there; the path is printed); prints a table
+with three video-blind baselines and, as the last stdout line, the same JSON object as
+scripts/finetune_caption.py.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     result = score_captions(split, cc.beam, cc.modality, predictions, caption_references(dataset, predictions),
                             unreadable, [c for r in train for c in r.captions], out, model=str(args.model))
     print(format_caption_table(result))
-    print(f"captions: {out}", file=sys.stderr)
+    print(f"captions and metrics written to {out}", file=sys.stderr)
     print(json.dumps(caption_summary(result)), flush=True)
     return 0
 

@@ -8,8 +8,9 @@
 The model file decides the preprocessing (frames, segments, caption length, type token) and the
 fusion head; the config says where the data is (its data section) and the split to score. Every
 video and every caption is encoded once; every caption is a query (all captions of a clip are its
-ground truth). Prints a table, writes the metrics to --out (default <model dir>/retrieval_<split>.json)
-and prints, as the last stdout line, the same JSON object as scripts/finetune_retrieval.py.
+ground truth). Prints a table, writes the metrics to --out, by default into the model's folder
+(<model dir>/retrieval_<split>.json, replacing an earlier one; the path is printed), and prints, as
+the last stdout line, the same JSON object as scripts/finetune_retrieval.py.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(split=split, fusion=model.heads["fusion"].mode, model=str(args.model))
     print(format_retrieval_table(result))
     write_text_atomic(out, json.dumps(result, indent=1))
+    print(f"metrics written to {out}", file=sys.stderr)
     print(json.dumps(retrieval_summary(result)), flush=True)
     return 0
 

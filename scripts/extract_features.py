@@ -3,7 +3,7 @@ r"""Extract features of a folder (or a list) of videos and sounds into sharded f
 
     python scripts/extract_features.py --model runs/pretrain_synthetic/model.pt --media data/synthetic/videos \
         --out features/synthetic
-    python scripts/extract_features.py --model MODEL --manifest files.txt --out features/mine --audio-type auto
+    python scripts/extract_features.py --model MODEL --manifest files.txt --out features/mine --audio-type nb
 
 Per file: the pooled video and audio embeddings, the per-window ones with their time spans, and
 the per-frame and per-segment features (clip4vla.extract documents the shard format). Kill it at
@@ -33,12 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--media", type=Path, help="a folder of videos / audio files (searched recursively)")
     source.add_argument("--manifest", type=Path,
-                        help="a text file with one media path per line (the line is the item's id)")
+                        help="a text file with one media path per line (the line is the item's id), or a .csv / "
+                             ".tsv / .jsonl captions manifest (data.corpus: manifest; its video column's files)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     parser.add_argument("--shard-size", type=positive_int, default=1000, help="items per shard file")
-    parser.add_argument("--audio-type", type=audio_type_arg, default="nb",
-                        help="audio type token: vb, nb, auto (a speech detector picks per file) "
-                             "or a mixing ratio in [0, 1]")
+    parser.add_argument("--audio-type", type=audio_type_arg, default="auto",
+                        help="audio type token: auto (a speech detector picks vb or nb per file, as "
+                             "clip4vla-search does; each row records the choice), vb, nb or a mixing ratio in [0, 1]")
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 def read_manifest(path: Path) -> list[tuple[str, Path]]:
     """``(id, path)`` per non-empty line. Read as bytes: a line that is not valid UTF-8 is a file
     name like any other on Linux (kept as Python keeps such names), not a reason to stop."""
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl"):  # a captions manifest (data.corpus: manifest): its files
+        from clip4vla.data.readers.manifest import read_manifest as read_captions_manifest
+
+        try:
+            return read_captions_manifest(path, split_fractions=(1, 0, 0)).media_files()
+        except (ValueError, OSError) as err:
+            exit_with_error(f"--manifest {err}")
     try:
         data = path.read_bytes()
     except OSError as err:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     from clip4vla.config import Esc50Data, ProbeConfig, Ucf101Data
-    from clip4vla.evaluation.linear_probe import format_table, run_esc50, run_ucf101, summarise
+    from clip4vla.evaluation.linear_probe import format_table, run_esc50, run_manifest, run_ucf101, summarise
     from clip4vla.files import write_text_atomic
     from clip4vla.cli import load_config_and_model, resolve_device
 
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         benchmarks["esc50"] = Esc50Data(root=str(out_dir / "twins" / "esc50"))
         benchmarks["ucf101"] = Ucf101Data(list_dir=str(out_dir / "twins" / "ucf101" / "ucfTrainTestlist"),
                                           video_dir=str(out_dir / "twins" / "ucf101" / "UCF-101"))
+    elif dc.corpus == "manifest":  # your own labelled media: the data section is what the runner reads
+        benchmarks["manifest"] = dc
     elif dc.corpus in ("esc50", "ucf101"):
         section = getattr(dc, dc.corpus)
         if section is None:
@@ -72,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         benchmarks[dc.corpus] = section
     else:
-        print(f"error: data.corpus must be esc50, ucf101 or synthetic for probes, got {dc.corpus}", file=sys.stderr)
+        print(f"error: data.corpus must be esc50, ucf101, manifest or synthetic for probes, got {dc.corpus}",
+              file=sys.stderr)
         return 2
 
-    runners = {"esc50": ("ESC-50", run_esc50), "ucf101": ("UCF101", run_ucf101)}
+    runners = {"esc50": ("ESC-50", run_esc50), "ucf101": ("UCF101", run_ucf101), "manifest": ("manifest", run_manifest)}
     report = {"model": str(args.model), "mode": config.probe.mode}
     for corpus, section in benchmarks.items():
         name, runner = runners[corpus]

@@ -4,6 +4,7 @@
     python scripts/make_synthetic.py --out data/synthetic_300 --num-clips 300 --seed 0
     python scripts/make_synthetic.py --format vatex --out twins/vatex --num-clips 40
     python scripts/make_synthetic.py --format esc50 --out twins/esc50 --source data/synthetic
+    python scripts/make_synthetic.py --format manifest --out data/manifest --source data/synthetic
 
 Without --format: the clips (H.264/AAC .mp4) and MSR-VTT annotations are written to --out
 (~62 kB per clip). Idempotent: returns at once if --out already holds the same clips; a folder
@@ -11,7 +12,8 @@ holding a dataset of another size or seed is replaced only with --overwrite.
 
 With --format: the clips are laid out like that real corpus (its annotation files and media
 names: HowTo100M, AudioSet, MSR-VTT, VATEX, AudioCaps, ESC-50, UCF101), so its config runs on
-them with only its paths changed. The clips come from --source, an existing synthetic dataset
+them with only its paths changed; --format manifest lays them out as your own data would be
+(manifest.csv over media/, read by data.corpus: manifest). The clips come from --source, an existing synthetic dataset
 (e.g. the quick start's data/synthetic), which is only read, never written; without --source they
 (--num-clips, --seed) are generated first in <out>/synthetic. --prepared also writes the prepared
 media (1-fps frames, 16 kHz wav) to <out>/prepared.

@@ -15,8 +15,11 @@ The second form turns the transcript file into the compact span index (``clip4vl
 ~25 bytes per window, memory-mapped by every rank) once; then set ``data.howto100m.caption_path``
 to the ``--out`` folder. It must use the same ``--min-seconds`` / ``--min-words`` as the config.
 
-Resumable: rerunning skips the videos the manifest lists as done; failures are recorded in
-``<out>/manifest.jsonl`` and do not stop the run (``--retry-errors`` tries them again).
+Resumable: rerunning skips the videos the manifest lists as done. Unreadable files are never
+fatal: each is recorded in ``<out>/manifest.jsonl`` with its reason, and the run goes on, ends by
+counting and naming them, and exits with status 0 (``--retry-errors`` tries them again). Exit
+status 2: the run could not start (a missing folder, a bad flag or --meta file, shards of an
+older layout in --out).
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from clip4vla.data.prepare import prepare_videos  # noqa: E402
 from clip4vla.cli import HelpFormatter  # noqa: E402
+
+
+def _failed_list(ids: list[str], label: str, shown: int = 10) -> str:
+    """The line naming a run's unreadable files (its first ``shown`` ids), or nothing without any."""
+    if not ids:
+        return ""
+    from clip4vla.embed import printable_path
+
+    more = f", ... ({len(ids) - shown} more)" if len(ids) > shown else ""
+    return f"\n{label}: " + ", ".join(printable_path(vid) for vid in ids[:shown]) + more
 
 
 def _shard_mb(text: str) -> float:
@@ -122,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{shards.total} files: {shards.written} written, {shards.skipped} already in shards, "
-              f"{len(shards.failed)} unreadable (see {args.out / 'manifest.jsonl'}); {shards.shards} shards in {args.out}")
-        return 1 if shards.failed else 0
+              f"{len(shards.failed)} unreadable (see {args.out / 'manifest.jsonl'}); {shards.shards} shards in {args.out}"
+              + _failed_list(shards.failed, "unreadable"))
+        return 0
     try:
         summary = prepare_videos(args.videos, args.out, workers=args.workers, image_format=args.format,
                                  quality=args.quality, audio_subtype=args.audio_subtype,
@@ -132,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{summary.total} videos: {summary.done} prepared, {summary.skipped} already done, "
-          f"{len(summary.failed)} failed (see {summary.manifest})")
-    return 1 if summary.failed else 0
+          f"{len(summary.failed)} failed (see {summary.manifest})" + _failed_list(sorted(summary.failed), "failed"))
+    return 0
 
 
 if __name__ == "__main__":

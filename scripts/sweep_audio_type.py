@@ -7,8 +7,8 @@
 
 For w = 0, 0.1, ..., 1 the audio encoder gets the single type token (1 - w)·[VB] + w·[NB]; every
 caption of the split's clips with audio queries their audio (R@1/5/10, MedR). Prints the table,
-writes a PNG plot (--plot, default <model dir>/audio_type_sweep.png) and a JSON object as the last
-stdout line.
+writes a PNG plot to --plot, by default into the model's folder (<model dir>/audio_type_sweep.png;
+the path is printed), and prints a JSON object as the last stdout line.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"  {row['w']:>5.1f}{row['R1']:8.1f}{row['R5']:8.1f}{row['R10']:8.1f}{row['MedR']:8.1f}")
     plot_sweep(rows, plot, title=f"{split} split, {args.model.name}")
-    print(f"plot: {plot}", file=sys.stderr)
+    print(f"plot written to {plot}", file=sys.stderr)
     print(json.dumps({"split": split, "sweep": rows}), flush=True)
     return 0
 

@@ -3,7 +3,9 @@
 Each model gets a custom open_clip model config (registered with ``open_clip.add_model_config``) and
 is created with ``open_clip.create_model``; nothing is downloaded. One QuickGELU model (saved as
 ``open_clip_pytorch_model.bin``), one GELU model (``open_clip_model.safetensors``) and one GELU
-model at 64 px with 16-px patches (``create_model(...).state_dict()`` written with ``torch.save``).
+model at 64 px with 16-px patches (``create_model(...).state_dict()`` written with ``torch.save``);
+:func:`open_clip_hub_folder` writes any model config as a downloaded hub folder (weights and
+``open_clip_config.json``).
 """
 
 from __future__ import annotations
@@ -54,3 +56,23 @@ def open_clip_files(folder: Path) -> dict[str, tuple[Path, torch.nn.Module]]:
             torch.save(state, path)
         out[name] = (path, model)
     return out
+
+
+def open_clip_hub_folder(folder: Path, name: str, model_cfg: dict, seed: int = 7) -> tuple[Path, torch.nn.Module]:
+    """``(folder / name / open_clip_model.safetensors, the open_clip model in eval mode)``, with the
+    ``open_clip_config.json`` open_clip publishes beside its weights."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    configs = folder / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    (configs / f"clip4vla-test-{name}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(configs)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"clip4vla-test-{name}").eval()
+    hub = folder / name
+    hub.mkdir()
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+              hub / "open_clip_model.safetensors")
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    return hub / "open_clip_model.safetensors", model

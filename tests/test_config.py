@@ -87,3 +87,31 @@ def test_corpus_sections_are_typed_and_optional(tmp_path):
         load_config(PretrainConfig, path)
     saved = save_config(load_config(PretrainConfig, None, ["data.msrvtt.annotation_dir=/d"]), tmp_path / "s.yaml")
     assert load_config(PretrainConfig, saved).data.msrvtt.annotation_dir == "/d"
+
+
+def test_print_config_shows_the_keys_of_the_per_corpus_sections(tmp_path, capsys):
+    """--print-config lists every key --set can change: a corpus section that is not set shows its
+    keys and defaults (as comments, so the printout still loads as the same config)."""
+    import dataclasses
+    import typing
+
+    from clip4vla.config import DataConfig, config_to_dict
+    from script_checks import load_script
+
+    assert load_script("pretrain").main(["--print-config"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    hints = typing.get_type_hints(DataConfig)
+    for corpus in ("msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101"):
+        start = lines.index(next(line for line in lines if line.startswith(f"  {corpus}: null")))
+        section = typing.get_args(hints[corpus])[0]
+        shown = [line.split(":")[0].strip("# ") for line in lines[start + 1:start + 1 + len(dataclasses.fields(section))]]
+        assert shown == [f.name for f in dataclasses.fields(section)], (corpus, shown)
+        assert f"--set data.{corpus}.KEY=VALUE" in lines[start]
+    assert "  #   annotation_dir: (required)" in lines and "  #   val_source: official" in lines
+    path = tmp_path / "printed.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text) == config_to_dict(load_config(PretrainConfig, path))
+    # a section that is set prints its values
+    assert load_script("pretrain").main(["--print-config", "--set", "data.msrvtt.annotation_dir=/x"]) == 0
+    assert "  msrvtt:\n    annotation_dir: /x\n    video_dir: null\n" in capsys.readouterr().out

@@ -43,6 +43,9 @@ CONFIG_RUNS = {
     "probe_synthetic.yaml": ("linear_probe.py", "test_configs_run.py::test_probe_configs_on_esc50_and_ucf101_twins"),
     "probe_esc50.yaml": ("linear_probe.py", "test_configs_run.py::test_probe_configs_on_esc50_and_ucf101_twins"),
     "probe_ucf101.yaml": ("linear_probe.py", "test_configs_run.py::test_probe_configs_on_esc50_and_ucf101_twins"),
+    "pretrain_manifest.yaml": ("pretrain.py", "test_configs_run.py::test_manifest_configs_then_evaluation"),
+    "finetune_manifest.yaml": ("finetune_retrieval.py", "test_configs_run.py::test_manifest_configs_then_evaluation"),
+    "finetune_caption_manifest.yaml": ("finetune_caption.py", "test_configs_run.py::test_manifest_configs_then_evaluation"),
 }
 CONFIG_CLASSES = {"pretrain.py": PretrainConfig, "finetune_retrieval.py": RetrievalConfig,
                   "finetune_caption.py": CaptionConfig, "linear_probe.py": ProbeConfig}
@@ -311,3 +314,36 @@ def test_probe_configs_on_esc50_and_ucf101_twins(twins, synthetic_root, micro_ex
     both = last_json(run("linear_probe.py", ["--model", str(micro_export), "--no-progress", *sets({
         **fast, "data.synthetic.root": synthetic_root, "data.synthetic.clips": 24, "train.output_dir": tmp_path / "syn"})]))
     assert {"esc50", "ucf101"} <= set(both) and (tmp_path / "syn" / "probe.json").is_file()
+
+
+def test_manifest_configs_then_evaluation(synthetic_root, micro_export, tmp_path):
+    """Your own media: a CSV over videos with sound, silent videos, sound files alone and windows of
+    longer files, through pre-training, retrieval and caption fine-tuning and both evaluations."""
+    manifest = write_corpus_format(synthetic_root, "manifest", tmp_path / "mine") / "manifest.csv"
+    rows = manifest.read_text().splitlines()
+    assert any(".wav," in r for r in rows) and any(r.split(",")[2:4] != ["", ""] for r in rows[1:])
+    data = {"data.manifest.path": manifest, "model.init_from": micro_export}
+    pre = last_json(run("pretrain.py", ["--config", str(CONFIGS / "pretrain_manifest.yaml"), *sets({
+        **{k: v for k, v in FINETUNE_SIZES.items() if not k.startswith("retrieval.")}, **data,
+        "train.output_dir": tmp_path / "pre"})]))
+    assert pre["split"] == "test" and pre.get("skipped", 0) == 0 and {"t2a", "v2a"} <= set(pre)
+    out = tmp_path / "ft"
+    ft = last_json(run("finetune_retrieval.py", ["--config", str(CONFIGS / "finetune_manifest.yaml"), *sets({
+        **FINETUNE_SIZES, **data, "train.output_dir": out})]))
+    assert ft["split"] == "test" and ft["skipped"] == 0
+    assert ft["av"]["n_texts"] == 5 * ft["av"]["n_videos"]  # every caption of a clip is a query
+    evaluated = last_json(run("evaluate_retrieval.py", ["--model", str(out / "model.pt"), "--config",
+                                                        str(CONFIGS / "finetune_manifest.yaml"),
+                                                        *sets({"data.manifest.path": manifest})]))
+    assert evaluated["av"] == ft["av"]
+    cap_out = tmp_path / "cap"
+    cap = last_json(run("finetune_caption.py", ["--config", str(CONFIGS / "finetune_caption_manifest.yaml"), *sets({
+        **CAPTION_SIZES, **data, "train.output_dir": cap_out})]))
+    assert cap["split"] == "test" and "CIDEr" in cap
+    references = json.loads((cap_out / "captions_test.json").read_text())["references"]
+    assert all(len(refs) == 5 for refs in references.values())  # all captions of a file are its references
+    again = last_json(run("evaluate_caption.py", ["--model", str(cap_out / "model.pt"), "--config",
+                                                  str(CONFIGS / "finetune_caption_manifest.yaml"), "--beam", "2",
+                                                  "--out", str(tmp_path / "eval.json"),
+                                                  *sets({"data.manifest.path": manifest})]))
+    assert again["CIDEr"] == pytest.approx(cap["CIDEr"])

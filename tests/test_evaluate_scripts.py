@@ -161,7 +161,9 @@ def test_evaluate_retrieval_prints_the_fine_tune_schema(micro_export, synthetic_
     out = tmp_path / "retrieval.json"
     assert script("evaluate_retrieval.py").main(["--model", str(micro_export), "--fusion", "g2g", "--out", str(out),
                                                  *data_args(synthetic_root)]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert f"metrics written to {out}" in captured.err  # what it writes, said (issue 29: 17)
+    printed = json.loads(captured.out.strip().splitlines()[-1])
     assert list(printed) == ["split", "fusion", "v", "a", "av", "n_unreadable", "n_silent", "skipped"]
     written = json.loads(out.read_text())
     assert printed == retrieval_summary(written) and printed["skipped"] == 0
@@ -177,7 +179,9 @@ def test_evaluate_caption_flags_reach_the_decoder_and_it_prints_the_fine_tune_sc
     assert script("evaluate_caption.py").main([
         "--model", str(micro_caption_export), "--beam", "2", "--length-penalty", "0.5", "--modality", "v",
         "--out", str(out), *data_args(synthetic_root)]) == 0
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
+    assert f"captions and metrics written to {out}" in captured.err
     written = json.loads(out.read_text())
     assert (written["beam"], written["modality"]) == (2, "v") and "beam 2, V," in stdout
     printed = json.loads(stdout.strip().splitlines()[-1])
@@ -185,6 +189,26 @@ def test_evaluate_caption_flags_reach_the_decoder_and_it_prints_the_fine_tune_sc
     assert "another video's reference" in printed["baselines"] and printed["skipped"] == 0
     assert printed == json.loads(json.dumps(caption_summary(written)))
     assert CaptionTask.summary(object.__new__(CaptionTask), written) == caption_summary(written)  # the fine-tune's
+
+
+def test_each_script_says_what_it_writes_into_the_model_folder(micro_export, synthetic_root, tmp_path, capsys):
+    """By default the scoring scripts write beside the model file, into its run folder: the --help
+    and the run itself say which file (issue 29: 17)."""
+    import shutil
+
+    from script_checks import load_script
+
+    for name, words in (("evaluate_retrieval", "<model dir>/retrieval_<split>.json"),
+                        ("evaluate_caption", "<model dir>/captions_<split>.json"),
+                        ("sweep_audio_type", "<model dir>/audio_type_sweep.png")):
+        text = " ".join(load_script(name).build_parser().format_help().split())
+        assert words in text.split("options:")[0], name  # in the description, not only at the flag
+    model = tmp_path / "run" / "model.pt"
+    model.parent.mkdir()
+    shutil.copy(micro_export, model)
+    assert script("sweep_audio_type.py").main(["--model", str(model), "--steps", "2", *data_args(synthetic_root)]) == 0
+    assert f"plot written to {model.parent / 'audio_type_sweep.png'}" in capsys.readouterr().err
+    assert sorted(p.name for p in model.parent.iterdir()) == ["audio_type_sweep.png", "model.pt"]
 
 
 # ------------------------------------------------------------------ caption fine-tune memory (issue 24: 3)

@@ -152,6 +152,26 @@ def test_help_describes_every_flag_with_its_default():
     assert_help_is_complete(load_script("extract_features").build_parser())
 
 
+def test_the_audio_type_defaults_to_auto_as_search_and_the_embedding_example_do(model, micro_export, media_dir,
+                                                                                tmp_path):
+    """One default for every way of embedding your own files: ``clip4vla-search index`` and the
+    README's ``embed_audio(..., audio_type="auto")`` let the speech detector choose the token per file,
+    and so does the script; each row records the token chosen."""
+    from clip4vla.embed import embed_windows
+
+    script = load_script("extract_features")
+    args = script.build_parser().parse_args(["--model", "m", "--media", "d", "--out", "o"])
+    assert args.audio_type == "auto"
+    out = tmp_path / "features"
+    assert script.main(["--model", str(micro_export), "--media", str(media_dir), "--out", str(out),
+                        "--no-progress"]) == 0
+    rows = {item["id"]: item for item in read_shards(out)[0]}
+    for item_id in ("clip0.mp4", "tone.wav"):
+        chosen = embed_windows(model, media_dir / item_id, video=False, audio_type="auto")
+        assert rows[item_id]["audio_type"] == chosen.audio_type in ("vb", "nb"), item_id
+        assert torch.equal(rows[item_id]["audio"], chosen.pooled("audio")), item_id
+
+
 def test_a_file_name_that_is_not_utf8_is_listed_or_extracted_never_fatal(model, micro_export, media_dir, tmp_path):
     folder = tmp_path / "media"
     folder.mkdir()

@@ -102,6 +102,25 @@ def test_resume_refuses_a_changed_learning_rate_unless_asked(synthetic_root, tmp
     assert load_config(PretrainConfig, out / "config.yaml").optim.lr == pytest.approx(3e-2)
 
 
+def test_resume_of_a_finished_run_tests_again_and_writes_nothing(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    first = trainer(synthetic_root, out, **{"train.max_steps": 2}).fit()
+
+    def files() -> dict[str, tuple]:
+        return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes())
+                for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = files()
+    assert {"model.pt", "config.yaml", "metrics.jsonl", "loss_curves.png"} <= set(before)
+    again = trainer(synthetic_root, out, resume=True, **{"train.max_steps": 2}).fit()
+    assert files() == before  # every file: same bytes, same inode, same mtime
+    assert again["metrics"] == first["metrics"]  # the same test table
+    # a run whose model.pt was never written (a full disk at the end) is finished by the resume
+    (out / "model.pt").unlink()
+    trainer(synthetic_root, out, resume=True, **{"train.max_steps": 2}).fit()
+    assert (out / "model.pt").is_file()
+
+
 def test_resume_never_changes_the_batch(synthetic_root, tmp_path):
     out = tmp_path / "run"
     trainer(synthetic_root, out, **{"train.max_steps": 2}).fit()
@@ -121,6 +140,13 @@ def test_resume_names_architecture_and_precision_changes(synthetic_root, tmp_pat
     config = load_config(PretrainConfig, None, overrides(synthetic_root, out, **{"model.arch": "tiny"}))
     with pytest.raises(Exception, match="architecture cannot change on resume"):
         Trainer(config, PretrainTask, resume=True, allow_config_change=True)
+    # the activation (and the open_clip name that implies one) is architecture too: config.yaml must
+    # never describe a model the run does not have
+    for key, value in (("model.activation", "gelu"), ("model.open_clip_model", "ViT-B-32-quickgelu")):
+        config = load_config(PretrainConfig, None, overrides(synthetic_root, out, **{key: value}))
+        with pytest.raises(ConfigError, match=rf"architecture cannot change on resume \({key} was None, now {value!r}\)"):
+            Trainer(config, PretrainTask, resume=True, allow_config_change=True)
+    assert load_config(PretrainConfig, out / "config.yaml").model.activation is None
     # an fp32 checkpoint (no loss-scaler state) resumes in bf16 when asked: no GradScaler traceback
     config = load_config(PretrainConfig, None, overrides(synthetic_root, out, **{
         "train.precision": "bf16", "train.max_steps": 3}))

@@ -128,6 +128,31 @@ def test_bad_files_are_clear_errors(micro, tmp_path):
         load_model(tmp_path / "future.pt")
 
 
+
+def test_every_load_error_names_the_file_and_what_is_wrong(micro, tmp_path):
+    """Keys a .safetensors lacks or adds, integer weights, an impossible preprocessing record."""
+    from safetensors.torch import save_file
+
+    clip = {k: v.contiguous() for k, v in micro.clip.state_dict().items()}
+    odd = {k: v for k, v in clip.items() if k != "ln_final.bias"} | {"extra.weight": torch.zeros(2)}
+    save_file(odd, tmp_path / "open_clip_model.safetensors")
+    with pytest.raises(CheckpointError, match=r"open_clip_model.safetensors: .*missing keys \[ln_final.bias\]; "
+                                              r"unexpected keys \[extra.weight\]"):
+        load_model(tmp_path / "open_clip_model.safetensors", activation="gelu")
+    torch.save(clip | {"visual.proj": clip["visual.proj"].to(torch.int32)}, tmp_path / "int32.pt")
+    with pytest.raises(CheckpointError, match=r"int32.pt: .*visual.proj: checkpoint torch.int32, model torch.float32"):
+        load_model(tmp_path / "int32.pt", activation="gelu")
+    state = torch.load(export_model(micro, tmp_path / "model.pt", PRE), weights_only=True)
+    state["state_dict"]["clip.visual.proj"] = state["state_dict"]["clip.visual.proj"].to(torch.int32)
+    torch.save(state, tmp_path / "int32_export.pt")
+    with pytest.raises(CheckpointError, match=r"int32_export.pt: .*clip.visual.proj: checkpoint torch.int32"):
+        load_model(tmp_path / "int32_export.pt")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["preprocessing"]["max_frames"] = -3
+    torch.save(state, tmp_path / "frames.pt")
+    with pytest.raises(CheckpointError, match=r"frames.pt: preprocessing max_frames=-3: expected a whole number"):
+        load_model(tmp_path / "frames.pt")
+
 def test_token_level_outputs_keep_state_dict_keys_and_global_values(micro):
     """Per-token text features from one pass; the global feature is unchanged."""
     tokens = torch.zeros(2, 10, dtype=torch.long)

@@ -5,6 +5,7 @@ open_clip's image and text features (fp32, the tolerance of the OpenAI parity te
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from clip4vla.models.factory import build_model
 from clip4vla.models.loading import CheckpointError
 from clip4vla.models.preprocessing import Preprocessing
 from clip4vla.text import tokenize
-from open_clip_models import OPEN_CLIP_MODELS, open_clip_files
+from open_clip_models import OPEN_CLIP_MODELS, _config, open_clip_files, open_clip_hub_folder
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -235,3 +236,91 @@ def test_a_hub_folder_records_the_activation_in_open_clip_config_json(files, tmp
     (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": wide}))
     with pytest.raises(CheckpointError, match=r"do not fit .*embed_dim 32 \(open_clip_config.json says 512\)"):
         load_model(hub / path.name, activation="gelu")
+
+
+def _narrow_heads_config() -> dict:
+    """The tiny GELU model with 32-wide heads in both towers (2 heads of the 64-wide blocks)."""
+    model_cfg = _config(OPEN_CLIP_MODELS["gelu"])
+    model_cfg["vision_cfg"]["head_width"] = 32
+    model_cfg["text_cfg"]["heads"] = 2
+    return model_cfg
+
+
+def test_heads_that_are_not_64_wide_load_from_a_hub_folder_that_records_them(tmp_path):
+    """No tensor holds the number of heads: open_clip_config.json does (head_width, text heads)."""
+    path, oc_model = open_clip_hub_folder(tmp_path, "heads32", _narrow_heads_config())
+    images, tokens = _inputs(224)
+    image_ref, text_ref = _theirs(oc_model, images, tokens)
+    for model in (load_model(path), build_model(ModelConfig(init_from=str(path))).eval()):
+        assert (model.clip.config.vision_heads, model.clip.config.transformer_heads) == (2, 2)
+        assert model.audio.visual.config.heads == 2  # the audio encoder is a copy of the vision tower
+        image, text = _ours(model, images, tokens)
+        torch.testing.assert_close(image, image_ref, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(text, text_ref, atol=ATOL, rtol=RTOL)
+    again = load_model(export_model(model, tmp_path / "model.pt", model.preprocessing))  # the export records them
+    torch.testing.assert_close(_ours(again, images, tokens)[0], image_ref, atol=ATOL, rtol=RTOL)
+
+
+def test_a_head_layout_that_cannot_be_told_or_built_is_refused_naming_the_file(tmp_path):
+    path, _ = open_clip_hub_folder(tmp_path, "heads32", _narrow_heads_config())
+    config = path.parent / "open_clip_config.json"
+    model_cfg = _narrow_heads_config()
+    for section, key, value, named, message in (
+        ("vision_cfg", "head_width", 48, path, "head width 48 does not divide the vision tower's width 64"),
+        ("text_cfg", "heads", 3, path, "3 heads do not divide the text tower's width 64"),
+        ("vision_cfg", "head_width", "wide", config, "vision_cfg head_width='wide': expected a whole number"),
+        ("vision_cfg", "pool_type", "avg", config, "vision_cfg pool_type='avg': clip4vla's towers are OpenAI's layout"),
+    ):
+        config.write_text(json.dumps({"model_cfg": {**model_cfg, section: {**model_cfg[section], key: value}}}))
+        with pytest.raises(CheckpointError, match=f"{named}: .*{message}"):
+            load_model(path)
+    # a plain state dict: 64-wide heads (OpenAI's and LAION's rule up to ViT-L), or refused when its
+    # widths cannot be split so
+    config.unlink()
+    assert load_model(path, activation="gelu").clip.config.vision_heads == 1
+    odd = dataclasses.replace(CLIPConfig.micro(), vision_width=96, vision_heads=3)
+    torch.save(CLIP(odd).state_dict(), tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=r"odd.pt: the 96-wide vision tower cannot have 64-wide heads"):
+        load_model(tmp_path / "odd.pt", activation="gelu")
+
+
+def test_an_open_clip_training_checkpoint_tells_its_model_by_its_experiment_name(files, tmp_path, monkeypatch):
+    """open_clip's trainer stores the run's name (by default ``<date>-model_<model>-lr_...``), not the
+    model's: the model name is read out of it, and contradicting it is an error like any record."""
+    from clip4vla.models.open_clip_format import OPEN_CLIP_VITS, experiment_model
+
+    assert experiment_model("2024_01_01-12_00_00-model_ViT-B-32-quickgelu-lr_1e-05-b_256-j_8-p_amp_bf16") \
+        == "ViT-B-32-quickgelu"
+    assert experiment_model("my-run") is None
+    path, oc_model = files["gelu"]
+    shape = {k: v for k, v in dataclasses.asdict(load_model(path, activation="gelu").clip.config).items()
+             if k != "activation"}
+    monkeypatch.setitem(OPEN_CLIP_VITS, "ViT-T-32", shape)  # a named model of the tiny file's shapes
+
+    def checkpoint(name: str) -> Path:
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}" / "epoch_3.pt"
+        out.parent.mkdir()
+        torch.save({"epoch": 3, "name": name, "state_dict": {f"module.{k}": v for k, v in oc_model.state_dict().items()}},
+                   out)
+        return out
+
+    images, tokens = _inputs(224)
+    model = load_model(checkpoint("2024_01_01-12_00_00-model_ViT-T-32-lr_0.0005-b_256-j_8-p_amp"))  # nothing declared
+    assert model.clip.config.activation == "gelu"
+    torch.testing.assert_close(_ours(model, images, tokens)[0], _theirs(oc_model, images, tokens)[0],
+                               atol=ATOL, rtol=RTOL)
+    quick = checkpoint("2024_01_01-12_00_00-model_ViT-T-32-quickgelu-lr_0.0005-b_256-j_8-p_amp")
+    for declared in ({"activation": "gelu"}, {"open_clip_model": "ViT-T-32"}):
+        with pytest.raises(CheckpointError, match=rf"{quick}: .*stored model name ViT-T-32-quickgelu.*declares gelu"):
+            load_model(quick, **declared)
+    assert load_model(quick, activation="quick_gelu").clip.config.activation == "quick_gelu"
+    # a name that is not open_clip's default format, or whose model clip4vla does not know: not a
+    # misleading "ResNet ... do not load", but what to declare
+    for name, said in (("my-run", "is not open_clip's default experiment name"),
+                       ("2024_01_01-12_00_00-model_clip4vla-test-gelu-lr_0.0005-b_256-j_8-p_amp",
+                        "model clip4vla-test-gelu is not an open_clip model whose activation clip4vla knows")):
+        stored = checkpoint(name)
+        with pytest.raises(CheckpointError, match=rf"{stored}: .*{said}.*model\.open_clip_model") as err:
+            load_model(stored)
+        assert "ResNet" not in str(err.value)
+        assert load_model(stored, activation="gelu").clip.config.activation == "gelu"

@@ -41,17 +41,29 @@ NOT_RUN = {
                                                          "starts it on a free port, tests/test_serve_browser.py drives the page",
     "python scripts/ablate.py --table 5": "16 training runs (minutes on CPU); tests/test_ablation.py runs "
                                           "configs/ablations/table5.yaml through it with micro settings",
-    "python scripts/plot_runs.py runs/ablation_table5/seed0 --metric ta --out ablation_ta.png":
+    "python scripts/plot_runs.py runs/ablation_table5/seed0 --metric ta":
         "needs the ablation's runs; tests/test_tensorboard.py runs the script",
-    "tensorboard --logdir runs/ablation_table5": "a server that runs until Ctrl-C; tests/test_tensorboard.py reads "
-                                                 "the event files with TensorBoard's own reader",
+    "tensorboard --logdir runs/ablation_table5/tensorboard/rows":
+        "a server that runs until Ctrl-C; tests/test_ablation.py reads the dashboard's event files with "
+        "TensorBoard's own reader",
 }
+# "Train on your own videos": the synthetic clips as a manifest (the fine-tunes micro-sized below)
+MANIFEST_CHAIN = [
+    "python scripts/make_synthetic.py --format manifest --out data/manifest --source data/synthetic",
+    "python scripts/finetune_retrieval.py --config configs/finetune_manifest.yaml",
+    "python scripts/evaluate_retrieval.py --model runs/finetune_manifest/model.pt --config configs/finetune_manifest.yaml",
+    "python scripts/finetune_caption.py --config configs/finetune_caption_manifest.yaml",
+    "python scripts/evaluate_caption.py --model runs/caption_manifest/model.pt --config "
+    "configs/finetune_caption_manifest.yaml",
+    "clip4vla-search index data/manifest/media --model runs/finetune_manifest/model.pt",
+]
 # The training-free commands after the quick start that this test runs, in README order.
 RUN = [
     "python scripts/pretrain.py",
     "python scripts/pretrain.py --resume | tail -n 1 | python -c \"import json,sys; print(json.load(sys.stdin)['t2a'])\"",
     "python scripts/evaluate_retrieval.py --model runs/pretrain_synthetic/model.pt --fusion g2g",
     "python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model.pt",
+    *MANIFEST_CHAIN,
     "<python: load_model>",
     "clip4vla-search index data/synthetic/videos --model runs/pretrain_synthetic/model.pt",
     "clip4vla-search query \"a small red shape with a high siren\" --dir data/synthetic/videos --top-k 3",
@@ -63,6 +75,8 @@ MICRO = {  # the quick start's geometry (2 frames, 2 segments), the micro model,
     "train.eval_every_epochs": 1, "data.num_workers": 0,
 }
 EVAL_MICRO = {"data.synthetic.clips": PRETRAIN_CLIPS}  # the evaluation configs' data: the same 24 clips
+# the manifest fine-tunes: two steps of 4 clips on the quick start's micro model
+MANIFEST_MICRO = {"train.max_steps": 2, "train.batch_size": 4, "train.eval_every_steps": 2, "data.num_workers": 0}
 # Blocks about the real corpora and clusters, and the installation / test steps of a command line:
 # not part of the synthetic chain.
 FOREIGN_BLOCK = ("torchrun", " /data/", "#SBATCH", "howto100m", "howto_audioset", "msrvtt")
@@ -91,6 +105,8 @@ def synthetic_chain() -> list[tuple[str, str]]:
     command alike), or a Python block (key ``<python: load_model>`` / ``<python: embed>``)."""
     chain = []
     for language, block in readme_blocks():
+        if language == "python" and "data/howto100m/" in block:  # reading real shards: tests/test_shards.py runs it
+            continue
         if language == "python":
             chain.append(("<python: embed>" if "embed_text" in block else "<python: load_model>", block))
         elif language == "bash" and not any(marker in block for marker in FOREIGN_BLOCK):
@@ -154,6 +170,9 @@ def test_readme_synthetic_chain_runs_in_order(readme_folder):
             done = _run(f"python - <<'EOF'\n{what}\nEOF", readme_folder)
         elif "scripts/pretrain.py" in key:
             done = _run(_with_overrides(what, "scripts/pretrain.py", MICRO), readme_folder)
+        elif key in MANIFEST_CHAIN[1:5:2]:  # the two fine-tunes
+            script = re.search(r"scripts/\w+\.py", key).group(0)
+            done = _run(_with_overrides(what, script, MANIFEST_MICRO), readme_folder)
         elif "scripts/evaluate_retrieval.py" in key or "scripts/sweep_audio_type.py" in key:
             script = re.search(r"scripts/\w+\.py", key).group(0)
             done = _run(_with_overrides(what, script, EVAL_MICRO), readme_folder)
@@ -176,14 +195,25 @@ def test_readme_synthetic_chain_runs_in_order(readme_folder):
     assert seen["<python: load_model>"].stdout.startswith(shown)
     index_line = re.compile(r"\d+ files: \d+ embedded, \d+ unchanged, \d+ dropped \(deleted\), \d+ unreadable "
                             r"\([\d.]+ s\) -> data/synthetic/videos/\.clip4vla-index\.pt")
-    assert index_line.fullmatch(seen[RUN[5]].stdout.strip())
+    index, query = (next(k for k in RUN if k.startswith(f"clip4vla-search {verb} ") and "data/synthetic/" in k)
+                    for verb in ("index", "query"))
+    assert index_line.fullmatch(seen[index].stdout.strip())
     result_line = re.compile(r"\s*\d\. -?[01]\.\d{3}  \S*data/synthetic/videos/video\d+\.mp4")
-    printed = seen[RUN[6]].stdout.strip().splitlines()
+    printed = seen[query].stdout.strip().splitlines()
     assert len(printed) == 3 and all(result_line.fullmatch(line) for line in printed), printed
     block = next(b for lang, b in readme_blocks() if lang == "bash" and "clip4vla-search query" in b)
     sample = [line.lstrip("#") for line in block.splitlines() if re.match(r"#\s+\d\. ", line)]
     assert sample and all(result_line.fullmatch(line.replace("/.../", "/x/")) for line in sample), \
         f"the README's sample query output is not what the command prints: {sample}"
     assert re.search(r"tensor\(\[\[", seen["<python: embed>"].stdout)
+    # your own videos: the manifest chain scores the same clips from the file as at the end of training
+    _, finetune, evaluate, caption, evaluate_caption, manifest_index = (seen[k] for k in MANIFEST_CHAIN)
+    trained = json.loads(finetune.stdout.strip().splitlines()[-1])
+    assert trained["av"]["n_texts"] > trained["av"]["n_videos"] > 0  # every caption a query
+    assert json.loads(evaluate.stdout.strip().splitlines()[-1])["av"] == trained["av"]
+    captioned = json.loads(caption.stdout.strip().splitlines()[-1])
+    assert json.loads(evaluate_caption.stdout.strip().splitlines()[-1])["n_videos"] == captioned["n_videos"] > 0
+    assert re.match(r"\d+ files: \d+ embedded, .* -> data/manifest/media/\.clip4vla-index\.pt",
+                    manifest_index.stdout.strip())
     assert _fingerprint(readme_folder / "data" / "synthetic") == data_before
     assert len(list((readme_folder / "twins" / "vatex" / "videos").glob("*.mp4"))) == 40

@@ -51,3 +51,11 @@ def test_pretrain_help_says_what_first_use_writes_and_how_to_list_the_keys(capsy
 def test_defaults_are_shown(capsys):
     assert "(default: 2)" in help_text("make_synthetic", capsys)  # --workers
     assert "(default: auto)" in help_text("linear_probe", capsys)  # --device
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SCRIPTS.glob("*.py")))
+def test_help_is_plain_text_without_restructuredtext_markup(name, capsys):
+    """The docstrings a ``--help`` prints are written for the source (``literal`` markup); a terminal
+    shows them plain (issue 29: 17)."""
+    text = help_text(name, capsys)
+    assert "usage:" in text and "``" not in text, [line for line in text.splitlines() if "``" in line]

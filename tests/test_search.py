@@ -74,14 +74,20 @@ def test_query_ranks_by_the_best_window_as_computed_independently(indexed, micro
         v = w.video @ query if w.video is not None else mean_v.expand(len(w.spans))
         a = w.audio @ query if w.audio is not None else mean_a.expand(len(w.spans))
         scores = (v + a) / 2
-        expected[name] = (float(scores.max()), w.spans[int(scores.argmax())])
+        best = int(scores.argmax())
+        parts = (float(v[best]) if w.video is not None else None, float(a[best]) if w.audio is not None else None)
+        expected[name] = (float(scores.max()), w.spans[best], parts)
     results = search_mod.search(index, model, text, top_k=10, modality="av")
     assert [Path(r["path"]).relative_to(indexed).as_posix() for r in results] == sorted(
         expected, key=lambda n: -expected[n][0])
     for r in results:
-        score, span = expected[Path(r["path"]).relative_to(indexed).as_posix()]
+        score, span, (vision, sound) = expected[Path(r["path"]).relative_to(indexed).as_posix()]
         assert r["score"] == pytest.approx(score, abs=1e-4)
         assert (r["start"], r["end"]) == (round(span[0], 2), round(span[1], 2))
+        # the parts of the score: the best window's two cosines, None for the side a file lacks
+        assert (r["vision"] is None, r["sound"] is None) == (vision is None, sound is None)
+        assert r["vision"] is None or r["vision"] == pytest.approx(vision, abs=1e-4)
+        assert r["sound"] is None or r["sound"] == pytest.approx(sound, abs=1e-4)
     assert [r["windows"] for r in results if r["path"].endswith("long.mp4")] == [4]
     # each modality only ranks files that have it
     audio_only = {Path(r["path"]).name for r in rank(index, query, 10, "a")}
@@ -98,7 +104,8 @@ def test_query_command_prints_table_and_json(indexed, capsys):
     assert main(["query", "a siren wails", "--dir", str(indexed), "--json", "--modality", "a"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {Path(r["path"]).name for r in rows} == {"long.mp4", "short.mp4", "rain.wav"}
-    assert all(set(r) == {"path", "score", "start", "end", "windows", "id", "window"} for r in rows)
+    assert all(set(r) == {"path", "score", "start", "end", "windows", "id", "window", "vision", "sound", "per_window"}
+               for r in rows)
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
 
 

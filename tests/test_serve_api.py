@@ -29,6 +29,7 @@ from clip4vla.serve.library import MAX_K, Library
 from clip4vla.serve.thumbnails import thumbnail_folder
 from audio_media import write_sound
 from media_factory import frame_index, write_garbage, write_video
+from script_checks import copy_with_undecodable_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,7 @@ def outside(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, micro_export, outside) -> Path:
     """A folder with a long video (4 windows), a short one, a silent one, a sound file, a broken
-    file and a symlink out of the folder, indexed through the command line."""
+    file and a symlink out of the folder (not indexed), indexed through the command line."""
     d = tmp_path_factory.mktemp("served") / "videos"
     d.mkdir()
     write_video(d / "long.mp4", seconds=14.0, fps=5)
@@ -80,7 +81,7 @@ def test_search_rows_are_the_query_commands_json_rows(served, client, capsys):
         assert body["results"] == json.loads(capsys.readouterr().out) and body["notes"] == []
         assert len(body["results"]) == 3
     row = body["results"][0]
-    assert list(row) == ["path", "score", "start", "end", "windows", "id", "window"]
+    assert list(row) == ["path", "score", "start", "end", "windows", "id", "window", "vision", "sound", "per_window"]
     index = load_index(served / DEFAULT_NAME)
     assert Path(row["path"]).name == index["paths"][row["id"]]
     assert row["start"] == round(float(index["spans"][int(index["first"][row["id"]]) + row["window"]][0]), 2)
@@ -88,10 +89,12 @@ def test_search_rows_are_the_query_commands_json_rows(served, client, capsys):
 
 def test_status_line_reports_size_model_time_and_unreadable_files(client, served, micro_export):
     status = client.get("/api/status").get_json()
-    assert status["ok"] and status["files"] == 5 and status["windows"] == 8  # long.mp4 is 4 windows
+    assert status["ok"] and status["files"] == 4 and status["windows"] == 7  # long.mp4 is 4 windows
     assert status["model"] == str(Path(micro_export).resolve())
     assert status["built"][:4].isdigit()
     assert [u["path"] for u in status["unreadable"]] == ["broken.mp4"] and status["unreadable_count"] == 1
+    reason = status["unreadable"][0]["reason"]  # the decoder's words, not its error number
+    assert "[Errno" not in reason and "the decoder says: Invalid data found when processing input" in reason
     assert {k: v["count"] for k, v in status["stale"].items()} == {"changed": 0, "deleted": 0, "new": 0}
     assert status["command"] is None and status["max_k"] == MAX_K and ".wav" in status["audio_extensions"]
 
@@ -145,6 +148,91 @@ def test_bad_and_oversize_uploads_get_a_json_message(client):
     assert missing.status_code == 400 and "no sound file" in missing.get_json()["error"]
 
 
+def test_rows_say_why_a_file_matched_per_side_and_per_window(client, library):
+    index = library.index
+    long_id = file_id(library, "long.mp4")
+    for modality in ("av", "v", "a"):
+        rows = client.get("/api/search", query_string={"q": "a red circle", "modality": modality, "k": 10}).get_json()["results"]
+        for row in rows:
+            first = int(index["first"][row["id"]])
+            assert len(row["per_window"]) == row["windows"]
+            best = row["per_window"][row["window"]]
+            assert (best["start"], best["end"], best["score"]) == (row["start"], row["end"], row["score"])
+            assert (best["vision"], best["sound"]) == (row["vision"], row["sound"])
+            assert row["score"] == max(w["score"] for w in row["per_window"] if w["score"] is not None)
+            for w, has_v, has_a in zip(row["per_window"], index["has_video"][first:], index["has_audio"][first:]):
+                assert (w["vision"] is None) == (not bool(has_v)) and (w["sound"] is None) == (not bool(has_a))
+                if modality == "v":
+                    assert w["score"] == w["vision"]
+                elif modality == "a":
+                    assert w["score"] == w["sound"]
+                elif w["vision"] is not None and w["sound"] is not None:
+                    assert w["score"] == pytest.approx((w["vision"] + w["sound"]) / 2, abs=2e-4)
+    assert any(r["id"] == long_id for r in rows)
+    silent = next(r for r in client.get("/api/search", query_string={"q": "a red circle", "k": 10}).get_json()["results"]
+                  if r["path"].endswith("silent.mp4"))
+    assert silent["sound"] is None and silent["vision"] is not None  # its sound side took the query's average
+
+
+def test_browse_lists_the_indexed_files_newest_first(client, library):
+    body = client.get("/api/files", query_string={"k": 2}).get_json()
+    assert body["total"] == 4 and len(body["results"]) == 2
+    by_time = sorted(range(4), key=lambda i: (-int(library.index["mtime_ns"][i]), library.index["paths"][i]))
+    assert [r["id"] for r in body["results"]] == by_time[:2]
+    rest = client.get("/api/files", query_string={"k": 10, "offset": 2}).get_json()["results"]
+    assert [r["id"] for r in rest] == by_time[2:]
+    row = body["results"][0]
+    assert {"path", "id", "window", "start", "end", "windows", "modified"} <= set(row) and row["window"] == 0
+    assert row["modified"][:4].isdigit()
+    assert client.get("/api/files", query_string={"offset": -1}).status_code == 400
+
+
+def test_sound_thumbnails_are_spectrograms_for_videos_too(client, library):
+    from PIL import Image
+
+    long_id = file_id(library, "long.mp4")
+    picture = client.get(f"/thumb/{long_id}/1")
+    sound = client.get(f"/thumb/{long_id}/1", query_string={"show": "sound"})
+    assert sound.status_code == 200 and Image.open(io.BytesIO(sound.data)).size == (320, 180)
+    assert Image.open(io.BytesIO(picture.data)).size != (320, 180) and sound.data != picture.data
+    assert client.get(f"/thumb/{file_id(library, 'silent.mp4')}/0", query_string={"show": "sound"}).status_code == 404
+    assert client.get(f"/thumb/{long_id}/1", query_string={"show": "x"}).status_code == 400
+
+
+def test_a_name_that_is_not_utf8_is_shown_escaped_by_the_page_and_the_command(tmp_path, micro_export, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "clip.mp4", seconds=1.0)
+    copy_with_undecodable_name(folder / "clip.mp4", folder)
+    assert main(["index", str(folder), "--model", str(micro_export), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["query", "a red circle", "--dir", str(folder), "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "caf\\\\xe9.mp4" in printed and "udce9" not in printed  # JSON's escape of the backslash in caf\xe9
+    rows = json.loads(printed)
+    client = create_app(Library(folder, folder / DEFAULT_NAME)).test_client()
+    api = client.get("/api/search", query_string={"q": "a red circle"}).get_json()["results"]
+    assert api == rows and {Path(r["path"]).name for r in rows} == {"clip.mp4", "caf\\xe9.mp4"}
+    assert client.get(f"/media/{next(r['id'] for r in rows if 'caf' in r['path'])}").status_code == 200
+
+
+def test_without_an_index_the_page_gets_a_runnable_command(tmp_path, micro_export, monkeypatch):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "a.mp4", seconds=1.0)
+    monkeypatch.chdir(tmp_path)
+    relative = Path("videos")
+    status = create_app(Library(relative, relative / DEFAULT_NAME)).test_client().get("/api/status").get_json()
+    assert status["problem"] == f"no index at {relative / DEFAULT_NAME} yet" and "`" not in status["problem"]
+    assert status["command"] is None and "--model" in status["hint"]  # no model anywhere: says how to get one
+    (tmp_path / "runs" / "pretrain_synthetic").mkdir(parents=True)
+    shutil.copy(micro_export, tmp_path / "runs" / "pretrain_synthetic" / "model.pt")
+    status = create_app(Library(relative, relative / DEFAULT_NAME)).test_client().get("/api/status").get_json()
+    assert status["command"] == "clip4vla-search index videos --model runs/pretrain_synthetic/model.pt"
+    assert main(status["command"].split()[1:] + ["--no-progress"]) == 0  # it runs as shown
+    assert create_app(Library(relative, relative / DEFAULT_NAME)).test_client().get("/api/status").get_json()["ok"]
+
+
 def test_range_requests_get_206_with_the_right_bytes(client, library, served):
     data = (served / "long.mp4").read_bytes()
     url = f"/media/{file_id(library, 'long.mp4')}"
@@ -166,7 +254,7 @@ def test_range_requests_get_206_with_the_right_bytes(client, library, served):
     "/media/99", "/media/1.0", "/media/long.mp4", "/media/0x1", "/media/1/../2", "/thumb/../0/0", "/thumb/0/99",
     "/thumb/99/0", "/thumb/0/-1", "/static/../search.py", "/static/..%2f..%2fsearch.py", "/static/%2e%2e/app.py",
     "/static//etc/passwd", "/static/%2Fetc%2Fpasswd", "/etc/passwd", "/..%2f..%2fetc%2fpasswd",
-    "/media/０", "/%2e%2e/clip4vla/search.py",
+    "/media/０", "/media/٣", "/%2e%2e/clip4vla/search.py",
 ])
 def test_traversal_attempts_are_404(client, url):
     got = client.get(url)
@@ -175,11 +263,18 @@ def test_traversal_attempts_are_404(client, url):
     assert b"root:" not in got.data
 
 
-def test_a_symlink_out_of_the_folder_is_not_served(client, library, outside):
-    link = file_id(library, "link.mp4")  # indexed (it is a video), but its target is elsewhere
-    assert client.get(f"/media/{link}").status_code == 404
-    assert client.get(f"/thumb/{link}/0").status_code == 404
+def test_a_symlink_out_of_the_folder_is_not_served(client, library, served, outside, tmp_path):
+    assert "link.mp4" not in library.index["paths"]  # never indexed: the page lists only what it can play
     assert client.get(f"/media/{file_id(library, 'short.mp4')}").status_code == 200
+    folder = tmp_path / "videos"  # an indexed file replaced by a link out of the folder after indexing
+    shutil.copytree(served, folder, symlinks=True)
+    (folder / "short.mp4").unlink()
+    (folder / "short.mp4").symlink_to(outside)
+    copy = Library(folder, folder / DEFAULT_NAME)
+    other = create_app(copy).test_client()
+    assert other.get(f"/media/{file_id(copy, 'short.mp4')}").status_code == 404
+    assert other.get(f"/thumb/{file_id(copy, 'short.mp4')}/0").status_code == 404
+    assert other.get(f"/media/{file_id(copy, 'silent.mp4')}").status_code == 200
 
 
 def test_thumbnails_show_the_matched_window_and_are_made_once(client, library, served):
@@ -203,7 +298,7 @@ def test_thumbnails_show_the_matched_window_and_are_made_once(client, library, s
 
 def test_requests_are_bounded(client):
     many = client.get("/api/search", query_string={"q": "a dog", "k": 100000}).get_json()
-    assert f"at most {MAX_K} results" in many["notes"][0] and len(many["results"]) == 5
+    assert f"at most {MAX_K} results" in many["notes"][0] and len(many["results"]) == 4
     long = client.get("/api/search", query_string={"q": " ".join(["dog"] * 50)}).get_json()
     assert "longer than the model's context" in long["notes"][0] and long["results"]
     huge = client.get("/api/search", query_string={"q": "dog " * 2000}).get_json()
@@ -278,15 +373,17 @@ def test_serve_prints_the_address_and_warns_for_every_interface(served, monkeypa
         def server_close(self):
             pass
 
-    monkeypatch.setattr("werkzeug.serving.make_server", lambda host, port, app, threaded, fd: FakeServer())
+    monkeypatch.setattr("clip4vla.serve.app.http_server", lambda app, sock: FakeServer())
     monkeypatch.setattr("clip4vla.serve.app.socket.create_server", lambda address, family: FakeSocket())
     assert main(["serve", "--dir", str(served)]) == 0
     out = capsys.readouterr()
-    assert out.out.splitlines() == [f"serving {served} (5 files indexed with {load_index(served / DEFAULT_NAME)['model']['path']})",
+    assert out.out.splitlines() == [f"serving {served} (4 files indexed with {load_index(served / DEFAULT_NAME)['model']['path']})",
                                     "open http://127.0.0.1:8765/ in a browser (Ctrl-C stops)"]
     assert "warning" not in out.err
     assert main(["serve", "--dir", str(served), "--host", "0.0.0.0"]) == 0
-    assert "warning: listening on 0.0.0.0: anyone who can reach this machine on the network" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0: anyone who can reach this machine on the network" in err
+    assert "It answers to 127.0.0.1, [::1], localhost or any address of this machine; --allow-host NAME adds a name" in err
     assert started == [True, True]
 
 
@@ -312,7 +409,7 @@ def test_the_command_serves_the_page_on_a_free_port(served):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines[0].startswith(f"serving {served} (5 files"), (lines, proc.stderr.read() if proc.poll() else "")
+        assert lines[0].startswith(f"serving {served} (4 files"), (lines, proc.stderr.read() if proc.poll() else "")
         address = lines[1].split()[1]
         assert address.startswith("http://127.0.0.1:") and not address.endswith(":0/")
         with urllib.request.urlopen(address, timeout=30) as page:
@@ -321,7 +418,7 @@ def test_the_command_serves_the_page_on_a_free_port(served):
         with urllib.request.urlopen(address + "static/app.js", timeout=30) as script:
             assert b"/api/search" in script.read()
         with urllib.request.urlopen(address + "api/status", timeout=30) as status:
-            assert json.load(status)["files"] == 5
+            assert json.load(status)["files"] == 4
     finally:
         proc.terminate()
         proc.wait(timeout=30)

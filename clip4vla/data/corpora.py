@@ -23,6 +23,7 @@ from clip4vla.data.readers import (
     read_ucf101,
     read_vatex,
 )
+from clip4vla.data.readers.manifest import read_manifest_split
 from clip4vla.data.records import ClipRecord
 
 __all__ = ["PURPOSES", "corpus_names", "corpus_splits", "read_split"]
@@ -38,6 +39,7 @@ _SPLITS = {
     "audioset": ("train",),
     "esc50": ("fold1", "fold2", "fold3", "fold4", "fold5"),
     "ucf101": ("train", "test"),
+    "manifest": ("train", "val", "test"),  # or the names of its split column (data.train_split etc.)
 }
 
 
@@ -48,6 +50,12 @@ def corpus_names(corpus: str) -> list[str]:
 
 def corpus_splits(corpus: str) -> tuple[str, ...]:
     return _SPLITS[corpus]
+
+
+def manifest_splits(data: DataConfig) -> list[str]:
+    """The split names a manifest's split column may use: train / val / test and the config's own."""
+    names = ["train", "val", "test", *data.train_split.split("+"), data.val_split, data.test_split]
+    return list(dict.fromkeys(n.strip() for n in names if n))
 
 
 def _section(data: DataConfig, corpus: str) -> Any:
@@ -74,10 +82,15 @@ def read_split(data: DataConfig, corpus: str, split: str, purpose: str, unfold_c
     """
     if corpus not in _SPLITS:
         raise ValueError(f"unknown corpus {corpus!r}; choose one of {sorted(_SPLITS)}")
-    if split not in _SPLITS[corpus]:
-        raise ValueError(f"{corpus} has no split {split!r}; its splits are {list(_SPLITS[corpus])}")
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; choose one of {PURPOSES}")
+    if corpus == "manifest":
+        records = read_manifest_split(_section(data, corpus), split, purpose, known_splits=manifest_splits(data),
+                                      unfold_captions=unfold_captions)
+        # data.audio_pairs rewrites records in place: a list then, not the compact table
+        return list(records) if data.audio_pairs is not None else records
+    if split not in _SPLITS[corpus]:
+        raise ValueError(f"{corpus} has no split {split!r}; its splits are {list(_SPLITS[corpus])}")
 
     if corpus == "synthetic":
         # The built-in set is laid out like MSR-VTT; its official split has all five captions per clip.

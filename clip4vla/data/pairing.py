@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from clip4vla.config import DataConfig
 from clip4vla.data.corpora import corpus_splits, read_split
+from clip4vla.data.readers.manifest import EmptySplitError
 from clip4vla.data.dataset import SampleOptions, TriModalDataset, collate_samples
 from clip4vla.data.synthetic import make_synthetic_dataset
 from clip4vla.models.clip4vla import CLIP4VLA
@@ -36,12 +37,12 @@ def nearest_audio_donors(model: CLIP4VLA, data: DataConfig, batch_size: int = 32
     for split in corpus_splits(corpus):
         try:
             split_records = read_split(data, corpus, split, "retrieval")
-        except FileNotFoundError:
+        except (FileNotFoundError, EmptySplitError):
             continue  # a split the user does not have
         for r in split_records:
             records.setdefault(r.video_id, r)
-            if split == "train":
-                train_ids.add(r.video_id)
+            if split == "train" and r.start is None and r.end is None:
+                train_ids.add(r.video_id)  # a window of a longer file cannot lend its audio (audio_pairs refuses it)
     options = SampleOptions.for_inference(model.preprocessing, data)
     dataset = TriModalDataset(list(records.values()), options)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples,

@@ -171,7 +171,9 @@ def _prepare_one(job: tuple[str, str, _Options]) -> dict:
             for sec, data in frames:
                 (tmp_frames / frame_filename(sec, opts.image_format)).write_bytes(data)
         samples = wave if wave is not None else np.zeros((0, 2), np.float32)  # [N, 2]
-        sf.write(tmp_audio, samples, AUDIO_RATE, subtype=opts.audio_subtype, format="WAV")
+        # bytes: soundfile encodes a str name strictly, so a file name that is not UTF-8 (its id
+        # carries the byte as a lone surrogate) would fail here while the shard route writes it
+        sf.write(os.fsencode(tmp_audio), samples, AUDIO_RATE, subtype=opts.audio_subtype, format="WAV")
         # Commit: outputs move into place, the caller writes the manifest line afterwards.
         if frames:
             if final_frames.exists():

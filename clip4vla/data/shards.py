@@ -27,9 +27,10 @@ audio members and the byte range of its frame members, so a clip is read with a 
 reads (the JSON, the frames a window needs, the audio range) and no scan. The index stays one row
 of a few integers per clip whatever the number of frames: a frame's position follows from the
 sizes in the clip's JSON (tar members are back to back: a 512-byte header, then the data padded to
-512 bytes), and each frame read checks its member header, so a shard that does not match its index
-is reported, never misread. ``manifest.jsonl`` has one line per source file (``ok`` or ``error``
-with the reason); unreadable or empty files are never written as samples.
+512 bytes), and every read checks the member's tar header (its full name, key and extension, and
+its size), so a shard edited after it was indexed (members reordered, renamed or lost) is reported
+with the command that writes it again, never misread. ``manifest.jsonl`` has one line per source
+file (``ok`` or ``error`` with the reason); unreadable or empty files are never written as samples.
 
 **Why indexed reads, not a streaming pipeline.** Training order comes from the same seeded
 sampler as the other media routes (``clip4vla.data.sampler``): ranks and DataLoader workers get
@@ -85,6 +86,7 @@ REQUIRED_META = ("id", "frame_seconds", "frame_bytes", "has_audio")
 MEMBERS = ("json", "frames", "audio")  # the store's columns: frames = the byte range of all frame members
 FRAME_EXT = "jpg"
 BLOCK = tarfile.BLOCKSIZE  # 512: a tar member is a header block, then its data padded to whole blocks
+REWRITE = "python scripts/prepare_data.py --videos <the source videos> --out <new folder> --shards"
 
 
 class ShardError(MediaError):
@@ -181,8 +183,7 @@ def _check_format(folder: Path, lines: list[dict]) -> None:
         raise ShardFormatError(
             f"{folder}: shards of format {old[0]} (one '.frames' member per clip, written by an earlier clip4vla); "
             f"this version reads format {SHARD_FORMAT} (one JPEG member per frame, which any WebDataset reader decodes). "
-            f"Write them again into a new folder: python scripts/prepare_data.py --videos <the source videos> "
-            f"--out <new folder> --shards")
+            f"Write them again into a new folder: {REWRITE}")
 
 
 def _next_shard_number(out: Path) -> int:
@@ -403,6 +404,7 @@ class ShardStore:
         self.paths: list[Path] = []
         sizes: list[int] = []
         ids: list[np.ndarray] = []
+        keys: list[np.ndarray] = []  # each clip's member key, checked against the tar headers on read
         rows: list[np.ndarray] = []
         for folder in folders:
             folder = Path(folder)
@@ -421,15 +423,17 @@ class ShardStore:
                         where = (members.get("wav") or members.get("flac")) if column == "audio" else members.get(column)
                         if where is not None:
                             table[j, 1 + 2 * m: 3 + 2 * m] = where
-                ids.append(np.array([vid.encode("utf-8") for vid, _, _ in shard["samples"]], dtype=object))
+                ids.append(np.array([_id_bytes(vid) for vid, _, _ in shard["samples"]], dtype=object))
+                keys.append(np.array([str(key).encode("utf-8") for _, key, _ in shard["samples"]], dtype=object))
                 rows.append(table)
         all_ids = np.concatenate(ids).astype(bytes) if ids else np.zeros(0, dtype="S1")
         order = np.argsort(all_ids, kind="stable")
         self.ids = all_ids[order]
+        self.keys = np.concatenate(keys).astype(bytes)[order] if keys else np.zeros(0, dtype="S1")
         self.table = np.concatenate(rows)[order] if rows else np.zeros((0, 1 + 2 * len(MEMBERS)), dtype=np.int64)
         twice = np.flatnonzero(self.ids[1:] == self.ids[:-1])
         if len(twice):
-            vid = self.ids[twice[0]].decode()
+            vid = self.ids[twice[0]].decode("utf-8", "surrogateescape")
             shards = sorted({str(self.paths[int(r[0])]) for r in self.table[twice[0]:twice[0] + 2]})
             raise ValueError(f"clip {vid!r} is in two shards: {shards}")
         self.sizes = sizes
@@ -437,7 +441,7 @@ class ShardStore:
         self._pid = os.getpid()
 
     def _row(self, video_id: str) -> int | None:
-        key = video_id.encode("utf-8")
+        key = _id_bytes(video_id)
         i = int(np.searchsorted(self.ids, key))
         return i if i < len(self.ids) and self.ids[i] == key else None
 
@@ -485,6 +489,10 @@ class ShardStore:
         name = f"{self.paths[shard]}@{offset} ({video_id}.{ext})"
         if offset + size > self.sizes[shard] or offset + size > os.fstat(self._file(shard).fileno()).st_size:
             raise ShardError(f"{name}: the shard ends before this member (truncated shard?)")
+        if ext != "frames":  # frame members are checked one by one as they are read (frames())
+            key = self.keys[row].decode("utf-8")
+            expected = [f"{key}.json"] if ext == "json" else [f"{key}.wav", f"{key}.flac"]
+            _check_header(_header_block(self._file(shard).fileno(), offset), expected, size, name)
         return _Member(self._file(shard), offset, size), name
 
     def _meta(self, video_id: str) -> dict:
@@ -515,23 +523,20 @@ class ShardStore:
         offsets = _frame_offsets(member.offset, sizes) if len(sizes) == len(seconds) else []
         if not offsets or offsets[-1] + sizes[-1] - member.offset != member.size:
             raise ShardError(f"{name}: the JSON's {len(sizes)} frame sizes do not match the shard's frame members "
-                             f"({member.size} bytes)")
+                             f"({member.size} bytes): the shard and its index disagree: rewrite it with `{REWRITE}`")
         fd = member.fh.fileno()
-        shard = self.paths[int(self.table[self._row(video_id), 0])]
+        row = self._row(video_id)
+        shard, key = self.paths[int(self.table[row, 0])], self.keys[row].decode("utf-8")
 
         def image(i: int) -> Any:
             def read() -> io.BytesIO:
                 # the header block too: one read, and a check that this is the member the index means
-                data = os.pread(fd, BLOCK + sizes[i], offsets[i] - BLOCK)
-                expected = frame_member(i, len(sizes))
-                try:
-                    header = tarfile.TarInfo.frombuf(data[:BLOCK], "utf-8", "surrogateescape")
-                except tarfile.HeaderError as err:
-                    raise ShardError(f"{shard}@{offsets[i]} ({video_id} frame {i}): no tar header before it "
-                                     f"({err})") from err
-                if not header.name.endswith(f".{expected}") or header.size != sizes[i] or len(data) != BLOCK + sizes[i]:
-                    raise ShardError(f"{shard}@{offsets[i]} ({video_id} frame {i}): expected member *.{expected} of "
-                                     f"{sizes[i]} bytes, found {header.name!r} of {header.size} (shard and index differ)")
+                data = os.pread(fd, BLOCK + sizes[i], offsets[i] - BLOCK) if offsets[i] >= BLOCK else b""
+                _check_header(data[:BLOCK], [f"{key}.{frame_member(i, len(sizes))}"], sizes[i],
+                              f"{shard}@{offsets[i]} ({video_id} frame {i})")
+                if len(data) != BLOCK + sizes[i]:
+                    raise ShardError(f"{shard}@{offsets[i]} ({video_id} frame {i}): the shard ends before this member "
+                                     "(truncated shard?)")
                 return io.BytesIO(data[BLOCK:])
             return read
 
@@ -550,6 +555,30 @@ class ShardStore:
             raise
         except (OSError, RuntimeError) as err:
             raise ShardError(f"{name}: {err}") from err
+
+
+def _id_bytes(video_id: str) -> bytes:
+    """A clip id as the store keeps it: a file name that is not UTF-8 (Python carries its bytes as
+    lone surrogates) maps back to those bytes, as the file system gave them."""
+    return video_id.encode("utf-8", "surrogateescape")
+
+
+def _header_block(fd: int, offset: int) -> bytes:
+    """The tar header block before the member data at ``offset`` (empty if there is no room for one)."""
+    return os.pread(fd, BLOCK, offset - BLOCK) if offset >= BLOCK else b""
+
+
+def _check_header(block: bytes, expected: Sequence[str], size: int, name: str) -> None:
+    """Whether the tar header block before a member's data names one of ``expected`` (key and
+    extension) with ``size`` bytes: a shard edited after it was indexed fails here, never misread."""
+    try:
+        header = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        found = f"{header.name!r} of {header.size} bytes"
+    except tarfile.HeaderError as err:
+        header, found = None, f"no tar header ({err})"
+    if header is None or header.name not in expected or header.size != size:
+        raise ShardError(f"{name}: the shard and its index disagree: rewrite it with `{REWRITE}` (the index expects "
+                         f"member {' or '.join(expected)} of {size} bytes here, the shard has {found})")
 
 
 def iter_samples(folder: str | os.PathLike) -> Iterator[dict]:

@@ -327,6 +327,8 @@ def record_sources(records: Sequence[ClipRecord]) -> set[str]:
         return {"howto100m"} if len(records) else set()
     if isinstance(records, ConcatRecords):
         return set().union(*(record_sources(part) for part in records.parts))
+    if hasattr(records, "media_records"):  # a manifest's compact records (clip4vla.data.readers.manifest)
+        return {records.source} if len(records) else set()
     return {r.source for r in records}
 
 
@@ -336,4 +338,6 @@ def media_representatives(records: Sequence[ClipRecord]) -> Sequence[ClipRecord]
         return records.video_records()
     if isinstance(records, ConcatRecords):
         return [r for part in records.parts for r in media_representatives(part)]
+    if hasattr(records, "media_records"):  # a manifest: its reader checked every file already
+        return records.media_records()
     return records

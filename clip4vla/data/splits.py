@@ -16,6 +16,7 @@ from clip4vla.config import DataConfig, RunConfig
 from clip4vla.data.audio_pairs import apply_audio_pairs, read_audio_pairs
 from clip4vla.data.corpora import corpus_names, corpus_splits, read_split
 from clip4vla.data.dataset import SampleOptions, TriModalDataset
+from clip4vla.data.readers.manifest import EmptySplitError
 from clip4vla.data.records import ClipRecord, check_media, missing_media_reason
 from clip4vla.data.sampler import MixtureOrder
 from clip4vla.data.shards import ShardStore
@@ -40,6 +41,13 @@ def ensure_synthetic(dc: DataConfig, corpus: str | None = None) -> None:
     """Generate the built-in synthetic set when it is the corpus in use (only what is missing)."""
     if (corpus or dc.corpus) == "synthetic":
         make_synthetic_dataset(Path(dc.synthetic.root), num_clips=dc.synthetic.clips, seed=dc.synthetic.seed)
+
+
+def _manifest_reports_to(dc: DataConfig, output_dir: str) -> DataConfig:
+    """A manifest's list of missing media goes to the run's folder unless the config names one."""
+    if dc.manifest is None or dc.manifest.report_dir is not None:
+        return dc
+    return dataclasses.replace(dc, manifest=dataclasses.replace(dc.manifest, report_dir=str(output_dir)))
 
 
 def _check_train_media(records: Sequence[ClipRecord], what: str, stores: dict[str, ShardStore] | None = None) -> None:
@@ -74,7 +82,12 @@ def evaluation_dataset(config: RunConfig, split: str, purpose: str, options: Sam
     if not records:
         raise ValueError(f"the {split} split of {corpus} has no records")
     if dc.audio_pairs is not None:
-        splits = {s: (records if s == split else read_split(dc, corpus, s, purpose)) for s in corpus_splits(corpus)}
+        splits = {split: records}
+        for other in (s for s in corpus_splits(corpus) if s != split):
+            try:
+                splits[other] = read_split(dc, corpus, other, purpose)
+            except EmptySplitError:
+                continue  # a manifest without this split
         apply_audio_pairs(list(splits.values()), splits["train"], read_audio_pairs(dc.audio_pairs),
                           f"data.audio_pairs={dc.audio_pairs}")
     return TriModalDataset(records, options, seed=config.train.seed)
@@ -92,7 +105,7 @@ def split_datasets(
     Every annotation file is read here, so a missing split or file fails at start-up, before any
     training. The synthetic corpus must exist already (:func:`ensure_synthetic`).
     """
-    dc = config.data
+    dc = _manifest_reports_to(config.data, config.train.output_dir)
     parts: list[Sequence[ClipRecord]] = []
     train_splits = [split.strip() for split in dc.train_split.split("+")]
     for corpus in corpus_names(dc.corpus):

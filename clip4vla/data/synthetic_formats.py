@@ -22,6 +22,9 @@ format         what is written under ``out_dir``
 ``esc50``      ``meta/esc50.csv``, ``audio/<fold>-<id>-A-<target>.wav`` (44.1 kHz mono, 5 s)
 ``ucf101``     ``ucfTrainTestlist/{classInd,trainlist0N,testlist0N}.txt``,
                ``UCF-101/<Class>/v_<Class>_g<gg>_c<cc>.avi`` (MPEG-4 + MP3, classes = colours)
+``manifest``   ``manifest.csv`` (``clip4vla.data.readers.manifest``: video, caption, start, end, split,
+               label = colour, audio_type); ``media/<video_id>.mp4``, ``media/<video_id>.wav``
+               (sound-only clips), windows of some training videos
 =============  =====================================================================================
 
 A twin never changes its source: annotations are written anew under ``out_dir`` and media are
@@ -54,7 +57,7 @@ from clip4vla.data.synthetic import SAMPLE_RATE
 
 __all__ = ["FORMATS", "write_corpus_format"]
 
-FORMATS = ("msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101")
+FORMATS = ("msrvtt", "vatex", "audiocaps", "howto100m", "audioset", "esc50", "ucf101", "manifest")
 ESC50_RATE = 44100
 ESC50_SECONDS = 5.0
 UCF_GROUPS = 25  # UCF101: 25 groups; split s tests on groups 7(s-1)+1 .. 7s
@@ -275,9 +278,43 @@ def _ucf101(source: Path, out: Path) -> None:
         (lists / f"testlist0{split}.txt").write_text("".join(test))
 
 
+def _manifest(source: Path, out: Path) -> None:
+    """Your-own-data layout: ``manifest.csv`` over ``media/``, with the three kinds of rows a user's
+    folder has: videos with (or without) sound, sound files alone (every 4th sounding clip, as a
+    16 kHz ``.wav``), and windows of a longer file (every 3rd other training clip, cut in two halves,
+    each half a clip with two of the captions)."""
+    from clip4vla.data.readers.manifest import write_manifest_csv
+
+    captions = _captions(source)
+    rows: list[dict[str, Any]] = []
+    sounding = 0
+    for i, video in enumerate(_videos(source)):
+        vid, split = video["video_id"], _split(video)
+        caps, label = captions[vid], video["attributes"]["colour"]
+        common = {"split": split, "label": label}
+        if video["has_audio"] and sounding % 4 == 0:
+            stereo = _decode_audio(source / "videos" / f"{vid}.mp4")
+            (out / "media").mkdir(parents=True, exist_ok=True)
+            sf.write(out / "media" / f"{vid}.wav", stereo.T, SAMPLE_RATE, subtype="PCM_16")
+            rows += [{"video": f"media/{vid}.wav", "caption": c, "audio_type": "nb", **common} for c in caps]
+            sounding += 1
+            continue
+        sounding += bool(video["has_audio"])
+        _link(source / "videos" / f"{vid}.mp4", out / "media" / f"{vid}.mp4")
+        duration = float(video["end time"])
+        if split == "train" and i % 3 == 0:
+            half = round(duration / 2, 2)
+            rows += [{"video": f"media/{vid}.mp4", "caption": c, "start": 0, "end": half, **common} for c in caps[:2]]
+            rows += [{"video": f"media/{vid}.mp4", "caption": c, "start": half, "end": duration, **common}
+                     for c in caps[2:4]]
+            continue
+        rows += [{"video": f"media/{vid}.mp4", "caption": c, "audio_type": video["audio_type"], **common} for c in caps]
+    write_manifest_csv(out / "manifest.csv", rows)
+
+
 _WRITERS = {
     "msrvtt": _msrvtt, "vatex": _vatex, "audiocaps": _audiocaps, "howto100m": _howto100m,
-    "audioset": _audioset, "esc50": _esc50, "ucf101": _ucf101,
+    "audioset": _audioset, "esc50": _esc50, "ucf101": _ucf101, "manifest": _manifest,
 }
 # where each format keeps its media, for the preparation pass
 _MEDIA_DIRS = {"esc50": "audio", "ucf101": "UCF-101"}

@@ -385,6 +385,32 @@ def run_ucf101(model: CLIP4VLA, model_path: str | os.PathLike, section: Any, set
     return result
 
 
+def run_manifest(model: CLIP4VLA, model_path: str | os.PathLike, data: Any, settings: Any,
+                 cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Your own labelled media (``data.corpus: manifest`` with a ``label`` column): train on
+    ``data.train_split``, test on ``data.test_split``; video+audio features (zeros for a sound file's
+    frames or a silent video's sound), zero-shot by ``probe.manifest_prompt``. A window's features
+    are those of its whole file (features are extracted per file)."""
+    from clip4vla.data.corpora import read_split
+
+    train_records, test_records = (list(read_split(data, "manifest", split, "classification"))
+                                   for split in (data.train_split, data.test_split))
+    records = list({r.video_id: r for r in train_records + test_records}.values())
+    features = labelled_features(model, model_path, records, Path(cache_dir) / "manifest", settings.audio_type, progress)
+    class_names = read_split(data, "manifest", data.train_split, "classification").class_names
+    names = dict(enumerate(class_names))
+    train = features.subset([r.video_id for r in train_records])
+    test = features.subset([r.video_id for r in test_records])
+    result: dict[str, Any] = {"folds": [data.test_split], "skipped": features.skipped, "classes": len(names)}
+    if settings.mode in ("linear", "both"):
+        result["linear video+audio"] = [_linear(train, test, "video+audio", len(names), settings)]
+    if settings.mode in ("zero_shot", "both"):
+        audio = torch.where(test.has_audio[:, None], test.audio_unit, test.video_unit)
+        result[f"zero-shot av: {settings.manifest_prompt}"] = [
+            _zero_shot(model, test, names, settings.manifest_prompt, [test.video_unit, audio])]
+    return result
+
+
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Per row: the per-fold accuracies and their mean (the numbers Table 6 reports)."""
     out = {}

@@ -138,9 +138,8 @@ class AudioEncoder(nn.Module):
         renamed = to_float32_state_dict(renamed, source, owned=False, drop=())
         with torch.device("meta"):
             encoder = cls(vision, use_type_token=use_type_token)
-        expected = {k: v.shape for k, v in encoder.state_dict().items()}
         # name the REF key in errors, so users can find it in their file
-        check_state_dict(renamed, expected, f"{source} (prefix {prefix!r}, control_embedding -> type_embedding)")
+        check_state_dict(renamed, encoder.state_dict(), f"{source} (prefix {prefix!r}, control_embedding -> type_embedding)")
         encoder.load_state_dict(renamed, strict=True, assign=True)
         return encoder
 

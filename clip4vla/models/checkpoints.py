@@ -35,7 +35,7 @@ from torch import nn
 
 from clip4vla.files import save_checkpoint
 from clip4vla.models.audio import AUDIO_RESOLUTION, AudioEncoder
-from clip4vla.models.clip import ACTIVATIONS, CLIP, CLIPConfig, foreign_tower, load_openai_clip
+from clip4vla.models.clip import ACTIVATIONS, CLIP, CLIPConfig, clip_with_weights, foreign_tower
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.loading import (
     CheckpointError,
@@ -46,12 +46,14 @@ from clip4vla.models.loading import (
 )
 from clip4vla.models.open_clip_format import (
     OPEN_CLIP_FILE_NAMES,
+    HubConfig,
     archive_activation,
     check_backbone,
     check_named_shapes,
-    read_hub_config,
+    name_activation,
     record_name,
     resolve_activation,
+    stored_model_name,
 )
 from clip4vla.models.preprocessing import Preprocessing
 
@@ -236,32 +238,34 @@ def _read_model_file(path: Path) -> ModelFile:
         return _record_file(raw, "export", "state_dict", source)
     if "model" in raw and "step" in raw:
         return _record_file(raw, "trainer checkpoint", "model", source)
-    open_clip_name = None
+    run_name = None
     if isinstance(raw.get("state_dict"), Mapping) and "epoch" in raw:  # open_clip's training checkpoint
-        open_clip_name, raw = record_name(raw), dict(raw["state_dict"])
+        run_name, raw = record_name(raw), dict(raw["state_dict"])
     state = _strip_prefix(raw, "module.")  # saved from a DDP wrapper
     if any(k.startswith("audio.visual.") for k in state) and any(k.startswith("clip.") for k in state):
         return _reference_file(state, source)
     if "visual.conv1.weight" in state or foreign_tower(state):
         state = to_float32_state_dict(state, source, owned=True)
-        config = CLIPConfig.from_state_dict(state, source)  # a ResNet, ConvNeXt, EVA... tower: an error here
+        # a hub folder's open_clip_config.json records what no tensor holds: the heads and the activation
+        hub = HubConfig.beside(path) if container != "torchscript" else None
+        # a ResNet, ConvNeXt, EVA... tower, or one that cannot be split into heads: an error here
+        config = CLIPConfig.from_state_dict(state, source, *(hub.heads() if hub else ()))
         # OpenAI publishes TorchScript archives, whose module classes name the activation; a
         # .safetensors, a file under open_clip's hub names or its training checkpoint is open_clip's
         told_open_clip = (container == "safetensors" or path.name in OPEN_CLIP_FILE_NAMES
-                          or open_clip_name is not None)
+                          or run_name is not None or hub is not None)
         clip_record = dataclasses.asdict(config)
         if container == "torchscript":
             clip_record["activation"] = archive_activation(classes)
-        else:  # a hub folder's open_clip_config.json records it
-            clip_record["activation"] = read_hub_config(path, config, source)
-            told_open_clip = told_open_clip or clip_record["activation"] is not None
+        else:
+            clip_record["activation"] = hub.activation(config, source) if hub else None
         return ModelFile(
             kind="open_clip" if told_open_clip else "openai",
             architecture={"clip": clip_record, "audio_type_token": None, "heads": {}},
             state_dict=state,
             preprocessing=None,
             needs_audio=True,
-            extra={"container": container, **({"open_clip_model": open_clip_name} if open_clip_name else {})},
+            extra={"container": container, **({"open_clip_run_name": run_name} if run_name else {})},
         )
     shown = ", ".join(sorted(map(str, raw))[:8])
     raise CheckpointError(
@@ -275,21 +279,24 @@ def declare_activation(file: ModelFile, activation: str | None = None, open_clip
 
     ``activation`` / ``open_clip_model``: the config's ``model.activation`` / ``model.open_clip_model``
     (:func:`clip4vla.models.open_clip_format.resolve_activation`). A file that records its activation
-    keeps it (a contradicting declaration is an error); one that does not needs a declaration. A
-    declared open_clip name must fit the file's tensors. Returns ``file``, its record completed.
+    keeps it (a contradicting declaration is an error); one that does not needs a declaration. The
+    model name in an open_clip training checkpoint's run name is such a record. A declared or stored
+    open_clip name must fit the file's tensors. Returns ``file``, its record completed.
     """
     record = file.architecture.get("clip")
     if not isinstance(record, Mapping):
         raise CheckpointError(f"{file.source}: malformed architecture record: 'clip' is a {type(record).__name__}")
     record = dict(record)
     recorded = record.get("activation", "quick_gelu") if "activation" in record or not file.needs_audio else None
-    name = open_clip_model or file.extra.get("open_clip_model")
-    if open_clip_model is None and name is not None and activation is not None:
-        name = None  # the declaration decides over the name an open_clip training checkpoint stored
-    record["activation"] = resolve_activation(recorded, activation, name, file.kind, file.source)
+    stored, unknown = stored_model_name(file.extra.get("open_clip_run_name"))
+    if stored is not None and recorded is None:
+        recorded = name_activation(stored, file.source)
+    record["activation"] = resolve_activation(recorded, activation, open_clip_model, file.kind, file.source,
+                                              recorded_by=f"its stored model name {stored}" if stored else "",
+                                              unknown=unknown)
     file.architecture["clip"] = record
     config = clip_config_from_record(record, file.source)
-    if name is not None:
+    for name in dict.fromkeys(n for n in (open_clip_model, stored) if n is not None):
         check_named_shapes(config, name, file.source)
     check_backbone(config, file.architecture.get("audio_resolution", AUDIO_RESOLUTION if file.needs_audio
                                                  else config.image_resolution), file.source)
@@ -374,17 +381,17 @@ def _reference_fusion(state: dict[str, Any], config: CLIPConfig, converted: dict
 def model_from_file(file: ModelFile, source: str, audio_init: str = "vision", use_type_token: bool | None = None) -> CLIP4VLA:
     """Build the model a :class:`ModelFile` describes and load its weights (nothing loads partially)."""
     if file.needs_audio:
-        activation = file.architecture["clip"].get("activation")
-        if activation is None:
+        if file.architecture["clip"].get("activation") is None:
             declare_activation(file)  # raises: the file records no activation and none was declared
-            activation = file.architecture["clip"]["activation"]
-        clip = load_openai_clip(file.state_dict, activation=activation)
-        check_backbone(clip.config, AUDIO_RESOLUTION, source)
+        # the record, not the tensors, gives the heads (open_clip_config.json may have recorded them)
+        config = clip_config_from_record(file.architecture["clip"], source)
+        check_backbone(config, AUDIO_RESOLUTION, source)
+        clip = clip_with_weights(config, dict(file.state_dict), source)
         model = CLIP4VLA.from_clip(clip, audio_init, True if use_type_token is None else use_type_token)
     else:
         file.check_type_token(use_type_token)
         model = model_from_architecture(file.architecture, source)
-        check_state_dict(file.state_dict, {k: v.shape for k, v in model.state_dict().items()}, source)
+        check_state_dict(file.state_dict, model.state_dict(), source)
         # a plain dict: load_state_dict(assign=True) marks a state dict's own ``_metadata`` for
         # assignment, and a later ordinary load of the same dict (a resume restoring its
         # checkpoint) would then swap the parameters out from under the optimiser

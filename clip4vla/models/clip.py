@@ -42,11 +42,14 @@ __all__ = [
     "Transformer",
     "VisionConfig",
     "VisionTransformer",
+    "clip_with_weights",
     "infer_vision_config",
     "load_openai_clip",
 ]
 
-# OpenAI's rule: every attention head is 64 wide.
+# OpenAI's rule, kept by open_clip's ViT-B and ViT-L: every attention head is 64 wide. No tensor
+# holds the number of heads, so a plain state dict is read by this rule; a file that records its
+# heads (our exports, open_clip's open_clip_config.json) is read by its record.
 HEAD_WIDTH = 64
 ARCHITECTURES = ("micro", "tiny", "vit_b_32", "vit_b_16")
 # The MLP activation of every block. No state dict records it, and both kinds of released CLIP have
@@ -166,22 +169,27 @@ class CLIPConfig:
         )
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "state dict") -> CLIPConfig:
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "state dict",
+                        vision_head_width: int | None = None, text_heads: int | None = None) -> CLIPConfig:
         """Infer the architecture from tensor shapes, as OpenAI's ``build_model`` does.
 
+        ``vision_head_width`` / ``text_heads``: what open_clip's ``open_clip_config.json`` records of
+        the heads, which no tensor holds; None: 64-wide heads (:data:`HEAD_WIDTH`).
         Raises :class:`CheckpointError` (naming ``source`` and the key) when a tensor the
         inference needs is missing or has an impossible shape, e.g. a ResNet CLIP or an
-        unrelated model.
+        unrelated model, or when a tower cannot be split into the heads it must have.
         """
         foreign = foreign_tower(state)
         if foreign:
             raise CheckpointError(f"{source}: {foreign}")
-        vision = infer_vision_config(state, "visual.", extra_positions=0, source=source)
-        if vision.width in _NON_64_HEAD_WIDTHS:
-            raise CheckpointError(
-                f"{source}: a {vision.width}-wide vision tower ({_NON_64_HEAD_WIDTHS[vision.width]} in open_clip) has "
-                "attention heads that are not 64 wide; their number is in no tensor, so it does not load"
-            )
+        if vision_head_width is None:
+            width = _shape(state, "visual.conv1.weight", source, ndim=4)[0]
+            if width in _NON_64_HEAD_WIDTHS:
+                raise CheckpointError(
+                    f"{source}: a {width}-wide vision tower ({_NON_64_HEAD_WIDTHS[width]} in open_clip) has attention "
+                    "heads that are not 64 wide; their number is in no tensor, so a plain state dict of it does not load"
+                )
+        vision = infer_vision_config(state, "visual.", extra_positions=0, source=source, head_width=vision_head_width)
         text_width = _shape(state, "ln_final.weight", source, ndim=1)[0]
         context_length, pos_width = _shape(state, "positional_embedding", source, ndim=2)
         vocab_size, tok_width = _shape(state, "token_embedding.weight", source, ndim=2)
@@ -204,7 +212,7 @@ class CLIPConfig:
             context_length=context_length,
             vocab_size=vocab_size,
             transformer_width=text_width,
-            transformer_heads=max(1, text_width // HEAD_WIDTH),
+            transformer_heads=_text_heads(text_width, text_heads, source),
             transformer_layers=_count_blocks(state, "transformer.resblocks.", source),
         )
 
@@ -237,12 +245,13 @@ def foreign_tower(state: Mapping[str, object]) -> str | None:
 
 
 def infer_vision_config(
-    state: Mapping[str, torch.Tensor], prefix: str, extra_positions: int, source: str
+    state: Mapping[str, torch.Tensor], prefix: str, extra_positions: int, source: str, head_width: int | None = None
 ) -> VisionConfig:
     """Vision-tower numbers from ``{prefix}conv1.weight``, positional table and projection.
 
     ``extra_positions`` is the number of positional rows beyond CLS + patches (1 for the audio
-    encoder's type token), needed to recover the patch grid.
+    encoder's type token), needed to recover the patch grid. ``head_width``: the recorded width of
+    a head (None: 64, :data:`HEAD_WIDTH`).
     """
     width, in_ch, patch, patch_w = _shape(state, f"{prefix}conv1.weight", source, ndim=4)
     if in_ch != 3 or patch != patch_w:
@@ -265,9 +274,33 @@ def infer_vision_config(
         patch_size=patch,
         width=width,
         layers=_count_blocks(state, f"{prefix}transformer.resblocks.", source),
-        heads=max(1, width // HEAD_WIDTH),
+        heads=_split(width, head_width, "vision", source),
         output_dim=output_dim,
     )
+
+
+def _split(width: int, head_width: int | None, tower: str, source: str) -> int:
+    """The number of heads of a ``width``-wide tower: ``head_width`` wide as recorded, or (None) 64
+    wide. A width that cannot be split so is refused: any other count would be a guess, and a wrong
+    one loads into wrong features without an error."""
+    if head_width is None:
+        if width % HEAD_WIDTH:
+            raise CheckpointError(
+                f"{source}: the {width}-wide {tower} tower cannot have 64-wide heads, the rule of OpenAI's and LAION's "
+                "CLIPs up to ViT-L by which a plain state dict is read (no tensor records the heads; an open_clip hub "
+                "folder's open_clip_config.json does)"
+            )
+        return width // HEAD_WIDTH
+    if width % head_width:
+        raise CheckpointError(f"{source}: head width {head_width} does not divide the {tower} tower's width {width}")
+    return width // head_width
+
+
+def _text_heads(width: int, recorded: int | None, source: str) -> int:
+    """The text tower's heads: the recorded count (open_clip records a count here), else 64-wide heads."""
+    if recorded is not None and width % recorded:
+        raise CheckpointError(f"{source}: {recorded} heads do not divide the text tower's width {width}")
+    return recorded if recorded is not None else _split(width, None, "text", source)
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, source: str, ndim: int) -> tuple[int, ...]:
@@ -648,12 +681,18 @@ def load_openai_clip(
         state = to_float32_state_dict(read_state_dict(path_or_state_dict), source, owned=True)
 
     config = dataclasses.replace(CLIPConfig.from_state_dict(state, source), activation=activation)
+    return clip_with_weights(config, state, source).to(device)
+
+
+def clip_with_weights(config: CLIPConfig, state: dict[str, torch.Tensor], source: str) -> CLIP:
+    """An eval-mode :class:`CLIP` of ``config`` whose parameters are ``state``'s float32 tensors
+    (assigned, not copied: the caller hands them over). Every key, shape and dtype is checked
+    first, naming ``source``; nothing loads partially."""
     try:
         with torch.device("meta"):
             model = CLIP(config)
     except ValueError as err:
-        raise CheckpointError(f"{source}: inferred architecture {config} is invalid: {err}") from err
-    check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, source)
+        raise CheckpointError(f"{source}: architecture {config} is invalid: {err}") from err
+    check_state_dict(state, model.state_dict(), source)
     model.load_state_dict(state, strict=True, assign=True)
-    del state
-    return model.to(device).eval()
+    return model.eval()

@@ -319,20 +319,22 @@ def to_float32_state_dict(
 
 
 def check_state_dict(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
 ) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` has exactly the expected keys and shapes.
+    """Raise :class:`CheckpointError` unless ``state`` has exactly the keys, shapes and kinds of
+    number (floating or not) of ``expected`` (the model's own ``state_dict()``, meta tensors will do).
 
     Done before ``load_state_dict`` so that the message names the file and each offending key,
-    and so that nothing is ever partially loaded.
+    and so that nothing is ever partially loaded (an integer tensor for a weight would otherwise
+    fail inside ``load_state_dict`` with a message that names neither).
     """
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    ]
+    present = [k for k in expected if k in state]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in present if tuple(state[k].shape) != tuple(expected[k].shape)]
+    kinds = [f"{k}: checkpoint {state[k].dtype}, model {expected[k].dtype}"
+             for k in present if state[k].is_floating_point() != expected[k].is_floating_point()]
     problems = []
     if missing:
         problems.append(f"missing keys {_listing(missing)}")
@@ -340,6 +342,8 @@ def check_state_dict(
         problems.append(f"unexpected keys {_listing(unexpected)}")
     if wrong:
         problems.append(f"shape mismatch {_listing(wrong)}")
+    if kinds:
+        problems.append(f"dtype mismatch {_listing(kinds)}")
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not fit the model: " + "; ".join(problems))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ __all__ = [
     "OPEN_CLIP_FILE_NAMES",
     "OPEN_CLIP_VITS",
     "QUICKGELU_SUFFIX",
+    "HubConfig",
     "check_backbone",
     "check_named_shapes",
-    "read_hub_config",
+    "experiment_model",
     "name_activation",
     "resolve_activation",
+    "stored_model_name",
 ]
 
 # The names open_clip publishes its weights under on the Hugging Face hub.
@@ -84,12 +87,14 @@ def check_named_shapes(config: CLIPConfig, name: str, source: str) -> None:
 
 
 def resolve_activation(recorded: str | None, declared: str | None, open_clip_model: str | None, kind: str,
-                       source: str) -> str:
+                       source: str, recorded_by: str = "", unknown: str = "") -> str:
     """The activation to build a file's towers with, or a :class:`CheckpointError` naming the choice.
 
     ``recorded``: what the file itself says (our exports, trainer checkpoints, OpenAI's TorchScript
-    archives, whose module classes name it), None when it cannot tell. ``declared`` / ``open_clip_model``:
-    the config's ``model.activation`` and ``model.open_clip_model``. Every stated value must agree.
+    archives, whose module classes name it, the model name in an open_clip training checkpoint), None
+    when it cannot tell; ``recorded_by`` says where, ``unknown`` why it cannot (both for messages).
+    ``declared`` / ``open_clip_model``: the config's ``model.activation`` and ``model.open_clip_model``.
+    Every stated value must agree.
     """
     if declared is not None and declared not in ACTIVATIONS:
         raise CheckpointError(f"{source}: model.activation={declared!r}: choose one of {list(ACTIVATIONS)}")
@@ -105,8 +110,9 @@ def resolve_activation(recorded: str | None, declared: str | None, open_clip_mod
     if recorded is not None:
         if wanted is not None and wanted != recorded:
             raise CheckpointError(
-                f"{source}: this {kind} records activation {recorded}, but the config declares {wanted}; "
-                "drop model.activation / model.open_clip_model (the file's record decides) or use another file"
+                f"{source}: this {kind} records activation {recorded}{f' ({recorded_by})' if recorded_by else ''}, "
+                f"but the config declares {wanted}; drop model.activation / model.open_clip_model (the file's record "
+                "decides) or use another file"
             )
         return recorded
     if wanted is not None:
@@ -114,7 +120,8 @@ def resolve_activation(recorded: str | None, declared: str | None, open_clip_mod
     what = ("an open_clip file" if kind == "open_clip"
             else "a state dict with OpenAI CLIP keys (OpenAI's and open_clip's have the same keys and shapes)")
     raise CheckpointError(
-        f"{source}: {what} does not record its activation, and clip4vla does not guess it: set "
+        f"{source}: {what} does not record its activation{f' ({unknown})' if unknown else ''}, and clip4vla does "
+        "not guess it: set "
         "model.activation: quick_gelu (OpenAI-trained weights, open_clip names ending -quickgelu) or gelu "
         "(open_clip's LAION / DataComp models such as ViT-B-32, ViT-B-16, ViT-L-14), or model.open_clip_model "
         "to the file's open_clip model name"
@@ -158,43 +165,114 @@ def archive_activation(classes: dict[str, str]) -> str | None:
 
 
 def record_name(raw: Any) -> str | None:
-    """The model name an open_clip training checkpoint stores (``{"epoch", "name", "state_dict"}``)."""
+    """The run name an open_clip training checkpoint stores (``{"epoch", "name", "state_dict"}``)."""
     name = raw.get("name") if isinstance(raw, dict) else None
     return name if isinstance(name, str) else None
 
 
+# open_clip's trainer names a run '<date>-model_<model>-lr_<lr>-b_<batch>-j_<workers>-p_<precision>'
+# (unless given --name) and stores that name, not the model's, in every epoch_N.pt. The lr may hold
+# dashes (1e-05), the model name too (ViT-B-32-quickgelu): it ends at the first '-lr_'.
+_EXPERIMENT_NAME = re.compile(r"\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2}-model_(?P<model>.+?)-lr_.+-b_\d+-j_\d+-p_\w+")
+
+
+def experiment_model(name: str) -> str | None:
+    """The model name inside open_clip's default run name; None for any other name."""
+    match = _EXPERIMENT_NAME.fullmatch(name)
+    return match["model"] if match else None
+
+
+def stored_model_name(run_name: str | None) -> tuple[str | None, str]:
+    """``(model name, "")`` when an open_clip training checkpoint's stored run name tells one of
+    :data:`OPEN_CLIP_VITS` (either activation), else ``(None, why it does not)``."""
+    if run_name is None:
+        return None, ""
+    model = experiment_model(run_name)
+    if model is None:
+        return None, (f"its stored run name {run_name!r} is not open_clip's default experiment name "
+                      "(<date>-model_<model>-lr_...), so its model cannot be told")
+    base = model[: -len(QUICKGELU_SUFFIX)] if model.endswith(QUICKGELU_SUFFIX) else model
+    if base not in OPEN_CLIP_VITS:
+        return None, f"the stored run name's model {model} is not an open_clip model whose activation clip4vla knows"
+    return model, ""
+
+
 HUB_CONFIG_NAME = "open_clip_config.json"
+# open_clip's defaults (CLIPVisionCfg, CLIPTextCfg) for what a model config may leave out.
+_OPEN_CLIP_HEAD_WIDTH, _OPEN_CLIP_TEXT_HEADS = 64, 8
+# open_clip options whose other values change what the towers compute, some without changing any
+# tensor's name or shape: a config that sets one is refused rather than loaded as OpenAI's layout.
+_OPENAI_LAYOUT = {
+    "vision_cfg": {"mlp_ratio": 4.0, "pool_type": "tok", "final_ln_after_pool": False, "pos_embed_type": "learnable",
+                   "act_kwargs": None, "norm_kwargs": None, "scaled_cosine_attn": False},
+    "text_cfg": {"mlp_ratio": 4.0, "pool_type": "argmax", "final_ln_after_pool": False, "no_causal_mask": False,
+                 "embed_cls": False, "proj_type": "linear", "act_kwargs": None, "norm_kwargs": None,
+                 "scaled_cosine_attn": False},
+}
 
 
-def read_hub_config(weights: Path, config: CLIPConfig, source: str) -> str | None:
-    """The activation that ``open_clip_config.json`` beside a hub file records (None without one),
-    after checking that its model config describes the file's tensors.
+@dataclasses.dataclass(frozen=True)
+class HubConfig:
+    """``open_clip_config.json`` beside a hub file: its ``model_cfg`` is open_clip's ``create_model``
+    config, the record of what no tensor holds: the activation (``quick_gelu: true``; absent: GELU)
+    and the heads (``vision_cfg.head_width``, ``text_cfg.heads``)."""
 
-    open_clip publishes each checkpoint with this file; its ``model_cfg`` is the ``create_model``
-    config, ``quick_gelu: true`` for QuickGELU (absent: GELU). The image side is checked too: a
-    config whose side is not a whole number of patches (open_clip floors the grid and drops the
-    last pixels) cannot be matched by any frame size here.
-    """
-    path = weights.parent / HUB_CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        model_cfg = json.loads(path.read_text(encoding="utf-8"))["model_cfg"]
-        vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-        side, patch = vision["image_size"], vision["patch_size"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: not an open_clip model config ({type(err).__name__}: {err})") from err
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (side, patch)):
-        raise CheckpointError(f"{path}: vision_cfg image_size={side!r}, patch_size={patch!r}: only square images load")
-    if side % patch:
-        raise CheckpointError(f"{source}: {path.name} says {side}-px images, which are not a whole number of "
-                              f"{patch}-px patches")
-    promised = {"image_resolution": side, "vision_patch_size": patch, "vision_width": vision.get("width"),
-                "vision_layers": vision.get("layers"), "embed_dim": model_cfg.get("embed_dim"),
-                "transformer_width": text.get("width"), "transformer_layers": text.get("layers"),
-                "context_length": text.get("context_length", CONTEXT_LENGTH)}
-    found = dataclasses.asdict(config)
-    wrong = [f"{k} {found[k]} ({path.name} says {v})" for k, v in promised.items() if v is not None and found[k] != v]
-    if wrong:
-        raise CheckpointError(f"{source}: the tensors do not fit {path}: {', '.join(wrong)}")
-    return "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
+    path: Path
+    vision: dict[str, Any]
+    text: dict[str, Any]
+    model_cfg: dict[str, Any]
+
+    @classmethod
+    def beside(cls, weights: Path) -> HubConfig | None:
+        """The config next to ``weights`` (None without one), refused when it is not open_clip's or
+        asks for towers other than OpenAI's layout."""
+        path = weights.parent / HUB_CONFIG_NAME
+        if not path.is_file():
+            return None
+        try:
+            model_cfg = json.loads(path.read_text(encoding="utf-8"))["model_cfg"]
+            vision, text = dict(model_cfg["vision_cfg"]), dict(model_cfg["text_cfg"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path}: not an open_clip model config ({type(err).__name__}: {err})") from err
+        for section, values in (("vision_cfg", vision), ("text_cfg", text)):
+            for key, default in _OPENAI_LAYOUT[section].items():
+                if key in values and values[key] != default and not (default is None and values[key] == {}):
+                    raise CheckpointError(f"{path}: {section} {key}={values[key]!r}: clip4vla's towers are OpenAI's "
+                                          f"layout ({key}={default!r}), so this model does not load")
+        return cls(path, vision, text, dict(model_cfg))
+
+    def heads(self) -> tuple[int, int]:
+        """``(vision head width, text heads)``, open_clip's record of what no tensor holds
+        (:meth:`CLIPConfig.from_state_dict` splits the towers by it)."""
+        recorded = []
+        for section, values, key, default in (("vision_cfg", self.vision, "head_width", _OPEN_CLIP_HEAD_WIDTH),
+                                              ("text_cfg", self.text, "heads", _OPEN_CLIP_TEXT_HEADS)):
+            value = values.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{self.path}: {section} {key}={value!r}: expected a whole number >= 1")
+            recorded.append(value)
+        return recorded[0], recorded[1]
+
+    def activation(self, config: CLIPConfig, source: str) -> str:
+        """The recorded activation, after checking that the model config describes the file's tensors.
+
+        The image side is checked too: a config whose side is not a whole number of patches (open_clip
+        floors the grid and drops the last pixels) cannot be matched by any frame size here.
+        """
+        side, patch = self.vision.get("image_size"), self.vision.get("patch_size")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (side, patch)):
+            raise CheckpointError(f"{self.path}: vision_cfg image_size={side!r}, patch_size={patch!r}: "
+                                  "only square images load")
+        if side % patch:
+            raise CheckpointError(f"{source}: {self.path.name} says {side}-px images, which are not a whole number of "
+                                  f"{patch}-px patches")
+        promised = {"image_resolution": side, "vision_patch_size": patch, "vision_width": self.vision.get("width"),
+                    "vision_layers": self.vision.get("layers"), "embed_dim": self.model_cfg.get("embed_dim"),
+                    "transformer_width": self.text.get("width"), "transformer_layers": self.text.get("layers"),
+                    "context_length": self.text.get("context_length", CONTEXT_LENGTH)}
+        found = dataclasses.asdict(config)
+        wrong = [f"{k} {found[k]} ({self.path.name} says {v})" for k, v in promised.items()
+                 if v is not None and found[k] != v]
+        if wrong:
+            raise CheckpointError(f"{source}: the tensors do not fit {self.path}: {', '.join(wrong)}")
+        return "quick_gelu" if self.model_cfg.get("quick_gelu") else "gelu"

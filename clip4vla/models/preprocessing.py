@@ -59,4 +59,7 @@ class Preprocessing:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{source}: unknown preprocessing settings {unknown} (written by a newer clip4vla?)")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as err:  # a value no pipeline can use: name the file it came from
+            raise ValueError(f"{source}: {err}") from err

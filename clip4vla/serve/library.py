@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from clip4vla.embed import printable_path
 from clip4vla.search import DEFAULT_NAME, SearchError, _load_query_model, check_query, embed_query, load_index, rank, \
-    similar, staleness
+    readable_reason, resolve_inside, similar, staleness
 
 __all__ = ["Library", "MAX_K", "MAX_QUERY_CHARS", "Unavailable"]
 
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 MAX_K = 100  # results per request: a page of thumbnails, not a dump of the index
 MAX_QUERY_CHARS = 1000  # far beyond any model's context; keeps the tokenizer's work bounded
 STALE_CHECK_SECONDS = 30.0  # the folder walk behind the status line is repeated at most this often
+NO_MODEL = ("No model file was given or found: start the server with --model MODEL.pt (a training run's "
+            "model.pt; the README's quick start, python scripts/pretrain.py, makes runs/pretrain_synthetic/model.pt)")
 
 
 class Unavailable(Exception):
@@ -58,13 +63,25 @@ class Library:
 
     # ------------------------------------------------------------------ index and model
 
-    def index_command(self) -> str:
-        """The command that builds or updates this index (what the page tells the user to run)."""
+    def index_command(self) -> str | None:
+        """The command that builds or updates this index (what the page tells the user to run), with
+        the model given to ``serve``, the index's own, or else the newest ``runs/*/model.pt`` here
+        (where the README's training commands write); ``None`` when there is no model to name."""
         model = self.model_path or (Path(self.index["model"]["path"]) if self.index else None)
-        parts = ["clip4vla-search", "index", str(self.folder), "--model", str(model) if model else "MODEL.pt"]
+        if model is None:
+            found = sorted(Path("runs").glob("*/model.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+            model = found[0] if found else None
+        if model is None:
+            return None
+        parts = ["clip4vla-search", "index", str(self.folder), "--model", shown_path(model)]
         if self.index_path != self.folder / DEFAULT_NAME:
             parts += ["--index", str(self.index_path)]
-        return " ".join(shlex.quote(p) if p != "MODEL.pt" else p for p in parts)
+        return " ".join(shlex.quote(printable_path(p)) for p in parts)
+
+    def remedy(self) -> str:
+        """What to do about a missing or stale index, in one sentence."""
+        command = self.index_command()
+        return f"Run: {command}" if command else NO_MODEL
 
     def refresh(self) -> None:
         """Load the index (and its model) when the file is new or was rebuilt since the last look."""
@@ -77,6 +94,9 @@ class Library:
             if stamp is not None and stamp == self._stamp:
                 return
             self._stamp, self._stale = stamp, None
+            if stamp is None:
+                self.index, self.problem = None, f"no index at {printable_path(self.index_path)} yet"
+                return
             try:
                 index = load_index(self.index_path)
                 if self.model is None or index["model"]["sha256"] != self._model_sha:
@@ -91,7 +111,7 @@ class Library:
         """The loaded index, or ``Unavailable`` saying what to run."""
         self.refresh()
         if self.index is None:
-            raise Unavailable(f"{self.problem}. Run: {self.index_command()}")
+            raise Unavailable(f"{self.problem}. {self.remedy()}")
         return self.index
 
     # ------------------------------------------------------------------ queries
@@ -123,8 +143,9 @@ class Library:
         with self._lock:
             return similar(self.require(), file_id, window, k, modality), notes
 
-    def search_sound(self, path: Path, modality: str, k: int) -> tuple[list[dict[str, Any]], list[str]]:
-        """Rows for an uploaded sound, by its audio embedding (``clip4vla.search.embed_sound_query``)."""
+    def search_sound(self, path: Path, modality: str, k: int, name: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows for an uploaded sound, by its audio embedding (``clip4vla.search.embed_sound_query``);
+        messages call the file ``name`` (the upload's own name)."""
         from clip4vla.search import embed_sound_query
 
         _check_modality(modality)
@@ -132,7 +153,7 @@ class Library:
         k = self._cap(k, notes)
         with self._lock:
             index = self.require()
-            query = embed_sound_query(self.model, path)
+            query = embed_sound_query(self.model, path, name=name)
             return rank(index, query, k, modality), notes
 
     @staticmethod
@@ -150,18 +171,15 @@ class Library:
         if not 0 <= file_id < len(index["paths"]):
             raise KeyError(file_id)
         rel = index["paths"][file_id]
-        path = self.folder / rel
-        try:
-            real = path.resolve(strict=True)
-        except (OSError, RuntimeError):  # gone, or a symlink loop
-            raise KeyError(file_id) from None
-        if not real.is_file() or not real.is_relative_to(self.root):  # a symlink out of the folder
+        real = resolve_inside(self.folder / rel, self.root)  # what `index` embeds: a link made since is refused
+        if real is None:
             raise KeyError(file_id)
         return real, rel
 
-    def thumbnail(self, file_id: int, window: int) -> bytes:
-        """JPEG poster (or spectrogram) of window ``window`` of file ``file_id``; ``KeyError``: no such
-        file or window; ``MediaError``: the file cannot be decoded."""
+    def thumbnail(self, file_id: int, window: int, sound: bool = False) -> bytes:
+        """JPEG poster of window ``window`` of file ``file_id``, or its spectrogram (``sound``, and
+        for a file without pictures); ``KeyError``: no such file or window; ``MediaError``: the file
+        cannot be decoded (or has no sound, for a spectrogram)."""
         from clip4vla.serve.thumbnails import file_key
 
         path, rel = self.file(file_id)
@@ -170,8 +188,26 @@ class Library:
             raise KeyError(window)
         row = int(index["first"][file_id]) + window
         start, end = index["spans"][row].tolist()
-        key = file_key(rel, int(index["size"][file_id]), int(index["mtime_ns"][file_id]), window)
-        return self.thumbnails.get(path, key, start, end, sound_only=not bool(index["has_video"][row]))
+        spectrogram = sound or not bool(index["has_video"][row])
+        key = file_key(rel, int(index["size"][file_id]), int(index["mtime_ns"][file_id]), window, spectrogram)
+        return self.thumbnails.get(path, key, start, end, sound_only=spectrogram)
+
+    def browse(self, offset: int, k: int) -> tuple[list[dict[str, Any]], int, list[str]]:
+        """The indexed files, newest first (by the modification time they were indexed with), rows
+        ``offset`` to ``offset + k``: the page's first screen. Also the number of files, and notes."""
+        notes: list[str] = []
+        k = self._cap(k, notes)
+        with self._lock:
+            index = self.require()
+            order = torch.argsort(index["mtime_ns"], descending=True, stable=True)[offset:offset + k].tolist()
+            rows = []
+            for i in order:
+                first, count = int(index["first"][i]), int(index["count"][i])
+                modified = datetime.datetime.fromtimestamp(int(index["mtime_ns"][i]) / 1e9).astimezone()
+                rows.append({"path": printable_path(Path(index["root"]) / index["paths"][i]), "id": i, "window": 0,
+                             "start": 0.0, "end": round(float(index["spans"][first + count - 1][1]), 2),
+                             "windows": count, "modified": modified.isoformat(timespec="seconds")})
+            return rows, len(index["paths"]), notes
 
     # ------------------------------------------------------------------ status line
 
@@ -180,7 +216,9 @@ class Library:
         self.refresh()
         with self._lock:
             if self.index is None:
-                return {"ok": False, "problem": self.problem, "command": self.index_command(), "folder": str(self.folder)}
+                command = self.index_command()
+                return {"ok": False, "problem": self.problem, "command": command, "hint": None if command else NO_MODEL,
+                        "folder": printable_path(self.folder)}
             index = self.index
             if self._stale is None or time.monotonic() - self._stale_at > STALE_CHECK_SECONDS:
                 self._stale, self._stale_at = staleness(index, self.folder), time.monotonic()
@@ -189,13 +227,26 @@ class Library:
         skipped = index.get("skipped", {})
         changed = sum(len(v) for v in stale.values())
         return {
-            "ok": True, "folder": str(self.folder), "files": len(index["paths"]), "windows": int(index["count"].sum()),
-            "model": index["model"]["path"], "built": built.isoformat(timespec="seconds"),
-            "unreadable": [{"path": name, "reason": entry["reason"]} for name, entry in list(skipped.items())[:50]],
+            "ok": True, "folder": printable_path(self.folder), "files": len(index["paths"]),
+            "windows": int(index["count"].sum()), "model": shown_path(Path(index["model"]["path"])),
+            "built": built.isoformat(timespec="seconds"),
+            "unreadable": [{"path": printable_path(name), "reason": readable_reason(entry["reason"])}  # also an older index's
+                           for name, entry in list(skipped.items())[:50]],
             "unreadable_count": len(skipped),
-            "stale": {key: {"count": len(names), "examples": names[:5]} for key, names in stale.items()},
+            "stale": {key: {"count": len(names), "examples": [printable_path(n) for n in names[:5]]}
+                      for key, names in stale.items()},
             "command": self.index_command() if changed else None,
         }
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as the page shows it: relative to the working folder when inside it (the machine's
+    own layout stays off screenshots), escaped where it is not UTF-8."""
+    try:
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError, RuntimeError):
+        pass
+    return printable_path(path)
 
 
 def _check_modality(modality: str) -> None:

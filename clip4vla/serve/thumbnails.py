@@ -92,8 +92,9 @@ class ThumbnailCache:
         self._warned = False
 
     def get(self, path: Path, key: str, start: float, end: float, sound_only: bool) -> bytes:
-        """The JPEG thumbnail of window ``[start, end)`` of ``path``; ``key`` identifies the file's
-        content (path, size, modification time) and window."""
+        """The JPEG thumbnail of window ``[start, end)`` of ``path``: its poster, or its sound only
+        (``sound_only``: the spectrogram, for a sound file or a page showing sound); ``key``
+        identifies the file's content (path, size, modification time), window and kind."""
         cached = self.folder / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".jpg")
         try:
             return cached.read_bytes()
@@ -122,6 +123,6 @@ class ThumbnailCache:
                 self._warned = True
 
 
-def file_key(rel: str, size: int, mtime_ns: int, window: int) -> str:
+def file_key(rel: str, size: int, mtime_ns: int, window: int, spectrogram: bool = False) -> str:
     """What a cached thumbnail is named after: a changed file gets a new one."""
-    return f"{rel}\0{size}\0{mtime_ns}\0{window}"
+    return f"{rel}\0{size}\0{mtime_ns}\0{window}" + ("\0sound" if spectrogram else "")

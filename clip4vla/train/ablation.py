@@ -8,9 +8,13 @@ with the zero-shot retrieval evaluation (text->audio R@1/5/10/MdR) on the evalua
 the table (mean and spread over seeds, the paper's numbers beside it for MSR-VTT and VATEX) is
 printed and written as JSON and Markdown into ``<out>``.
 
-Re-running the command is how a killed ablation continues: a row whose ``model.pt`` exists is
-skipped (after checking it was trained with the same config), a row with checkpoints resumes
-through the loop's own bitwise resume, a row with neither starts. Evaluations are kept per row.
+Everything is checked before the first step (:func:`check_plan`: arguments, each run's config and
+start file, the evaluation corpora, the folders an earlier invocation left). Re-running the
+command is how a killed ablation continues: a row whose ``model.pt`` exists is skipped (after
+checking it was trained with the same config, :data:`NOT_THE_RESULT` aside), a row with
+checkpoints resumes through the loop's own bitwise resume, a row with neither starts. Evaluations
+are kept per row. Each finished run is also written as a TensorBoard run from its log
+(:func:`write_dashboard`), so the dashboard exists whatever ``train.tensorboard`` was.
 
 Without ``model.init_from`` (the built-in synthetic data) there is no CLIP to start from, so a
 stage 0 trains one first: the table's ``synthetic.stage0`` overrides on the config, once, shared by
@@ -32,24 +36,34 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from clip4vla.config import ConfigError, PretrainConfig, config_to_dict, load_config, parse_override
+from clip4vla.config import ConfigError, PretrainConfig, check_trainable, config_to_dict, load_config, parse_override
 from clip4vla.files import write_text_atomic
 
-__all__ = ["AblationError", "AblationTable", "STAGE0_CLIP", "load_table", "format_table", "markdown_table",
-           "run_ablation", "table_path"]
+__all__ = ["AblationError", "AblationInterrupted", "AblationTable", "STAGE0_CLIP", "dashboard_dir", "format_table",
+           "load_table", "markdown_table", "run_ablation", "table_path", "write_dashboard"]
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TABLES_DIR = REPO / "configs" / "ablations"
 STAGE0_CLIP = "clip_towers.pt"  # <out>/stage0/<this>: the stand-in for OpenAI's ViT-B-32.pt
+MODEL_NAME = "model.pt"  # what a finished run leaves (clip4vla.train.run_folder.MODEL_NAME)
 EVAL_NAME = "ablation_eval.json"  # per row: its evaluations, so a re-run does not score it again
+# <out>/<this>/rows/seed<k>/<i>_<row> and <out>/<this>/stage0: TensorBoard's view of the runs' logs
+DASHBOARD = "tensorboard"
+DASHBOARD_INSTEAD = "give another --output-dir"  # the way out of an unusable dashboard folder
 METRICS = ("R1", "R5", "R10", "MedR")
 HEADERS = ("R@1", "R@5", "R@10", "MdR")
-# settings a finished row may be reused under: they change how a run is watched or where it
-# runs, not what it trains (e.g. a re-run with train.tensorboard=true for the dashboard)
-NOT_THE_RESULT = frozenset({"train.tensorboard", "train.device", "train.dist_timeout_s", "train.keep_last",
-                            "data.num_workers"})
+# The only config keys a finished (or killed) row may be reused under with another value. Every
+# other key takes part in the comparison: it changes what the row trains (its start file
+# model.init_from included) or how it is scored.
+NOT_THE_RESULT = frozenset({
+    "train.output_dir",  # the row's folder itself: it moves with --output-dir
+    "train.tensorboard", "train.log_every",  # how the run is watched: events, logging cadence
+    "train.checkpoint_every_steps", "train.keep_last",  # how often its state is saved, how many kept
+    # where it runs: the device, as the CPU type (never recorded), moves fp32 kernels' last digits only
+    "train.device", "train.dist_timeout_s", "data.num_workers",
+})
 # evaluation corpora whose numbers the paper reports (Table 5)
 PAPER_CORPORA = ("msrvtt", "vatex")
 
@@ -240,20 +254,120 @@ def _say(message: str) -> None:
     print(f"[ablation] {message}", file=sys.stderr, flush=True)
 
 
-def _check_same_config(folder: Path, config: PretrainConfig, label: str) -> None:
-    """A finished run is reused only for the config it was trained with."""
-    from clip4vla.train.resume import RESUME_IGNORED, config_changes
+def _retrain_hint(folder: Path) -> str:
+    return f"rm -r {folder}, then re-run the same command to train that row again"
 
-    stored_path = folder / "config.yaml"
-    if not stored_path.is_file():
-        raise AblationError(f"{label}: {folder} holds a model.pt but no config.yaml; remove the folder to train it again")
-    stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}
-    ignored = RESUME_IGNORED | NOT_THE_RESULT
-    changes = {k: v for k, v in config_changes(stored, config_to_dict(config)).items() if k not in ignored}
+
+def _stored_config(folder: Path, label: str) -> dict[str, Any]:
+    """A row folder's ``config.yaml``: what it was trained with (a damaged file names its fix)."""
+    path = folder / "config.yaml"
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise AblationError(f"{label}: {path} is not readable YAML ({getattr(err, 'problem', None) or 'damaged'}"
+                            f"{where}), so what the row was trained with is unknown: {_retrain_hint(folder)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise AblationError(f"{label}: cannot read {path} ({err}): {_retrain_hint(folder)}") from None
+    if not isinstance(stored, dict):
+        raise AblationError(f"{label}: {path} holds a {type(stored).__name__}, not a config (a mapping of sections), "
+                            f"so what the row was trained with is unknown: {_retrain_hint(folder)}")
+    return stored
+
+
+def _check_same_config(folder: Path, config: PretrainConfig, label: str) -> None:
+    """A finished or killed run is reused only for the config it was trained with."""
+    from clip4vla.train.resume import config_changes
+
+    if not (folder / "config.yaml").is_file():
+        raise AblationError(f"{label}: {folder} holds a model or checkpoints but no config.yaml: "
+                            f"{_retrain_hint(folder)}")
+    stored = _stored_config(folder, label)
+    changes = {k: v for k, v in config_changes(stored, config_to_dict(config)).items() if k not in NOT_THE_RESULT}
     if changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:4])
-        raise AblationError(f"{label}: {folder} was trained with another config ({shown}): choose another "
-                            "--output-dir, or delete the folder to train this row again")
+        more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+        raise AblationError(f"{label}: {folder} was trained with another config ({shown}{more}): give this config "
+                            f"another --output-dir, or {_retrain_hint(folder)}")
+
+
+def _stored_evaluations(run: PlannedRun) -> dict[str, Any]:
+    """A row's kept scores (``ablation_eval.json``); a damaged file names its fix."""
+    path = Path(run.config.train.output_dir) / EVAL_NAME
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        stored = err
+    if not isinstance(stored, dict) or not all(isinstance(v, dict) and "t2a" in v for v in stored.values()):
+        reason = f" ({stored})" if isinstance(stored, Exception) else ""
+        raise AblationError(f"{run.label}: {path} is damaged{reason}: rm {path}, then re-run the same command "
+                            "(the row's model.pt is scored again; nothing is trained)")
+    return stored
+
+
+def check_folders(plan: Plan) -> None:
+    """Before the first step: every run folder left by an earlier invocation is usable as it is."""
+    for run in ([plan.stage0] if plan.stage0 else []) + plan.runs:
+        folder = Path(run.config.train.output_dir)
+        if folder.exists() and not folder.is_dir():
+            raise AblationError(f"{run.label}: {folder} is a file, not the row's folder: move it away, or give "
+                                "another --output-dir")
+        if (folder / MODEL_NAME).is_file() or any((folder / "checkpoints").glob("ckpt_*.pt")):
+            _check_same_config(folder, run.config, run.label)
+            _stored_evaluations(run)
+
+
+def check_plan(plan: Plan, out_dir: Path, eval_corpora: Sequence[str], dashboard: bool = False) -> None:
+    """Everything the runs and their scoring will need, before the first step (and before any
+    folder is made): each run's config, its start file, the evaluation corpora, the folders."""
+    from clip4vla.data.corpora import read_split
+    from clip4vla.data.splits import ensure_synthetic
+    from clip4vla.train.loop import start_file
+    from clip4vla.train.pretrain import PretrainTask
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AblationError(f"--output-dir {out_dir} is a file, not a folder")
+    if dashboard:
+        from clip4vla.train.tensorboard import check_event_folder
+
+        check_event_folder(out_dir / DASHBOARD, DASHBOARD_INSTEAD)
+    runs = ([plan.stage0] if plan.stage0 else []) + plan.runs
+    stage0_file = str(Path(plan.stage0.config.train.output_dir) / STAGE0_CLIP) if plan.stage0 else None
+    read: set[str] = set()
+    for run in runs:
+        try:
+            check_trainable(run.config)
+            if run.config.model.init_from != stage0_file:  # stage 0's is trained by this very command
+                key = json.dumps(config_to_dict(run.config.model), sort_keys=True)
+                if key not in read:
+                    read.add(key)
+                    start_file(run.config, PretrainTask, None)  # what the trainer reads first, read now
+        except ConfigError as err:
+            raise ConfigError(f"{run.label}: {err}") from None
+        if run.config.train.tensorboard:
+            from clip4vla.train.tensorboard import require_tensorboard
+
+            require_tensorboard()
+    split_name = "--eval-corpus" if eval_corpora else "the evaluation corpus"
+    checked: set[str] = set()
+    for run in plan.runs:  # each row is scored with its own data settings
+        data = dataclasses.replace(run.config.data, test_split=plan.base.data.test_split)
+        for corpus, split in plan.evaluations:
+            key = json.dumps([corpus, split, config_to_dict(data)], sort_keys=True, default=str)
+            if key in checked:
+                continue
+            checked.add(key)
+            try:
+                ensure_synthetic(data, corpus)
+                records = read_split(data, corpus, split, "pretrain")
+            except ValueError as err:
+                raise AblationError(f"{split_name} {corpus}: {err}") from None
+            if not records:
+                raise AblationError(f"{split_name} {corpus}: its {split} split has no records")
+    check_folders(plan)
 
 
 class _SharedDecodes:
@@ -288,20 +402,41 @@ class _SharedDecodes:
         return SharedDecodeTask
 
 
+class AblationInterrupted(Exception):
+    """SIGTERM stopped a run after saving its step: the same command continues the ablation."""
+
+
 def train_run(run: PlannedRun, decodes: _SharedDecodes) -> str:
-    """Train one run to its ``model.pt``: ``"skipped"`` (finished), ``"resumed"`` or ``"trained"``."""
-    from clip4vla.train.loop import Trainer
+    """Train one run to its ``model.pt``: ``"skipped"`` (finished), ``"resumed"`` or ``"trained"``.
+
+    Its folder was checked by :func:`check_folders`. The loop's messages suggest the training
+    scripts' flags; the ones that can reach the user here are said again as ablate.py commands.
+    """
+    from clip4vla.train.loop import Trainer, TrainingInterrupted
+    from clip4vla.train.run_folder import LOCK_NAME, ExportError, RunFolderLocked, RunLock
 
     folder = Path(run.config.train.output_dir)
-    if (folder / "model.pt").is_file():
-        _check_same_config(folder, run.config, run.label)
+    if (folder / MODEL_NAME).is_file():
         _say(f"{run.label}: finished earlier, skipped ({folder})")
         return "skipped"
     resume = any((folder / "checkpoints").glob("ckpt_*.pt"))
     _say(f"{run.label}: {'resuming' if resume else 'training'} in {folder}")
-    trainer = Trainer(run.config, decodes.task_factory(), resume=resume)
+    again = "re-run the same command to continue (finished rows are skipped, this one resumes from its checkpoint)"
+    try:
+        # without a checkpoint there is nothing to resume: leftovers (a best.pt) are the row's to replace
+        trainer = Trainer(run.config, decodes.task_factory(), resume=resume, overwrite=not resume)
+    except RunFolderLocked:
+        raise AblationError(f"{run.label}: {folder} is in use by {RunLock(folder).holder()} (another ablate.py on this "
+                            f"--output-dir?): wait for it to end, or use another --output-dir; if that run is dead, "
+                            f"rm {folder / LOCK_NAME} and re-run the same command") from None
     try:
         trainer.fit()
+    except TrainingInterrupted as stop:
+        raise AblationInterrupted(f"{run.label}: SIGTERM: stopped after step {stop.step} of {stop.total_steps}; "
+                                  f"{again}") from None
+    except ExportError as err:
+        raise AblationError(f"{run.label}: {folder / MODEL_NAME} was not written ({err.__cause__ or err}); free "
+                            f"room, then {again}") from None
     finally:
         trainer.close()
     return "resumed" if resume else "trained"
@@ -337,7 +472,7 @@ def evaluate_run(run: PlannedRun, evaluations: Sequence[tuple[str, str]], base: 
 
     folder = Path(run.config.train.output_dir)
     path = folder / EVAL_NAME
-    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored = _stored_evaluations(run)
     missing = [(c, s) for c, s in evaluations if f"{c}/{s}" not in stored]
     if not missing:
         return stored
@@ -361,6 +496,30 @@ def evaluate_run(run: PlannedRun, evaluations: Sequence[tuple[str, str]], base: 
         stored[f"{corpus}/{split}"] = {**result["retrieval"], "chance": result["chance"], "n_clips": result["n_clips"]}
         write_text_atomic(path, json.dumps(stored, indent=1))
     return stored
+
+
+def dashboard_dir(out_dir: Path) -> Path:
+    """What ``tensorboard --logdir`` shows the table's rows from (stage 0 is beside it)."""
+    return out_dir / DASHBOARD / "rows"
+
+
+def write_dashboard(run: PlannedRun, out_dir: Path, scores: dict[str, Any] | None = None) -> None:
+    """A finished run's TensorBoard events, written from its ``metrics.jsonl`` (and the row's test
+    scores at its last step), so the dashboard never depends on ``train.tensorboard``: a run
+    named after its folder (``seed0/1_scratch``), stage 0 apart from the rows."""
+    from clip4vla.plotting import read_metrics
+    from clip4vla.train.tensorboard import write_events
+
+    folder = Path(run.config.train.output_dir)
+    rows, _ = read_metrics(folder)
+    if scores:
+        step = max((r["step"] for r in rows if isinstance(r.get("step"), int)), default=0)
+        rows.append({"step": step, **{f"test/{key.split('/')[0]}/{task}/{metric}": value
+                                      for key, result in scores.items() for task, values in result.items()
+                                      if task != "chance" and isinstance(values, dict)
+                                      for metric, value in values.items()}})
+    target = out_dir / DASHBOARD / "stage0" if run.row is None else dashboard_dir(out_dir) / folder.relative_to(out_dir)
+    write_events(target, rows, DASHBOARD_INSTEAD)
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -460,24 +619,32 @@ def run_ablation(table: AblationTable, config_path: Path, overrides: Sequence[st
                  out_dir: Path | None = None, eval_corpora: Sequence[str] = ()) -> dict[str, Any]:
     """Train (or skip, or resume) every run, score every row, write ``<out>/<table>.json|md``."""
     out_dir = Path(out_dir or table.output_dir)
+    from clip4vla.train.tensorboard import has_tensorboard
+
     plan = make_plan(table, config_path, overrides, seeds, out_dir, eval_corpora)
+    dashboard = has_tensorboard()
+    check_plan(plan, out_dir, eval_corpora, dashboard)
+    if not dashboard:
+        _say(f"no dashboard in {out_dir / DASHBOARD}: it needs the tensorboard package (pip install -e "
+             "\".[tensorboard]\"); with it, re-run the same command: finished rows are skipped and their "
+             "dashboard is written from their logs")
     started = time.perf_counter()
     decodes = _SharedDecodes()
     if plan.stage0 is not None:
-        stage_dir = Path(plan.stage0.config.train.output_dir)
-        if not (stage_dir / STAGE0_CLIP).is_file() or not (stage_dir / "model.pt").is_file():
-            train_run(plan.stage0, decodes)
-        else:
-            _check_same_config(stage_dir, plan.stage0.config, plan.stage0.label)
-            _say(f"{plan.stage0.label}: finished earlier, reused ({stage_dir})")
-        export_stage0(stage_dir)
+        train_run(plan.stage0, decodes)
+        export_stage0(Path(plan.stage0.config.train.output_dir))
+        if dashboard:
+            write_dashboard(plan.stage0, out_dir)
     evaluated: dict[tuple[int, int], dict[str, Any]] = {}
     statuses, eval_sets = {}, {}
     for run in plan.runs:
         statuses[run.label] = train_run(run, decodes)
         evaluated[(run.seed, run.row)] = evaluate_run(run, plan.evaluations, plan.base, eval_sets)
+        if dashboard:
+            write_dashboard(run, out_dir, evaluated[(run.seed, run.row)])
     summary = summarise(table, plan, evaluated, seeds)
     summary["runs"] = statuses
+    summary["dashboard"] = str(dashboard_dir(out_dir)) if dashboard else None
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / f"{table.name}.json", json.dumps(summary, indent=1))

@@ -93,7 +93,9 @@ class CaptionTask(Task):
                               unfold_train=True)
         if self.dist.is_main:  # a broken Java shows now, not after training (it only costs METEOR and PTB tokens)
             java_problem()
-        self.train_captions = [c for r in data.train.records for c in r.captions]
+        records = data.train.records  # a manifest lists its captions without building a record per row
+        self.train_captions = records.all_captions() if hasattr(records, "all_captions") else \
+            [c for r in records for c in r.captions]
         limit = self.config.data.max_words - 1
         tokenizer = default_tokenizer()
         long = [c for c in dict.fromkeys(self.train_captions) if len(tokenizer.encode(c)) > limit]

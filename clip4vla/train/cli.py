@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
 from clip4vla.cli import HelpFormatter
-from clip4vla.config import ConfigError, RunConfig, config_to_dict, load_config
+from clip4vla.config import ConfigError, RunConfig, config_text, load_config
 
 
 def parse_args(description: str, default_config: Path, argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +66,7 @@ def run_training(
     try:
         config = load_config(config_cls, args.config or default_config, overrides)
         if args.print_config:
-            print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+            print(config_text(config), end="")
             return 0
         trainer = Trainer(config, task, resume=args.resume, overwrite=args.overwrite,
                           allow_config_change=args.allow_config_change)

@@ -389,7 +389,15 @@ class Stepper:
         return summed
 
 class TrainingInterrupted(Exception):
-    """SIGTERM (a scheduler's pre-emption): the run saved its step and stopped; resume it."""
+    """SIGTERM (a scheduler's pre-emption): the run saved its step and stopped; resume it.
+
+    The message tells a training script's user how to continue; a driver of many runs (the
+    ablation) says it in its own terms from ``step`` and ``total_steps``.
+    """
+
+    def __init__(self, message: str, step: int = 0, total_steps: int = 0) -> None:
+        super().__init__(message)
+        self.step, self.total_steps = step, total_steps
 
 
 class Trainer:
@@ -423,11 +431,12 @@ class Trainer:
             raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
         self.local_batch = tc.batch_size // self.dist.world_size
         self.task = task(config, self.dist)
-        self.folder = RunFolder(self.out_dir, self.dist, tc.keep_last)
+        self.folder = RunFolder(self.out_dir, self.dist, tc.keep_last, tensorboard=tc.tensorboard)
         try:
             self._start(resume, overwrite, allow_config_change)
         except BaseException:
             self.folder.release()
+            self.folder.discard_if_unused()
             raise
 
     def _start(self, resume: bool, overwrite: bool, allow_config_change: bool) -> None:
@@ -444,7 +453,8 @@ class Trainer:
         self.best = BestWeights(self.folder, *selection(config, self.task))
         self.export = tc.export or self.task.export
         torch.manual_seed(tc.seed)
-        self.folder.write_config(config)
+        if self._resume_from is None:  # a resume writes it in _restore, unless the run is finished
+            self.folder.write_config(config)
         data = self.task.datasets()
         self.train_set, self.val_set, self.test_set = data.train, data.val, data.test
 
@@ -456,15 +466,17 @@ class Trainer:
 
         self.sampler = ResumableShardedSampler(data.train_order, self.local_batch, self.dist.rank, self.dist.world_size)
         self.steps_per_epoch, self.total_steps = run_length(tc, self.sampler.batches_per_epoch, len(self.train_set))
+        # a finished run that is resumed (to print its results again) only needs the test, and once
+        # its model.pt is written it writes nothing
+        done = self._resume_from is not None and int(self._resume_from[0]["step"]) >= self.total_steps
+        self._finished = done and self.folder.model_path.is_file()
         if config.data.cache_decoded and config.data.num_workers == 0:
-            # a finished run that is resumed (to print its results again) only needs the test
-            finished = self._resume_from is not None and int(self._resume_from[0]["step"]) >= self.total_steps
-            fill_caches(data, self.dist.world_size, self.dist.is_main, training=not finished)
+            fill_caches(data, self.dist.world_size, self.dist.is_main, training=not done)
         self.stepper = Stepper(config, self.task, self.model, self.dist, self.total_steps)
         self.skips = SkipReport()
         self.sigterm = SigtermStop()
         self._model_bytes = state_bytes(self.model.state_dict())
-        if self.dist.is_main:
+        if self.dist.is_main and not self._finished:
             check_writable(self.folder.checkpoints.directory, self.stepper.checkpoint_bytes(), tc.keep_last)
         if self._resume_from is not None:
             self._restore(*self._resume_from)
@@ -505,9 +517,11 @@ class Trainer:
         if old_end != self.total_steps:
             log.warning("the schedule now ends at step %d (was %d); lr at step %d: %.3g",
                         self.total_steps, old_end, self.step, stepper.optimizer.param_groups[0]["lr"])
-        # The log is cut back to the restored state: rows written after this checkpoint are
-        # recomputed, so every step appears once, as if the run had never stopped.
-        self.folder.write_history()
+        if not self._finished:
+            self.folder.write_config(self.config)
+            # The log is cut back to the restored state: rows written after this checkpoint are
+            # recomputed, so every step appears once, as if the run had never stopped.
+            self.folder.write_history()
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- data ----------------------------------------------------------------------------------
@@ -568,7 +582,9 @@ class Trainer:
         if self.export == "best" and self.dist.is_main:
             self.best.load_into(self.model, validated=self.val_set is not None)
         result = self.evaluate(self.test_set, "test")
-        if self.dist.is_main:
+        if self.dist.is_main and not self._finished:
+            if result.get("metrics"):  # the final test table, in the log (and the dashboard) too
+                self.folder.log_row({"step": self.step, **{f"test/{k}": v for k, v in result["metrics"].items()}})
             self.folder.export(self.model, result, self._model_bytes, task=self.task.name, step=self.step,
                                weights=self.export, config=config_to_dict(self.config))
             self.folder.write_history()
@@ -620,7 +636,7 @@ class Trainer:
                         self.folder.save_checkpoint(self.step, self._state)
                     raise TrainingInterrupted(
                         f"SIGTERM: stopped after step {self.step} of {self.total_steps}; its checkpoint is in "
-                        f"{self.folder.checkpoints.directory}. Continue with --resume"
+                        f"{self.folder.checkpoints.directory}. Continue with --resume", self.step, self.total_steps
                     )
                 if self.step >= self.total_steps:
                     break

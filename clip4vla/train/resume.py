@@ -8,8 +8,9 @@ key with it:
   is recomputed for the new horizon, as if the run had been configured so from the start, and the
   log says where it now ends), logging, validation and checkpoint cadence, ``keep_last``, device,
   data loader workers, the distributed timeout;
-* **never**: the model's architecture (:data:`RESUME_ARCHITECTURE`; the checkpoint's weights fit
-  only the model they were trained as, and its own architecture record is compared too), the
+* **never**: the model's architecture (:data:`RESUME_ARCHITECTURE`, the activation included; the
+  checkpoint's weights fit only the model they were trained as, and its own architecture record is
+  compared too), the
   batch geometry (:data:`RESUME_FIXED`: ``train.batch_size``, ``train.accum_steps``; the data
   position of a step would no longer be the one the checkpoint was taken at) and the task;
 * **ignored** (:data:`RESUME_IGNORED`): ``model.init_from`` is not read on resume, since every
@@ -36,9 +37,13 @@ RESUME_FREE = frozenset({
     "data.num_workers", "data.cache_decoded", "train.tensorboard",
 })
 RESUME_FIXED = frozenset({"train.batch_size", "train.accum_steps"})
-# The model the checkpoint's weights belong to: no flag can make them fit another one.
+# The model the checkpoint's weights belong to: no flag can make them fit another one. The activation
+# (and the open_clip name that implies one) is in no tensor: a resume with another would record in
+# config.yaml a model the checkpoint's record does not build. Heads and resolution come from that
+# record alone (init_from is not read on resume).
 RESUME_ARCHITECTURE = frozenset({
-    "model.arch", "model.audio_type_token", "retrieval.fusion", "retrieval.fusion_layers", "caption.fusion_layers",
+    "model.arch", "model.activation", "model.open_clip_model", "model.audio_type_token", "retrieval.fusion",
+    "retrieval.fusion_layers", "caption.fusion_layers",
 })
 # Not read on resume (every weight comes from the checkpoint), so it may move or go.
 RESUME_IGNORED = frozenset({"train.output_dir", "model.init_from"})

@@ -97,7 +97,9 @@ class RetrievalTask(Task):
     def datasets(self) -> DataSplits:
         data = task_datasets(self.config, self.dist, "retrieval", self.options, self.options.evaluation(),
                               unfold_train=self.config.retrieval.epoch == "captions")
-        self.video_numbers = {vid: i for i, vid in enumerate(dict.fromkeys(r.video_id for r in data.train.records))}
+        records = data.train.records  # a manifest lists its ids without building a record per row
+        ids = records.video_ids() if hasattr(records, "video_ids") else (r.video_id for r in records)
+        self.video_numbers = {vid: i for i, vid in enumerate(dict.fromkeys(ids))}
         log.info("retrieval: an epoch visits every %s once (retrieval.epoch=%s): %d training rows, %d videos",
                  "caption" if self.config.retrieval.epoch == "captions" else "video (one random caption)",
                  self.config.retrieval.epoch, len(data.train), len(self.video_numbers))

@@ -169,24 +169,60 @@ def claim_run_folder(directory: Path, dist: DistInfo) -> RunLock:
     return lock
 
 
+def _checked_on_main(dist: DistInfo, check: Callable[[], None]) -> None:
+    """``check()`` on the main rank (which writes the files); every rank raises its error."""
+    error = None
+    if dist.is_main:
+        try:
+            check()
+        except ValueError as err:
+            error = err
+    if is_distributed():
+        error = broadcast_object(error)
+    if error is not None:
+        raise error
+
+
 class RunFolder:
     """The output folder of one run: claimed at start, written by the main rank, released at the end.
 
     Every rank holds one (they agree on what is there); only the main rank writes files.
     """
 
-    def __init__(self, directory: str | os.PathLike, dist: DistInfo, keep_last: int) -> None:
+    def __init__(self, directory: str | os.PathLike, dist: DistInfo, keep_last: int, tensorboard: bool = False) -> None:
         self.directory = Path(directory)
         self.dist = dist
-        try:
-            self.checkpoints = CheckpointManager(self.directory / "checkpoints", keep_last=keep_last)
-        except OSError as err:
-            raise CheckpointWriteError(f"cannot create {self.directory / 'checkpoints'}: {err}") from err
-        self.lock = claim_run_folder(self.directory, dist)  # before anything in the folder is looked at
+        self._tensorboard = tensorboard  # train.tensorboard: mirror the rows as events (tensorboard.py)
+        self._events: Any = None
         # metrics rows of the run so far (kept in every checkpoint, mirrored in metrics.jsonl)
         self.history: list[dict[str, Any]] = []
-        self._tensorboard: bool = False  # train.tensorboard: mirror the rows as events (tensorboard.py)
-        self._events: Any = None
+        if tensorboard:  # before anything is made, so a refused start leaves nothing behind
+            from clip4vla.train.tensorboard import TENSORBOARD_DIR, check_event_folder, require_tensorboard
+
+            require_tensorboard()  # every rank: each imports it
+            _checked_on_main(dist, lambda: check_event_folder(self.directory / TENSORBOARD_DIR))
+        # the folders this start makes: removed again (when still empty) if the start fails
+        self._made = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointWriteError(f"cannot create {self.checkpoints_dir}: {err}") from err
+        try:
+            self.lock = claim_run_folder(self.directory, dist)  # before anything in the folder is looked at
+        except BaseException:
+            self.discard_if_unused()
+            raise
+        self._made += [] if self.checkpoints_dir.exists() else [self.checkpoints_dir]
+        try:
+            self.checkpoints = CheckpointManager(self.checkpoints_dir, keep_last=keep_last)
+        except OSError as err:
+            self.release()
+            self.discard_if_unused()
+            raise CheckpointWriteError(f"cannot create {self.checkpoints_dir}: {err}") from err
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.directory / "checkpoints"
 
     @property
     def best_path(self) -> Path:
@@ -201,6 +237,15 @@ class RunFolder:
             self._events.close()
             self._events = None
         self.lock.release()
+
+    def discard_if_unused(self) -> None:
+        """After a failed start (lock released): the folders it made, if nothing was put in them."""
+        if self.dist.is_main:
+            for folder in sorted(self._made, key=lambda p: len(p.parts), reverse=True):
+                try:
+                    folder.rmdir()
+                except OSError:  # holds something (config.yaml of a start that got that far): kept
+                    break
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -240,11 +285,6 @@ class RunFolder:
         return state, path, changes
 
     def write_config(self, config: RunConfig) -> None:
-        self._tensorboard = bool(getattr(config.train, "tensorboard", False))
-        if self._tensorboard:
-            from clip4vla.train.tensorboard import require_tensorboard
-
-            require_tensorboard()  # every rank, before any data or model work
         if self.dist.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
             save_config(config, self.directory / "config.yaml")  # what this run uses, resumed or not
