@@ -174,10 +174,13 @@ class ManifestData:
     columns: dict = dataclasses.field(default_factory=dict)
     # without a split column: train / val / test shares, by a hash of each file's path
     split_fractions: tuple = (0.8, 0.1, 0.1)
-    audio_type: Literal["vb", "nb"] = "vb"  # rows without an audio_type value
+    # rows without an audio_type value; auto: a speech detector picks vb / nb from each clip's sound
+    audio_type: Literal["vb", "nb", "auto"] = "vb"
     missing: Literal["error", "skip"] = "error"  # media files that do not exist
     report_dir: str | None = None  # where the list of missing media goes (None: train.output_dir, else the temp folder)
     prepared_dir: str | None = None  # scripts/prepare_data.py --videos ROOT --out DIR (files named by stem)
+    # scripts/prepare_data.py --manifest PATH --out DIR --shards, for data.media: shards (files by manifest id)
+    shards_dir: str | None = None
 
     def validate(self) -> None:
         from clip4vla.data.readers.manifest import COLUMNS
@@ -246,8 +249,6 @@ class DataConfig:
             _check(all(w >= 0 for w in self.mixture_weights) and sum(self.mixture_weights) > 0, "data.mixture_weights",
                    list(self.mixture_weights), "must be non-negative with a positive sum")
         if self.media == "shards":
-            _check("manifest" not in (self.corpus, self.eval_corpus), "data.media", self.media,
-                   "is not available for data.corpus / eval_corpus: manifest yet; use raw or prepared")
             in_use = ["howto100m", "audioset"] if self.corpus == "howto_audioset" else [self.corpus]
             if self.eval_corpus is not None:
                 in_use.append(self.eval_corpus)

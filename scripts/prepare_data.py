@@ -4,12 +4,18 @@
     python scripts/prepare_data.py --videos data/synthetic/videos --out data/synthetic/prepared --workers 2
     python scripts/prepare_data.py --videos data/howto100m/videos --out data/howto100m/shards --shards --workers 16
     python scripts/prepare_data.py --howto100m-index data/howto100m/caption.json --out data/howto100m/spans
+    python scripts/prepare_data.py --manifest data/my_videos/captions.csv --out data/my_videos_shards --shards
 
 ``--shards`` writes WebDataset tar shards instead of folders (``clip4vla.data.shards``: per clip one
 JPEG member per frame, 16-bit WAV (or FLAC) audio and JSON metadata, which any WebDataset reader
 decodes; ~``--shard-mb`` per shard, one file per ~1000 clips); set ``data.media: shards`` and
 ``data.<corpus>.shards_dir`` to train from them. Resumable too: finished shards are kept, the clips
 in them skipped.
+
+``--manifest`` (with ``--shards``) writes the files a manifest names (``data.corpus: manifest``)
+under the ids its clips use, each file once, with its clips' ids, windows and captions in its JSON
+member; give the same ``--manifest-root`` / ``--manifest-columns`` as ``data.manifest.root`` /
+``columns``, then set ``data.manifest.shards_dir``.
 
 The second form turns the transcript file into the compact span index (``clip4vla.data.span_table``:
 ~25 bytes per window, memory-mapped by every rank) once; then set ``data.howto100m.caption_path``
@@ -68,12 +74,31 @@ def _quality(text: str) -> int:
     return value
 
 
+def _columns(text: str) -> dict:
+    """argparse type for ``--manifest-columns``: a mapping of our column names to the file's."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{video: filepath}}', got {text!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", type=Path, help="folder of raw videos (searched recursively)")
     source.add_argument("--howto100m-index", type=Path, metavar="CAPTION_FILE",
                         help="build the HowTo100M span index of caption.json / caption.pickle into --out")
+    source.add_argument("--manifest", type=Path, nargs="+", metavar="MANIFEST",
+                        help="with --shards: the files a .csv / .tsv / .jsonl manifest names (several: concatenated)")
+    parser.add_argument("--manifest-root", type=Path, default=None,
+                        help="with --manifest: data.manifest.root (default: the manifest's own folder)")
+    parser.add_argument("--manifest-columns", type=_columns, default=None, metavar="MAPPING",
+                        help="with --manifest: data.manifest.columns, e.g. '{video: filepath, caption: title}'")
     parser.add_argument("--shards", action="store_true", help="write WebDataset shards instead of folders")
     parser.add_argument("--shard-mb", type=_shard_mb, default=1024,
                         help="with --shards: close a shard once it holds this many MiB")
@@ -117,18 +142,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stats['videos']} videos ({stats['empty_videos']} without transcript): {stats['windows']} windows "
               f"in {stats['total_s']} s -> {args.out} (set data.howto100m.caption_path to it)")
         return 0
+    if args.manifest is not None and not args.shards:
+        parser.error("--manifest writes shards: add --shards (prepared folders: --videos ROOT, named by file stem)")
     if args.shards:
         from clip4vla.data.shards import write_shards
 
         try:
-            meta = None
+            meta, videos = None, args.videos
+            if args.manifest is not None:
+                from clip4vla.data.readers.manifest import manifest_shard_files, read_manifest
+
+                table = read_manifest(args.manifest, root=args.manifest_root, columns=args.manifest_columns,
+                                      report_dir=args.out)  # a bad row: an AnnotationError (a ValueError)
+                videos, meta = manifest_shard_files(table)
             if args.meta is not None:
                 import json
 
-                meta = json.loads(args.meta.read_text())
-                if not isinstance(meta, dict):
+                given = json.loads(args.meta.read_text())
+                if not isinstance(given, dict):
                     raise ValueError(f"{args.meta}: expected a JSON object {{video_id: {{...}}}}")
-            shards = write_shards(args.videos, args.out, shard_bytes=int(args.shard_mb * 2**20), workers=args.workers,
+                meta = dict(meta or {})  # --meta's keys join (or replace) a manifest's per file
+                for vid, extra in given.items():
+                    meta[vid] = {**meta.get(vid, {}), **extra} if isinstance(extra, dict) else extra
+            shards = write_shards(videos, args.out, shard_bytes=int(args.shard_mb * 2**20), workers=args.workers,
                                   quality=args.quality, meta=meta, progress=not args.no_progress,
                                   audio_format=args.shard_audio)
         except (FileNotFoundError, ValueError) as err:

@@ -118,6 +118,66 @@ def test_labels_audio_types_and_audio_column(tmp_path):
     assert a.audio_path == tmp_path / "a_sound.wav" and a.audio_from == "a_sound" and b.audio_from is None
 
 
+def speech_and_tone(folder: Path) -> tuple[Path, Path]:
+    """A voiced, intonated sound with pauses at a human pitch, and a steady 440 Hz tone (3 s each)."""
+    import numpy as np
+    from audio_media import write_sound
+
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    phase = 2 * np.pi * np.cumsum(120 * 2 ** (0.3 * np.sin(2 * np.pi * 0.7 * t))) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 20)) * (np.mod(t, 0.3) < 0.2)  # syllables, pauses
+    return (write_sound(folder / "voice.wav", (0.2 * voice).astype(np.float32)),
+            write_sound(folder / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)))
+
+
+def test_auto_audio_type_is_the_speech_detectors_choice_per_clip(tmp_path):
+    """``auto`` rows get the token ``looks_like_speech`` picks from the clip's decoded sound ([VB] for
+    the voice, [NB] for the tone), the same on every visit and from the decoded-media cache; rows of a
+    fixed type keep it, whatever the detector would say."""
+    import dataclasses
+
+    from clip4vla.audio import load_audio
+    from clip4vla.audio.speech import looks_like_speech
+    from clip4vla.data.dataset import SampleOptions, TriModalDataset
+    from clip4vla.models.audio import AUDIO_TYPE_IDS
+    from clip4vla.models.preprocessing import Preprocessing
+
+    voice, tone = speech_and_tone(tmp_path)
+    text = "video,caption,start,end,audio_type\nvoice.wav,someone talks,,,auto\ntone.wav,a steady beep,,,\n" \
+           "tone.wav,the beep said to be speech,0,2,vb\n"
+    records = read_manifest(write(tmp_path / "m.csv", text), split_fractions=(1, 0, 0),
+                            audio_type="auto").records("train", unfold=False)
+    assert [r.audio_type for r in records] == ["auto", "auto", "vb"]  # an empty value: the default, auto
+    options = SampleOptions(inputs=Preprocessing(max_frames=2, max_segments=2))
+    detector = ["vb" if looks_like_speech(load_audio(p, max_seconds=options.inputs.max_seconds)) else "nb"
+                for p in (voice, tone)]
+    assert detector == ["vb", "nb"]
+    expected = [AUDIO_TYPE_IDS[t] for t in (*detector, "vb")]
+    dataset = TriModalDataset(records, options)
+    assert [int(dataset[i]["audio_type"]) for i in range(3)] == expected
+    dataset.set_epoch(3)
+    assert [int(dataset[i]["audio_type"]) for i in range(3)] == expected
+    cached = TriModalDataset(records, dataclasses.replace(options, cache_decoded=True))
+    cached.fill_cache(num_workers=0, progress=False)
+    assert [int(cached[i]["audio_type"]) for i in range(3)] == expected
+    # one clip as a fixed-type and as an auto record share a cache entry, in either order
+    fixed = dataclasses.replace(records[1], audio_type="vb")
+    for pair, types in (([fixed, records[1]], ["vb", "nb"]), ([records[1], fixed], ["nb", "vb"])):
+        both = TriModalDataset(pair, dataclasses.replace(options, cache_decoded=True))
+        assert [int(both[i]["audio_type"]) for i in range(2)] == [AUDIO_TYPE_IDS[t] for t in types]
+
+
+def test_the_configs_audio_type_is_the_default_and_may_be_auto(tmp_path):
+    media(tmp_path, "a.mp4", "b.mp4")
+    manifest = write(tmp_path / "m.csv", "video,caption,audio_type\na.mp4,x,nb\nb.mp4,y,\n")
+    assert config(manifest).data.manifest.audio_type == "vb"  # unchanged default: every row [VB]
+    data = config(manifest, "data.manifest.audio_type=auto", "data.manifest.split_fractions=[1, 0, 0]").data
+    assert [r.audio_type for r in read_split(data, "manifest", "train", "retrieval")] == ["nb", "auto"]
+    with pytest.raises(ConfigError, match="data.manifest.audio_type"):
+        config(manifest, "data.manifest.audio_type=speech")
+
+
 def error_of(tmp_path: Path, text: str, name: str = "m.csv", encoding: str = "utf-8", **kwargs) -> AnnotationError:
     media(tmp_path, "a.mp4", "b.mp4", "notes.txt")
     (tmp_path / "folder.mp4").mkdir(exist_ok=True)
@@ -143,7 +203,7 @@ def error_of(tmp_path: Path, text: str, name: str = "m.csv", encoding: str = "ut
     ("video,caption\na.mp4,x\nb.mp4,\"cut inside a quote", 3, None, "cut off inside a quoted field"),
     ("video,caption\nfolder.mp4,x\n", 2, "video", "is a directory"),
     ("video,caption\nnotes.txt,x\n", 2, "video", "not a media file"),
-    ("video,caption,audio_type\na.mp4,x,speech\n", 2, "audio_type", "audio type must be one of"),
+    ("video,caption,audio_type\na.mp4,x,speech\n", 2, "audio_type", "must be one of ['vb', 'nb', 'auto']"),
 ])
 def test_bad_rows_name_file_line_and_column(tmp_path, text, line, field, words):
     err = error_of(tmp_path, text)
@@ -295,8 +355,94 @@ def test_prepared_media_route_reads_the_folder_prepare_data_writes(synthetic_roo
     assert all(s["valid"] for s in samples)
     assert not samples[0]["frame_mask"].any() and samples[0]["audio_mask"].any()  # a sound file: no frames
     assert samples[1]["frame_mask"].any()
-    with pytest.raises(ConfigError, match="not available for data.corpus / eval_corpus: manifest"):
-        config(twin / "manifest.csv", "data.media=shards")
+
+
+def test_shards_route_reads_what_prepare_data_writes_from_the_manifest(synthetic_root, micro_export, tmp_path):
+    """``prepare_data.py --manifest --shards``: each file once under its manifest id with its clips'
+    windows and captions in its JSON; the shards give the raw route's samples, and a retrieval
+    fine-tune reads them with nothing skipped."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from clip4vla.data.dataset import SampleOptions, TriModalDataset
+    from clip4vla.data.readers.manifest import manifest_shard_files
+    from clip4vla.data.shards import iter_samples, write_shards
+    from clip4vla.data.synthetic_formats import write_corpus_format
+    from clip4vla.models.preprocessing import Preprocessing
+
+    repo = Path(__file__).resolve().parents[1]
+    manifest = write_corpus_format(synthetic_root, "manifest", tmp_path / "mine") / "manifest.csv"
+    shards = tmp_path / "shards"
+
+    def script(name: str, *args: str) -> str:
+        done = subprocess.run([sys.executable, str(repo / "scripts" / name), *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    folders = subprocess.run([sys.executable, str(repo / "scripts" / "prepare_data.py"), "--manifest", str(manifest),
+                              "--out", str(shards)], capture_output=True, text=True, timeout=300)
+    assert folders.returncode == 2 and "add --shards" in folders.stderr  # prepared folders: --videos ROOT
+    printed = script("prepare_data.py", "--manifest", str(manifest), "--out", str(shards), "--shards", "--no-progress")
+    rows = list(csv.DictReader(manifest.open(encoding="utf-8")))
+    files = {row["video"].rsplit(".", 1)[0] for row in rows}
+    assert printed.startswith(f"{len(files)} files: {len(files)} written") and " 0 unreadable" in printed
+    stored = {json.loads(s["json"])["id"]: json.loads(s["json"]) for s in iter_samples(shards)}
+    assert set(stored) == files  # each file once, windows and all, under the id the records use
+    windowed = next(r for r in rows if r["start"])
+    clips = stored[windowed["video"].rsplit(".", 1)[0]]["meta"]["clips"]
+    assert len(clips) == 2 and [len(c["captions"]) for c in clips] == [2, 2]
+    assert clips[0]["start"] == float(windowed["start"]) and clips[0]["id"].endswith(f"@0-{clips[0]['end']:g}")
+    assert windowed["caption"] in clips[0]["captions"]
+
+    with pytest.raises(ConfigError, match="data.manifest.shards_dir"):
+        config(manifest, "data.media=shards")
+    raw = config(manifest).data
+    on_shards = config(manifest, "data.media=shards", f"data.manifest.shards_dir={shards}").data
+    records = read_split(on_shards, "manifest", "train", "retrieval")
+    assert [r.video_id for r in records] == [r.video_id for r in read_split(raw, "manifest", "train", "retrieval")]
+    picked = [next(r for r in records if r.start is not None), next(r for r in records if r.video_path is None),
+              next(r for r in records if r.start is None and r.video_path is not None)]  # window, sound, whole video
+    base = SampleOptions(inputs=Preprocessing(max_frames=3, max_segments=2))
+    from_shards = SampleOptions(inputs=base.inputs, media="shards", shards=(("manifest", str(shards)),))
+    routes = [TriModalDataset(picked, base), TriModalDataset(picked, from_shards)]
+    for i in range(len(picked)):
+        a, b = (route[i] for route in routes)
+        assert a["valid"] and b["valid"], b["skip_reason"]
+        for key in ("frame_mask", "audio_mask", "text", "audio_type"):
+            assert torch.equal(a[key], b[key]), (i, key)
+        assert float((a["frames"] - b["frames"]).abs().mean()) <= 0.02  # JPEG (test_shards.py's tolerances)
+        assert float((a["audio"] - b["audio"]).abs().mean()) <= 0.07  # 16-bit audio
+    assert not routes[1][1]["frame_mask"].any() and routes[1][1]["audio_mask"].any()  # a sound file: no frames
+
+    # an audio column: the separate sound file is shards too, read for the window of the video
+    sound = next(r["video"] for r in rows if r["video"].endswith(".wav"))
+    video = windowed["video"]
+    paired = write(tmp_path / "mine" / "paired.csv", f"video,caption,start,end,audio\n{video},a,0,1,{sound}\n")
+    table = read_manifest(paired, split_fractions=(1, 0, 0))
+    files, _ = manifest_shard_files(table)
+    assert sorted(files) == sorted(name.rsplit(".", 1)[0] for name in (video, sound))
+    write_shards(files, tmp_path / "paired_shards", workers=1, progress=False)
+    record = table.records("train", False)[0]
+    paired_shards = SampleOptions(inputs=base.inputs, media="shards", shards=(("manifest", str(tmp_path / "paired_shards")),))
+    a, b = (TriModalDataset([record], options)[0] for options in (base, paired_shards))
+    assert b["valid"] and torch.equal(a["audio_mask"], b["audio_mask"]) and b["audio_mask"].any()
+    assert float((a["audio"] - b["audio"]).abs().mean()) <= 0.07
+
+    sizes = {"model.arch": "null", "data.num_workers": 0, "data.max_frames": 2, "audio.max_segments": 2,
+             "train.batch_size": 4, "train.max_steps": 2, "train.eval_every_steps": 2, "train.log_every": 1,
+             "train.precision": "fp32", "train.device": "cpu", "retrieval.fusion_layers": 1,
+             "model.init_from": micro_export, "data.manifest.path": manifest, "data.media": "shards",
+             "data.manifest.shards_dir": shards, "train.output_dir": tmp_path / "ft"}
+    overrides = [arg for k, v in sizes.items() for arg in ("--set", f"{k}={v}")]
+    summary = json.loads(script("finetune_retrieval.py", "--config", str(repo / "configs" / "finetune_manifest.yaml"),
+                                *overrides).strip().splitlines()[-1])
+    test = read_split(raw, "manifest", "test", "retrieval")
+    assert summary["skipped"] == 0 and summary["av"]["n_videos"] == len(test)
+    assert summary["av"]["n_texts"] == sum(len(r.captions) for r in test)
 
 
 def test_training_writes_the_missing_media_list_into_its_output_folder(tmp_path):

@@ -31,6 +31,7 @@ from clip4vla.audio import (
     segments_with_masked_copy,
     to_segments,
 )
+from clip4vla.audio.speech import heard_audio_type
 from clip4vla.config import AudioConfig, DataConfig
 from clip4vla.data.records import ClipRecord
 from clip4vla.data.shards import ShardStore
@@ -121,6 +122,12 @@ def shard_folders(data: DataConfig) -> tuple[tuple[str, str], ...]:
     return tuple((name, s.shards_dir) for name, s in sections if getattr(s, "shards_dir", None))
 
 
+def shard_id(record: ClipRecord) -> str:
+    """The id a shard store holds the record's media under: its file's, for a window of a file
+    that other clips share (a manifest's windows), else the clip's own."""
+    return record.media_id or record.video_id
+
+
 IGNORE_INDEX = -100  # cross-entropy's ignore_index: caption positions that are padding
 
 
@@ -195,7 +202,7 @@ class TriModalDataset(torch.utils.data.Dataset):
             generator=generator,
         )
         if opts.media == "shards":  # a clip stored without frames (a sound file) gets empty ones
-            return self.stores[record.source].frames(record.video_id, start=record.start, end=record.end, **kwargs)
+            return self.stores[record.source].frames(shard_id(record), start=record.start, end=record.end, **kwargs)
         if opts.media == "prepared" and record.frames_dir is not None:
             return load_prepared_frames(record.frames_dir, start=record.start, end=record.end, **kwargs)
         if record.video_path is None:  # audio-only corpora (ESC-50)
@@ -205,29 +212,34 @@ class TriModalDataset(torch.utils.data.Dataset):
             )
         return load_video_frames(record.video_path, start=record.start, end=record.end, **kwargs)
 
-    def _spectrogram(self, record: ClipRecord) -> torch.Tensor | None:
-        """dB spectrogram ``[3, T, 224]`` of the record's span, or None for a clip without audio."""
+    def _spectrogram(self, record: ClipRecord) -> tuple[torch.Tensor | None, str | None]:
+        """``(dB spectrogram [3, T, 224] of the record's span or None for a clip without audio, the
+        type audio_type "auto" picked for it or None for a record of a fixed type)``.
+
+        "auto" runs the speech detector of ``embed_audio(audio_type="auto")`` on the sound the model
+        hears (this span, ``max_seconds`` of it); decoding is deterministic, so the choice is too.
+        """
         opts = self.options
         use_prepared = opts.media == "prepared" or record.video_path is None or record.audio_from is not None
         path = record.audio_path if use_prepared and record.audio_path is not None else record.video_path
         try:
             if opts.media == "shards":  # a paired silent clip reads its donor's sound
-                path = record.audio_from or record.video_id
+                path = record.audio_from or shard_id(record)
                 waveform = self.stores[record.source].audio(path, start=record.start, end=record.end,
                                                             max_seconds=opts.inputs.max_seconds)
             elif path is None:
-                return None
+                return None, _heard_type(record, None)
             else:
                 waveform = load_audio(path, start=record.start, end=record.end, max_seconds=opts.inputs.max_seconds)
         except NoAudioError:
-            return None
+            return None, _heard_type(record, None)
         spectrogram = log_mel(waveform, frontend=opts.inputs.frontend)
         if not bool(torch.isfinite(spectrogram).all()):
             # finite but absurd samples (a broken encoder: ~1e18 and up) overflow the power spectrum
             raise AudioDecodeError(
                 f"{path}: the spectrogram is not finite (peak sample amplitude {float(waveform.abs().max()):.3g})"
             )
-        return spectrogram
+        return spectrogram, _heard_type(record, waveform)
 
     def _audio(self, spectrogram: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
         opts = self.options
@@ -250,9 +262,9 @@ class TriModalDataset(torch.utils.data.Dataset):
         return out
 
     def _decoded(self, record: ClipRecord, generator: torch.Generator) -> tuple:
-        """``(frames, frame_mask, spectrogram)``: the part of a sample worth caching."""
+        """``(frames, frame_mask, spectrogram, heard type)``: the part of a sample worth caching."""
         frames, frame_mask = self._frames(record, generator)
-        return frames, frame_mask, self._spectrogram(record)  # [3, T, 224] dB
+        return frames, frame_mask, *self._spectrogram(record)  # [3, T, 224] dB, "vb" / "nb" / None
 
     def fill_cache(self, num_workers: int, progress: bool = True) -> None:
         """Decode every record not cached yet in ``num_workers`` processes (``cache_decoded``).
@@ -287,12 +299,13 @@ class TriModalDataset(torch.utils.data.Dataset):
             caption = self._caption(record, generator)
             text = tokenize(caption, context_length=self.options.inputs.max_words, truncate=True)[0]
             key = media_key(record) if self.options.cache_decoded else None
-            if key in self._cache:
-                frames, frame_mask, spectrogram = self._cache[key]
-            else:
-                frames, frame_mask, spectrogram = self._decoded(record, generator)
+            decoded = self._cache.get(key) if key is not None else None
+            # a clip cached for a record of a fixed type has no "auto" choice yet: decode it again
+            if decoded is None or (record.audio_type == "auto" and decoded[3] is None):
+                decoded = self._decoded(record, generator)
                 if key is not None:
-                    self._cache[key] = (frames, frame_mask, spectrogram)
+                    self._cache[key] = decoded
+            frames, frame_mask, spectrogram, heard = decoded
             audio = self._audio(spectrogram, generator)
         except UNREADABLE as err:
             reason = f"{type(err).__name__}: {err}"
@@ -302,7 +315,7 @@ class TriModalDataset(torch.utils.data.Dataset):
             "text": text,
             "frames": frames,
             "frame_mask": frame_mask,
-            "audio_type": torch.tensor(AUDIO_TYPE_IDS[record.audio_type]),
+            "audio_type": torch.tensor(AUDIO_TYPE_IDS[heard if record.audio_type == "auto" else record.audio_type]),
             "index": index,
             "video_id": record.video_id,
             "valid": True,
@@ -324,7 +337,8 @@ class TriModalDataset(torch.utils.data.Dataset):
             "frame_mask": torch.zeros(opts.inputs.max_frames, dtype=torch.bool),
             "audio": segments,
             "audio_mask": mask,
-            "audio_type": torch.tensor(AUDIO_TYPE_IDS.get(record.audio_type, 0)),
+            # "auto" could not listen to unreadable media: [NB], and the row contributes nothing anyway
+            "audio_type": torch.tensor(AUDIO_TYPE_IDS.get(record.audio_type, AUDIO_TYPE_IDS["nb"])),
             "index": index,
             "video_id": record.video_id,
             "valid": False,
@@ -337,6 +351,15 @@ class TriModalDataset(torch.utils.data.Dataset):
                           caption_target=torch.full((opts.inputs.max_words,), IGNORE_INDEX, dtype=torch.long),
                           caption_truncated=False)
         return sample
+
+
+def _heard_type(record: ClipRecord, waveform: torch.Tensor | None) -> str | None:
+    """What audio_type "auto" picks for the record's sound (None for a record of a fixed type)."""
+    if record.audio_type != "auto":
+        return None
+    chosen = heard_audio_type(waveform)
+    log.debug("%s: audio type auto -> %s (speech detector)", record.video_id, chosen)
+    return chosen
 
 
 def media_key(record: ClipRecord) -> tuple:

@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 AUDIO_TYPES = ("vb", "nb")
+# A record may also leave its type to the sound: "auto" (manifest rows) is decided per clip by the
+# speech detector from the decoded sound (clip4vla.audio.speech, applied in clip4vla.data.dataset).
+RECORD_AUDIO_TYPES = (*AUDIO_TYPES, "auto")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".ts")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 
@@ -88,12 +91,15 @@ class ClipRecord:
     - ``frames_dir``: prepared 1-fps frames; None when not prepared.
     - ``start``/``end``: seconds within the media files; None means the whole file.
     - ``captions``: every caption of the clip (all of them are positives of the clip in retrieval); at least one.
-    - ``audio_type``: "vb" (verbal) or "nb" (non-verbal), the default type token.
+    - ``audio_type``: "vb" (verbal) or "nb" (non-verbal), the default type token; "auto": the
+      speech detector picks one from the clip's decoded sound (the same choice on every visit).
     - ``label``: class index for classification corpora (0-based), else None.
     - ``source``: dataset name ("msrvtt", "vatex", ...).
     - ``audio_from``: for a silent clip paired with another clip's audio (the paper's handling of
       missing audio, ``scripts/pair_missing_audio.py``): that clip's id; ``audio_path`` then names
       its audio (raw video or prepared wav), used in both media routes.
+    - ``media_id``: the id of the file the clip is a window of, where several clips share one file
+      under ids of their own (a manifest's windows): what a shard store holds; None: ``video_id``.
     """
 
     video_id: str
@@ -107,6 +113,7 @@ class ClipRecord:
     label: int | None = None
     source: str = ""
     audio_from: str | None = None
+    media_id: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise here so every reader (and synthetic.py) gets the same types without repeating
@@ -120,9 +127,9 @@ class ClipRecord:
             if isinstance(self.captions, str):
                 raise TypeError(f"{self.video_id}: captions must be a sequence of strings, not one string")
             set_(self, "captions", tuple(self.captions))
-        if self.audio_type not in AUDIO_TYPES:
+        if self.audio_type not in RECORD_AUDIO_TYPES:
             raise ValueError(
-                f"{self.video_id}: audio_type must be one of {AUDIO_TYPES}, got {self.audio_type!r}"
+                f"{self.video_id}: audio_type must be one of {RECORD_AUDIO_TYPES}, got {self.audio_type!r}"
             )
         for name in ("start", "end"):
             value = getattr(self, name)

@@ -20,7 +20,8 @@ WebDataset reader streams them as samples and decodes them with its own decoders
 Format 1 (before) stored a clip's frames as one ``.frames`` member (JPEGs concatenated), which no
 other reader could decode; such folders are refused with a message saying how to rewrite them.
 
-HowTo100M spans are windows of a video: the video is stored once and every window reads its part.
+HowTo100M spans and a manifest's windows are windows of a video: the video is stored once and every
+window reads its part (a manifest's window names its file in ``ClipRecord.media_id``).
 
 ``shards.jsonl`` lists every finished shard with the byte offset and size of each clip's JSON and
 audio members and the byte range of its frame members, so a clip is read with a few positioned
@@ -58,7 +59,7 @@ import re
 import sys
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -231,7 +232,7 @@ def _append_line(path: Path, record: dict) -> None:
 
 
 def write_shards(
-    videos_dir: str | os.PathLike,
+    videos_dir: str | os.PathLike | Mapping[str, Path],
     out_dir: str | os.PathLike,
     shard_bytes: int = 1 << 30,
     workers: int = 2,
@@ -241,6 +242,9 @@ def write_shards(
     audio_format: str = "wav",
 ) -> ShardSummary:
     """Write the media under ``videos_dir`` into WebDataset shards in ``out_dir`` (module docstring).
+
+    ``videos_dir``: a folder (each file's id is its stem, ``find_videos``) or ``{id: path}`` (a
+    manifest's files under the ids its clips name them by, ``manifest_shard_files``).
 
     ``shard_bytes``: a shard is closed once it holds this much. ``meta``: optional per-id
     metadata copied into each clip's JSON (annotations, ...). A folder of format-1 shards is
@@ -253,7 +257,7 @@ def write_shards(
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {sorted(AUDIO_FORMATS)}, got {audio_format!r}")
     out = Path(out_dir)
-    videos = find_videos(videos_dir)
+    videos = dict(videos_dir) if isinstance(videos_dir, Mapping) else find_videos(videos_dir)
     out.mkdir(parents=True, exist_ok=True)
     drop_cut_last_line(out / INDEX, "the clips of the shard it listed are written again")
     finished = _read_index(out)

@@ -15,7 +15,7 @@ from typing import Sequence
 from clip4vla.config import DataConfig, RunConfig
 from clip4vla.data.audio_pairs import apply_audio_pairs, read_audio_pairs
 from clip4vla.data.corpora import corpus_names, corpus_splits, read_split
-from clip4vla.data.dataset import SampleOptions, TriModalDataset
+from clip4vla.data.dataset import SampleOptions, TriModalDataset, shard_id
 from clip4vla.data.readers.manifest import EmptySplitError
 from clip4vla.data.records import ClipRecord, check_media, missing_media_reason
 from clip4vla.data.sampler import MixtureOrder
@@ -56,8 +56,8 @@ def _check_train_media(records: Sequence[ClipRecord], what: str, stores: dict[st
     a clip is present when a shard holds it."""
     checked = media_representatives(records)
     if stores is not None:
-        missing = [r for r in checked if r.source not in stores or r.video_id not in stores[r.source]]
-        example = f"{missing[0].video_id} is in no shard of data.{missing[0].source}.shards_dir" if missing else ""
+        missing = [r for r in checked if r.source not in stores or shard_id(r) not in stores[r.source]]
+        example = f"{shard_id(missing[0])} is in no shard of data.{missing[0].source}.shards_dir" if missing else ""
     else:
         _, missing = check_media(checked, require_audio=False)
         example = missing_media_reason(missing[0], False) if missing else ""

@@ -13,7 +13,9 @@ One row names a media file and what is known about it; the default column names 
   hash of its path (``split_fractions``), so all windows of a file share a split and adding rows
   never moves a file to another split;
 - ``label`` (optional): a class name (classes are numbered in sorted order of their names);
-- ``audio_type`` (optional): ``vb`` or ``nb`` per row (default: ``data.manifest.audio_type``).
+- ``audio_type`` (optional): ``vb``, ``nb`` or ``auto`` per row (default: ``data.manifest.audio_type``);
+  ``auto``: the speech detector (``clip4vla.audio.speech``, as ``embed_audio(audio_type="auto")``)
+  picks ``vb`` or ``nb`` from the clip's decoded sound, the same on every visit.
 
 Media paths are relative to ``root`` (default: the manifest's own folder); absolute paths are kept.
 
@@ -26,8 +28,12 @@ per row; a ``ClipRecord`` is built when a sample is read.
 A clip's ``video_id`` is its media path relative to ``root`` without the extension (plus
 ``@start-end`` for a window). Prepared media (``data.media: prepared``,
 ``data.manifest.prepared_dir``) are named after the file's stem, as ``scripts/prepare_data.py
---videos ROOT --out DIR`` writes them (it refuses two files with one stem). WebDataset shards are
-not read for a manifest yet.
+--videos ROOT --out DIR`` writes them (it refuses two files with one stem). WebDataset shards
+(``data.media: shards``, ``data.manifest.shards_dir``) hold each file once under its id, as
+``scripts/prepare_data.py --manifest PATH --out DIR --shards`` writes them
+(``manifest_shard_files``), with its clips' ids, windows and captions in the file's JSON member;
+a window's record names its file in ``media_id``. Training still takes captions and windows from
+the manifest: the copy in the shards is for other WebDataset readers.
 """
 
 from __future__ import annotations
@@ -46,11 +52,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from clip4vla.data.readers._common import format_seconds
-from clip4vla.data.records import AUDIO_EXTENSIONS, AUDIO_TYPES, VIDEO_EXTENSIONS, AnnotationError, ClipRecord
+from clip4vla.data.records import AUDIO_EXTENSIONS, RECORD_AUDIO_TYPES, VIDEO_EXTENSIONS, AnnotationError, ClipRecord
 from clip4vla.data.span_table import _LazyRecords, _strings
 
-__all__ = ["COLUMNS", "EmptySplitError", "ManifestRecords", "ManifestTable", "read_manifest", "read_manifest_split",
-           "write_manifest_csv"]
+__all__ = ["COLUMNS", "EmptySplitError", "ManifestRecords", "ManifestTable", "manifest_shard_files", "read_manifest",
+           "read_manifest_split", "write_manifest_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +191,10 @@ class ManifestRecords(_LazyRecords):
             if audio < 0:
                 fields["audio_path"] = self.prepared_dir / "audio" / f"{stem}.wav"
         label = int(a["label"][c])
-        return ClipRecord(video_id=clip_id, captions=captions, audio_type=AUDIO_TYPES[int(a["audio_type"][c])],
+        return ClipRecord(video_id=clip_id, captions=captions, audio_type=RECORD_AUDIO_TYPES[int(a["audio_type"][c])],
                           label=None if label < 0 else label, source="manifest",
-                          start=start if windowed else None, end=end if windowed else None, **fields)
+                          start=start if windowed else None, end=end if windowed else None,
+                          media_id=media_id if windowed else None, **fields)
 
     # Start-up helpers that read every training row: without building a record per row (~27 µs
     # each, ~20 s for a million rows).
@@ -218,6 +225,21 @@ class ManifestRecords(_LazyRecords):
         already found every file (one directory scan per folder, ``missing: error | skip``) and a
         check per clip would stat a million files again."""
         return [self[0]] if len(self) else []
+
+
+def manifest_shard_files(table: ManifestTable) -> tuple[dict[str, Path], dict[str, dict]]:
+    """What ``prepare_data.py --manifest PATH --shards`` writes: ``{file id: path}`` of every file
+    the clips name (``video`` and ``audio`` columns, each once, under the id the records use), and
+    per ``video`` file ``{"clips": [{"id", "start", "end", "captions"}, ...]}`` for its JSON member."""
+    a = table.arrays
+    records = ManifestRecords(table, np.arange(table.num_clips), unfold=False)
+    used = np.unique(np.concatenate([a["media"], a["audio"][a["audio"] >= 0]]).astype(np.int64))
+    files = {records._media_id(m): records._path(m) for m in used.tolist()}
+    meta: dict[str, dict] = {}
+    for record in records:
+        clip = {"id": record.video_id, "start": record.start, "end": record.end, "captions": list(record.captions)}
+        meta.setdefault(record.media_id or record.video_id, {"clips": []})["clips"].append(clip)
+    return files, meta
 
 
 def _clip_id(media_id: str, start: float, end: float) -> str:
@@ -412,9 +434,9 @@ def _read_file(path: Path, file_no: int, root: Path, wanted: Mapping[str, str], 
             label = classes.setdefault(str(value).strip(), len(classes))
         kind = row.get("audio_type")
         kind = audio_type if kind is None or not str(kind).strip() else str(kind).strip()
-        if kind not in AUDIO_TYPES:
-            raise AnnotationError(path, f"audio type must be one of {list(AUDIO_TYPES)}, got {kind!r}", line=line,
-                                  field=name["audio_type"])
+        if kind not in RECORD_AUDIO_TYPES:
+            raise AnnotationError(path, f"audio type must be one of {list(RECORD_AUDIO_TYPES)}, got {kind!r}",
+                                  line=line, field=name["audio_type"])
         captions = row.get("caption")
         if captions is None or captions == []:
             raise AnnotationError(path, "no caption (null or an empty list): every row needs one",
@@ -428,7 +450,7 @@ def _read_file(path: Path, file_no: int, root: Path, wanted: Mapping[str, str], 
             rows.audio.append(a)
             rows.split.append(split)
             rows.label.append(label)
-            rows.audio_type.append(AUDIO_TYPES.index(kind))
+            rows.audio_type.append(RECORD_AUDIO_TYPES.index(kind))
             text = caption.strip()
             rows.caption_hash.append(hash(text))
             rows.caption_bytes += text.encode("utf-8")
@@ -502,7 +524,7 @@ def read_manifest(
         columns: our column name -> the file's (module docstring), for the names that differ.
         split_fractions: train / val / test shares of the hash split (no ``split`` column).
         known_splits: the split names a ``split`` column may use (None: any).
-        audio_type: the type of rows without an ``audio_type`` value.
+        audio_type: the type of rows without an ``audio_type`` value (``vb``, ``nb`` or ``auto``).
         missing: ``"error"`` or ``"skip"`` for media files that do not exist.
         report_dir: where the list of missing media is written (default: the temp folder).
     """
