@@ -297,7 +297,9 @@ class PretrainLoss(nn.Module):
     torch.distributed every rank passes its local rows; see the module docstring. ``valid``
     (bool ``[B]``, optional) marks the rows that take part: the others (clips whose media could
     not be read) are neither anchors nor negatives, and whatever their features hold (even NaN)
-    reaches neither the loss nor the gradients.
+    reaches neither the loss nor the gradients. ``has_text`` (bool ``[B]``, optional) marks the rows
+    with a caption: the text terms (text–audio, text–video, text–text) use only those, while
+    media-only rows still take part in the video–audio and intra-modal terms.
     """
 
     def __init__(
@@ -324,6 +326,7 @@ class PretrainLoss(nn.Module):
         audio: Tensor,
         masked_audio: Tensor | None = None,
         valid: Tensor | None = None,
+        has_text: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         _check_pair("text", text, "audio", audio)
         _check_pair("video", video, "audio", audio)
@@ -343,12 +346,21 @@ class PretrainLoss(nn.Module):
         # gather each modality once and reuse it for every term
         gathered, where = _gather_batch(feats, valid)
         t_all, v_all, a_all = gathered[:3]
+        # media-only clips (no caption): the text terms run over the rows with text only, gathered
+        # separately so that such rows are neither anchors nor negatives there (a collective call:
+        # every rank passes has_text or none does)
+        text_rows, where_text, tva_all = valid, where, (t_all, v_all, a_all)
+        if has_text is not None:
+            _check_valid(has_text, audio.shape[0])
+            text_rows = has_text.to(audio.device) & (valid.to(audio.device) if valid is not None else True)
+            tva_all, where_text = _gather_batch([t, v, a], text_rows)
+            tva_all = tuple(tva_all)
 
-        def nce(x: Tensor, y: Tensor, x_all: Tensor, y_all: Tensor) -> Tensor:
-            return _local_rows_nce(x, y, x_all, y_all, where, scale)
+        def nce(x: Tensor, y: Tensor, x_all: Tensor, y_all: Tensor, at: _GatheredBatch = where) -> Tensor:
+            return _local_rows_nce(x, y, x_all, y_all, at, scale)
 
         parts: dict[str, Tensor] = {}
-        ta = nce(t, a, t_all, a_all)
+        ta = nce(t, a, tva_all[0], tva_all[2], where_text)
         if self.video_audio:
             va = nce(v, a, v_all, a_all)
             total_loss = ta + (2.0 * va if self.ref_extras else va)
@@ -358,18 +370,18 @@ class PretrainLoss(nn.Module):
             total_loss = ta
         parts["ta"], parts["va"] = ta, va
         if self.text_video:
-            parts["tv"] = nce(t, v, t_all, v_all)
+            parts["tv"] = nce(t, v, tva_all[0], tva_all[1], where_text)
             total_loss = total_loss + parts["tv"]
         else:
             with torch.no_grad():  # monitored only (the text/vision alignment CLIP already has)
-                parts["tv"] = nce(t, v, t_all, v_all)
+                parts["tv"] = nce(t, v, tva_all[0], tva_all[1], where_text)
 
         if m is not None:
             aa = _intra_local_rows(a, m, a_all, gathered[3], where, scale)
             total_loss = total_loss + aa
             parts["aa"] = aa
             if self.ref_extras:
-                tt = self_similarity_nce(t, scale, valid)
+                tt = self_similarity_nce(t, scale, text_rows)
                 vv = self_similarity_nce(v, scale, valid)
                 total_loss = total_loss + tt + vv
                 parts["tt"], parts["vv"] = tt, vv

@@ -32,7 +32,17 @@ SCENARIOS: dict[str, tuple[dict, tuple[int, int], int, tuple[int, ...]]] = {
     "grad_cache_accum2": ({"intra_modal": True}, (4, 4), 2, ()),
     "invalid_rows": ({"intra_modal": True}, (4, 4), 1, (1, 6)),
     "invalid_rows_grad_cache": ({"intra_modal": True, "ref_extras": True}, (4, 4), 2, (0, 5, 6)),
+    "media_only_rows": ({"intra_modal": True, "ref_extras": True, "text_video": True}, (3, 5), 1, ()),
 }
+# scenario -> global rows without a caption (has_text False): the reference is one process on the
+# whole batch with the same mask (tests/test_manifest.py checks that mask against dropping the rows)
+MEDIA_ONLY = {"media_only_rows": (1, 3, 4)}
+
+
+def has_text_mask(name: str) -> torch.Tensor:
+    mask = torch.ones(GLOBAL_BATCH, dtype=torch.bool)
+    mask[list(MEDIA_ONLY.get(name, ()))] = False
+    return mask
 
 
 class TinyTriEncoder(nn.Module):
@@ -105,7 +115,8 @@ def reference(name: str) -> tuple[float, dict[str, torch.Tensor]]:
     batch = global_batch()
     kept = torch.tensor([i for i in range(GLOBAL_BATCH) if i not in invalid])
     batch = {k: v[kept] for k, v in batch.items() if k != "valid"}
-    loss, _ = loss_module(**model(batch))
+    extra = {"has_text": has_text_mask(name)} if name in MEDIA_ONLY else {}
+    loss, _ = loss_module(**model(batch), **extra)
     loss.backward()
     return float(loss.detach()), grads_of(model, loss_module)
 
@@ -128,7 +139,8 @@ def run_scenarios(info) -> dict:
         start = sum(split[: info.rank])
         local = rows(batch, start, start + split[info.rank])
         if accum == 1:
-            loss, _ = loss_module(**features_and_valid(model, local))
+            extra = {"has_text": has_text_mask(name)[start:start + split[info.rank]]} if name in MEDIA_ONLY else {}
+            loss, _ = loss_module(**features_and_valid(model, local), **extra)
             loss.backward()
         else:
             n = split[info.rank]

@@ -93,7 +93,7 @@ def assert_samples_equal(a: dict, b: dict) -> None:
 def test_sample_keys_shapes_dtypes(records, samples):
     for index, s in enumerate(samples):
         assert set(s) == {"text", "frames", "frame_mask", "audio", "audio_mask", "masked_audio",
-                          "audio_type", "index", "video_id", "valid", "skip_reason"}
+                          "audio_type", "index", "video_id", "valid", "has_text", "skip_reason"}
         assert s["text"].shape == (16,) and s["text"].dtype == torch.long
         assert s["frames"].shape == (4, 3, SIZE, SIZE) and s["frames"].dtype == torch.float32
         assert s["frame_mask"].shape == (4,) and s["frame_mask"].dtype == torch.bool

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -191,8 +192,6 @@ def error_of(tmp_path: Path, text: str, name: str = "m.csv", encoding: str = "ut
 
 @pytest.mark.parametrize("text, line, field, words", [
     ("file,caption\na.mp4,x\n", 1, "video", "header has ['file', 'caption']"),  # a missing column
-    ("video,title\na.mp4,x\n", 1, "caption", "header has ['video', 'title']"),
-    ("video,caption\na.mp4,x\nb.mp4,  \n", 3, "caption", "empty caption"),
     ("video,caption,start,end\na.mp4,x,5,5\n", 2, "start", "start 5 must be before end 5"),
     ("video,caption,start,end\na.mp4,x,-1,5\n", 2, "start", "non-negative"),
     ("video,caption,start,end\na.mp4,x,1,\n", 2, "end", "needs both start and end"),
@@ -481,8 +480,97 @@ def test_the_start_up_shortcuts_equal_the_records(tmp_path):
     assert table.records("train", False).video_ids() == ["a@0-2.5", "b", "a@2.5-5"]
 
 
-def test_a_jsonl_row_without_a_caption_names_the_keys_it_has(tmp_path):
-    err = error_of(tmp_path, '{"video": "a.mp4", "caption": "x"}\n{"video": "b.mp4", "title": "y"}\n', name="m.jsonl")
-    assert (err.line, err.field) == (2, "caption") and "this row has ['title', 'video']" in str(err)
-    err = error_of(tmp_path, '{"video": "a.mp4", "caption": []}\n', name="m.jsonl")
-    assert (err.line, err.field) == (1, "caption") and "empty list" in str(err)
+def test_a_jsonl_row_without_its_video_names_the_keys_it_has(tmp_path):
+    err = error_of(tmp_path, '{"video": "a.mp4", "caption": "x"}\n{"file": "b.mp4", "caption": "y"}\n', name="m.jsonl")
+    assert (err.line, err.field) == (2, "video") and "this row has ['caption', 'file']" in str(err)
+
+
+# ----------------------------------------------------------------------------------------------
+# rows without a caption: media-only clips for pre-training, an error for the text tasks
+# ----------------------------------------------------------------------------------------------
+MIXED = "video,caption,split,label\na.mp4,a dog barks,train,dog\nb.mp4,,train,cat\nc.wav,,train,rain\nd.mp4,x,val,dog\n"
+
+
+@pytest.mark.parametrize("name, text, line, media_only", [
+    ("m.csv", MIXED, 3, ["b", "c"]),
+    ("m.csv", "video,split\na.mp4,train\nb.mp4,train\n", 2, ["a", "b"]),  # no caption column at all
+    ("m.jsonl", '{"video": "a.mp4", "caption": "x", "split": "train"}\n{"video": "b.mp4", "caption": [], '
+                '"split": "train"}\n', 2, ["b"]),
+])
+def test_rows_without_a_caption_pretrain_but_text_tasks_name_their_line(tmp_path, name, text, line, media_only):
+    media(tmp_path, "a.mp4", "b.mp4", "c.wav", "d.mp4")
+    data = config(write(tmp_path / name, text)).data
+    records = read_split(data, "manifest", "train", "pretrain", unfold_captions=True)
+    assert sorted(r.video_id for r in records if not any(r.captions)) == media_only
+    for purpose in ("retrieval", "caption"):
+        with pytest.raises(AnnotationError) as info:
+            read_split(data, "manifest", "train", purpose)
+        assert (info.value.line, info.value.field) == (line, "caption") and str(tmp_path / name) in str(info.value)
+        assert "empty caption" in str(info.value)
+    if name == "m.csv" and "label" in text:  # the probes read the label, not the caption
+        assert len(read_split(data, "manifest", "train", "classification")) == 3
+        assert len(read_split(data, "manifest", "val", "retrieval")) == 1  # the captioned split still reads
+
+
+def test_media_only_rows_take_no_part_in_the_text_losses():
+    """Text-audio / text-video / text-text run over captioned rows only; video-audio and
+    intra-modal over every usable row; a captioned batch's losses are bitwise unchanged."""
+    import torch
+
+    from clip4vla.losses import PretrainLoss
+
+    g = torch.Generator().manual_seed(0)
+    t, v, a, m = (torch.randn(6, 8, generator=g) for _ in range(4))
+    t[3:] = float("nan")  # media-only rows: whatever their text features hold never reaches the loss
+    valid = torch.ones(6, dtype=torch.bool)
+    loss = PretrainLoss(ref_extras=True)
+    captioned = torch.tensor([True, True, True, False, False, False])
+    total, parts = loss(t, v, a, m, valid=valid, has_text=captioned)
+    _, subset = loss(t[:3], v[:3], a[:3], m[:3])
+    for key in ("ta", "tv", "tt"):
+        assert torch.allclose(parts[key], subset[key]), key
+    _, everything = loss(t.nan_to_num(), v, a, m, valid=valid)
+    assert torch.equal(parts["va"], everything["va"]) and torch.equal(parts["aa"], everything["aa"])
+    assert torch.isfinite(total)
+    _, media_only = loss(t, v, a, m, valid=valid, has_text=torch.zeros(6, dtype=torch.bool))
+    assert media_only["ta"] == 0 and media_only["tv"] == 0 and media_only["va"] > 0
+    t = torch.randn(6, 8, generator=g)
+    before = loss(t, v, a, m, valid=valid)
+    after = loss(t, v, a, m, valid=valid, has_text=valid.clone())
+    assert torch.equal(before[0], after[0]) and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+
+
+def test_a_pretraining_manifest_with_caption_less_rows_trains(synthetic_root, tmp_path):
+    """A tiny pre-train on a manifest where every other row has no caption."""
+    from clip4vla.data.synthetic_formats import write_corpus_format
+
+    manifest = write_corpus_format(synthetic_root, "manifest", tmp_path / "mine") / "manifest.csv"
+    with manifest.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    clips = list(dict.fromkeys((r["video"], r["start"], r["end"]) for r in rows))
+    bare = set(clips[1::2])  # every other clip: one row, no caption (two would be a duplicated row)
+    rows = [r for r in rows if (r["video"], r["start"], r["end"]) not in bare] + \
+        [{**next(r for r in rows if (r["video"], r["start"], r["end"]) == c), "caption": ""} for c in clips[1::2]]
+    with manifest.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    settings = {"model.arch": "micro", "model.train_clip": True, "audio.max_segments": 2, "data.corpus": "manifest",
+                "data.manifest.path": manifest, "data.max_frames": 2, "data.num_workers": 0, "train.epochs": 1,
+                "train.batch_size": 4, "train.log_every": 1, "train.checkpoint_every_steps": 0,
+                "train.output_dir": out}
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "pretrain.py"),
+                           *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert steps and all(math.isfinite(r[k]) for r in steps for k in ("loss", "ta", "va", "aa"))
+    assert any(r["ta"] == 0 and r["va"] > 0 for r in steps)  # a batch of media-only clips: video-audio only
+    assert any(r["ta"] > 0 for r in steps)

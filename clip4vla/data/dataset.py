@@ -186,7 +186,9 @@ class TriModalDataset(torch.utils.data.Dataset):
     # -- modalities ---------------------------------------------------------------------------
 
     def _caption(self, record: ClipRecord, generator: torch.Generator) -> str:
-        captions = list(record.captions)
+        captions = [c for c in record.captions if c]
+        if not captions:  # a media-only clip (a pre-training manifest row without a caption)
+            return ""
         pick = 0
         if self.options.random_caption and len(captions) > 1:
             pick = int(torch.randint(len(captions), (1,), generator=generator))
@@ -319,6 +321,7 @@ class TriModalDataset(torch.utils.data.Dataset):
             "index": index,
             "video_id": record.video_id,
             "valid": True,
+            "has_text": bool(caption),
             "skip_reason": "",
         }
         sample.update(audio)
@@ -342,6 +345,7 @@ class TriModalDataset(torch.utils.data.Dataset):
             "index": index,
             "video_id": record.video_id,
             "valid": False,
+            "has_text": False,
             "skip_reason": reason,
         }
         if opts.masked_audio:
@@ -396,7 +400,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         values = [s[key] for s in samples]
         if isinstance(values[0], torch.Tensor):
             batch[key] = torch.stack(values)
-        elif key in ("valid", "caption_truncated"):
+        elif key in ("valid", "has_text", "caption_truncated"):
             batch[key] = torch.tensor(values, dtype=torch.bool)
         elif key == "index":
             batch[key] = torch.tensor(values, dtype=torch.long)

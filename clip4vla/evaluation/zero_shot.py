@@ -1,7 +1,9 @@
 """Zero-shot tri-modal retrieval: text->audio, video->audio, text->video on a held-out split.
 
 Used for validation during pre-training and for the final report. Every task is scored on the
-same clips (those with readable frames and an audio track), so one chance level applies.
+same clips (those with readable frames and an audio track), so one chance level applies; media-only
+clips (a pre-training manifest's rows without a caption) are left out of the text tasks (NaN when
+the split has no caption).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def encode_dataset(
                 batch["audio"].to(device), batch["audio_mask"].to(device), batch["audio_type"].to(device)
             )
         return {"text": F.normalize(text.float(), dim=-1), "video": F.normalize(video.float(), dim=-1),
-                "audio": F.normalize(audio.float(), dim=-1), "usable": usable_rows(batch)}
+                "audio": F.normalize(audio.float(), dim=-1), "usable": usable_rows(batch),
+                "has_text": batch["has_text"]}
 
     return encode_batches(dataset, batch_size, step)
 
@@ -51,9 +54,15 @@ def zero_shot_retrieval(
     n = int(usable.sum())
     if n == 0:
         raise ValueError("no clip of the evaluation split has both frames and audio")
+    # media-only clips (a pre-training manifest's rows without a caption) are left out of the text tasks
+    with_text = usable & features["has_text"]
     retrieval = {}
     for task, (query, target) in TASKS.items():
-        sim = features[query][usable] @ features[target][usable].T  # [n, n]
+        rows = with_text if query == "text" else usable
+        if not rows.any():
+            retrieval[task] = {k: float("nan") for k in RANK_METRICS}
+            continue
+        sim = features[query][rows] @ features[target][rows].T  # [n, n]
         metrics = retrieval_metrics(sim)
         retrieval[task] = {k: float(metrics[k]) for k in RANK_METRICS}
     return {

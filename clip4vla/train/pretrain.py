@@ -93,9 +93,11 @@ class PretrainTask(Task):
 
     def loss(self, features: Features, batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         valid = torch.cat([usable_rows(b) for b in batches]).to(self.device)
+        has_text = torch.cat([b["has_text"] for b in batches]).to(self.device)  # False: media-only clips
         features = {k: v.float() for k, v in features.items()}
         return self.loss_module(
-            features["text"], features["video"], features["audio"], features.get("masked_audio"), valid=valid
+            features["text"], features["video"], features["audio"], features.get("masked_audio"), valid=valid,
+            has_text=has_text,
         )
 
     def evaluate(self, model: CLIP4VLA, dataset: TriModalDataset, split: str) -> dict[str, Any]:

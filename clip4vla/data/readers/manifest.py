@@ -5,8 +5,12 @@ One row names a media file and what is known about it; the default column names 
 
 - ``video`` (required): a video (with or without sound) or a sound file alone (``.wav``, ``.flac``,
   ...; such a clip has no frames, like AudioCaps read from its sound files);
-- ``caption`` (required): one caption per row; rows naming the same file and window are one clip
-  with all their captions (JSONL may also give a list of captions in one row);
+- ``caption``: one caption per row; rows naming the same file and window are one clip with all
+  their captions (JSONL may also give a list of captions in one row). Optional for pre-training:
+  a row with an empty caption (or a manifest without the column) is a media-only clip, trained on
+  by the video-audio and intra-modal losses only (``has_text`` of the sample). Retrieval and
+  captioning refuse such a row (an ``AnnotationError`` naming file, line and column, when the
+  split is read); classification reads the label column instead;
 - ``start``, ``end`` (seconds, optional): a window of a long file; other windows are other clips;
 - ``audio`` (optional): a separate sound file for the clip;
 - ``split`` (optional): the split of the row; without the column every file is put in a split by a
@@ -61,7 +65,10 @@ __all__ = ["COLUMNS", "EmptySplitError", "ManifestRecords", "ManifestTable", "ma
 log = logging.getLogger(__name__)
 
 COLUMNS = ("video", "caption", "start", "end", "audio", "split", "label", "audio_type")
-REQUIRED = ("video", "caption")
+REQUIRED = ("video",)  # "caption" too for every purpose but pre-training and classification (read_manifest_split)
+# purposes that read no caption: a pre-training row without one is a media-only clip (video-audio
+# and intra-modal losses only); the probes and zero-shot classification read the label column
+CAPTION_OPTIONAL = ("pretrain", "classification")
 HASH_SPLITS = ("train", "val", "test")  # the splits split_fractions fill, in order
 MISSING_SHOWN = 5  # missing media named in a message; the full list goes to a file
 
@@ -438,12 +445,12 @@ def _read_file(path: Path, file_no: int, root: Path, wanted: Mapping[str, str], 
             raise AnnotationError(path, f"audio type must be one of {list(RECORD_AUDIO_TYPES)}, got {kind!r}",
                                   line=line, field=name["audio_type"])
         captions = row.get("caption")
-        if captions is None or captions == []:
-            raise AnnotationError(path, "no caption (null or an empty list): every row needs one",
-                                  line=line, field=name["caption"])
+        if captions is None or captions == []:  # no caption: "" (a media-only row, where the purpose allows it)
+            captions = ""
         for caption in captions if isinstance(captions, list) else [captions]:
-            if not isinstance(caption, str) or not caption.strip():
-                raise AnnotationError(path, "empty caption", line=line, field=name["caption"])
+            if not isinstance(caption, str):
+                raise AnnotationError(path, f"a caption must be text, got {caption!r}", line=line,
+                                      field=name["caption"])
             rows.media.append(m)
             rows.start.append(start)
             rows.end.append(end)
@@ -614,6 +621,8 @@ def read_manifest(
         "caption_lo": caption_hi - counts, "caption_hi": caption_hi, "caption_rows": by_clip.astype(np.int64),
         "caption_bytes": np.frombuffer(rows.caption_bytes, dtype=np.uint8),
         "caption_offsets": np.concatenate([[0], np.frombuffer(rows.caption_ends, dtype=np.int64)]),
+        # where each caption row was read, for the error of a caption-less row read for a text task
+        "caption_line": line, "caption_file": file_no,
         "path_bytes": path_bytes, "path_offsets": path_offsets,
         "media_id_bytes": id_bytes, "media_id_offsets": id_offsets,
         "sound_only": (kinds == 1),
@@ -713,6 +722,21 @@ def manifest_table(section: Any, known_splits: Sequence[str] | None) -> Manifest
     return _CACHE[key]
 
 
+def _refuse_missing_captions(table: ManifestTable, clips: np.ndarray, section: Any) -> None:
+    """A text task on a row without a caption: an error naming its file, line and column."""
+    a = table.arrays
+    rows = a["caption_rows"]  # grouped by clip
+    clip_of = np.repeat(np.arange(table.num_clips), a["caption_hi"] - a["caption_lo"])
+    empty = rows[(a["caption_offsets"][rows + 1] == a["caption_offsets"][rows]) & np.isin(clip_of, clips)]
+    if len(empty):
+        first = int(empty.min())
+        column = dict(section.columns).get("caption", "caption")
+        raise AnnotationError(table.files[int(a["caption_file"][first])],
+                              f"empty caption (an empty cell, or no {column!r} column: {len(empty)} rows of this "
+                              "split have none; only pre-training and classification read rows without a caption)",
+                              line=int(a["caption_line"][first]), field=column)
+
+
 def read_manifest_split(section: Any, split: str, purpose: str, *, known_splits: Sequence[str] | None = None,
                         unfold_captions: bool | None = None) -> ManifestRecords:
     """The records of ``split`` of the manifest that ``data.manifest`` (``section``) names.
@@ -727,6 +751,8 @@ def read_manifest_split(section: Any, split: str, purpose: str, *, known_splits:
         counts = ", ".join(f"{k}: {v}" for k, v in table.split_counts().items())
         raise EmptySplitError(f"manifest {', '.join(map(str, table.files))}: split {split!r} has 0 usable rows "
                          f"(clips per split: {counts or 'none'})")
+    if purpose not in CAPTION_OPTIONAL:
+        _refuse_missing_captions(table, records.clips, section)
     if purpose == "classification":
         labels = table.arrays["label"][records.clips]
         if (labels < 0).any():
