@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from clip4vla.config import ConfigError, RunConfig, load_config
-from clip4vla.files import TMP_PREFIX
+from clip4vla.files import nearest_existing, probe_writable
 
 if TYPE_CHECKING:  # torch and the model stay out of argument parsing
     import torch
@@ -184,15 +182,11 @@ def require_writable_file(path: Path, flag: str) -> Path:
     """
     if path.is_dir():
         exit_with_error(f"{flag} {path} is a folder: give a file name")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path.parent)
     if not existing.is_dir():
         exit_with_error(f"{flag} {path}: {existing} is a file, not a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}write-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(existing)
     except OSError as err:
         exit_with_error(f"{flag} {path}: cannot write in {existing} ({err.strerror or err}); "
                         "choose a writable location")

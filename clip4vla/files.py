@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["TMP_PREFIX", "drop_cut_last_line", "save_checkpoint", "write_atomic", "write_text_atomic"]
+__all__ = ["TMP_PREFIX", "drop_cut_last_line", "nearest_existing", "probe_writable", "save_checkpoint", "write_atomic",
+           "write_text_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists: where a file or folder for ``path`` would be
+    created, checked before anything is made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def probe_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (an ``OSError`` if that fails): tried, since permission
+    bits do not say it all (read-only mounts, ACLs, root)."""
+    fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}write-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

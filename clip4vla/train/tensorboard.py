@@ -20,11 +20,11 @@ never flushed), and then writes the restored log again: the dashboard agrees wit
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from clip4vla.config import ConfigError
+from clip4vla.files import nearest_existing, probe_writable
 from clip4vla.plotting import metric_tag
 
 __all__ = ["TENSORBOARD_DIR", "EventFolderError", "TensorBoardLog", "check_event_folder", "has_tensorboard",
@@ -63,15 +63,12 @@ def check_event_folder(directory: Path, instead: str = "set train.tensorboard=fa
     is a folder (or can be made) and takes files. A writer started on an unusable one fails in
     its own thread, with a traceback the run cannot catch. ``instead``: the other way out."""
     directory = Path(directory)
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(directory)
     if not existing.is_dir():
         raise EventFolderError(f"{existing} is a file, not a folder for TensorBoard's event files "
                                f"({directory}): move it away, or {instead}")
-    try:  # a probe (removed at once): permission bits do not say it all (read-only mounts, root, ACLs)
-        with tempfile.TemporaryFile(dir=existing, prefix=".write-probe-"):
-            pass
+    try:
+        probe_writable(existing)
     except OSError as err:
         raise EventFolderError(f"{existing} is not writable, so TensorBoard's event files cannot go into "
                                f"{directory} ({err.strerror or err}): make it writable, or {instead}") from None
