@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from clip4vla.precision import PRECISION_DTYPES as DTYPES  # noqa: E402
 from flops import TowerShape, pretrain_step_flops, tower_backward_flops, tower_forward_flops, vit_shape  # noqa: E402
+from step_batch import WORDS, random_pretrain_batch  # noqa: E402
 
-ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt")
-WORDS = 32  # max_words of the pre-training configs
+ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt")  # also: fp32+compile, bf16+compile (train.compile)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -158,7 +158,7 @@ def rss_gib() -> dict:
 # ---------------------------------------------------------------------------------- the step
 
 
-def build(args, precision: str, ckpt: bool):
+def build(args, precision: str, ckpt: bool, compiled: bool = False):
     """The real pre-training task and optimiser step (``clip4vla.train.loop.Stepper``) at ViT-B/32."""
     from clip4vla.config import PretrainConfig, load_config
     from clip4vla.models.clip import CLIPConfig
@@ -170,6 +170,7 @@ def build(args, precision: str, ckpt: bool):
     config = load_config(PretrainConfig, None, [
         f"train.precision={precision}", f"train.batch_size={args.batch}", f"data.max_frames={args.frames}",
         f"audio.max_segments={args.segments}", "optim.lr=1e-7", "pretrain.intra_modal=true",
+        f"train.compile={str(compiled).lower()}",
     ])
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.vit_b_32(), audio_init="vision", use_type_token=True)
@@ -179,21 +180,7 @@ def build(args, precision: str, ckpt: bool):
     task.setup(model)
     stepper = Stepper(config, task, model, task.dist, total_steps=1000)
 
-    b, f, seg = args.batch, args.frames, args.segments
-    g = torch.Generator().manual_seed(1)
-    text = torch.randint(1, 49406, (b, WORDS), generator=g)
-    text[:, -1] = 49407  # EOT (the largest id: the text tower pools at argmax)
-    batch = {  # a collated batch as the data loader hands it over
-        "text": text,
-        "frames": torch.randn(b, f, 3, 224, 224, generator=g),
-        "frame_mask": torch.ones(b, f, dtype=torch.bool),
-        "audio": torch.randn(b, seg, 3, 224, 224, generator=g),
-        "audio_mask": torch.ones(b, seg, dtype=torch.bool),
-        "audio_type": torch.randint(0, 2, (b,), generator=g),
-        "masked_audio": torch.randn(b, seg, 3, 224, 224, generator=g),
-        "valid": torch.ones(b, dtype=torch.bool),
-        "video_id": [f"random{i}" for i in range(b)],
-    }
+    batch = random_pretrain_batch(args.batch, args.frames, args.segments)
     return stepper, batch
 
 
@@ -244,9 +231,9 @@ def apply_prototypes(names: list[str], stepper, precision: str) -> list[str]:
 def run_config(args) -> None:
     """Child process: build, warm up, time ``args.steps`` steps, print one JSON line."""
     torch.set_num_threads(args.threads)
-    precision, _, ckpt = args.config.partition("+")
+    precision, *options = args.config.split("+")
     rss_start = rss_gib()
-    stepper, batch = build(args, precision, bool(ckpt))
+    stepper, batch = build(args, precision, "ckpt" in options, "compile" in options)
     prototypes = [p for p in args.prototypes.split(",") if p]
     if prototypes:
         prototypes = apply_prototypes(prototypes, stepper, precision)
@@ -476,8 +463,9 @@ def report(run: dict) -> None:
     print("|" + "---|" * 9)
     summary = {}
     for res in run["results"]:
-        precision, _, ckpt = res["config"].split(" ")[0].partition("+")
-        flops = pretrain_step_flops(cfg, args.batch, args.frames, args.segments, WORDS, grad_checkpointing=bool(ckpt))
+        precision, *options = res["config"].split(" ")[0].split("+")
+        flops = pretrain_step_flops(cfg, args.batch, args.frames, args.segments, WORDS,
+                                    grad_checkpointing="ckpt" in options)
         timed = [s for s in res["steps"] if not s["warmup"]]
         wall = statistics.mean(s["step"] for s in timed)
         best = min(s["step"] for s in timed)

@@ -48,7 +48,7 @@ def main() -> None:
     config = load_config(PretrainConfig, args.run_dir / "config.yaml")
     if config.data.corpus != "synthetic":
         raise SystemExit(f"{args.run_dir} is not a synthetic run (data.corpus={config.data.corpus})")
-    model = load_model(args.run_dir / "model.pt")  # with the preprocessing the run trained with
+    model = load_model(args.run_dir / "model")  # with the preprocessing the run trained with
     options = SampleOptions.for_inference(model.preprocessing)
     datasets = {split: TriModalDataset(read_split(config.data, "synthetic", split, "pretrain"), options)
                 for split in ("train", "test")}

@@ -1,7 +1,7 @@
 """``clip4vla-search``: indexing throughput, query latency at 10k / 100k videos, and whether it finds
 what it is asked for on a freshly generated synthetic set.
 
-    PYTHONPATH=. python benchmarks/search_speed.py --model runs/pretrain_synthetic/model.pt
+    PYTHONPATH=. python benchmarks/search_speed.py --model runs/pretrain_synthetic/model
 
 1. **Colour queries**: a new synthetic set (another seed than the quick start's) is indexed with the
    quick start's model; for every colour, the query "a <colour> shape" counts how many of the top 5
@@ -60,7 +60,7 @@ def vit_b32_throughput(root: Path, n_videos: int, tmp: Path) -> dict:
 
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.vit_b_32())
-    path = export_model(model, tmp / "vit_b32.pt", Preprocessing(max_frames=12, max_segments=3), task="pretrain")
+    path = export_model(model, tmp / "vit_b32", Preprocessing(max_frames=12, max_segments=3), task="pretrain")
     folder = tmp / "vit_videos"
     folder.mkdir()
     for video in sorted((root / "videos").glob("*.mp4"))[:n_videos]:
@@ -106,7 +106,7 @@ def query_latency(n: int, queries: int = 200) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("runs/pretrain_synthetic/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("runs/pretrain_synthetic/model"))
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--seed", type=int, default=11, help="another seed than the quick start's (0)")
     parser.add_argument("--vit-videos", type=int, default=20)

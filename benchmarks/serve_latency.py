@@ -1,7 +1,7 @@
 """``clip4vla-search serve``: query latency through HTTP at 10k and 100k indexed videos, and the
 cost of a thumbnail.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/serve_latency.py --model runs/pretrain_synthetic/model.pt
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/serve_latency.py --model runs/pretrain_synthetic/model
 
 1. **Latency through HTTP.** For each size, a packed index of random unit embeddings of the model's
    width (one window per video, sound on 80 %: the shape ``clip4vla-search index`` writes; the
@@ -133,7 +133,7 @@ def vit_b32_model(tmp: Path) -> Path:
 
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.vit_b_32())
-    return export_model(model, tmp / "vit_b32.pt", Preprocessing(max_frames=12, max_segments=3), task="pretrain")
+    return export_model(model, tmp / "vit_b32", Preprocessing(max_frames=12, max_segments=3), task="pretrain")
 
 
 def thumbnail_cost(media: Path, n_files: int, tmp: Path) -> dict:
@@ -171,7 +171,7 @@ def thumbnail_cost(media: Path, n_files: int, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("runs/pretrain_synthetic/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("runs/pretrain_synthetic/model"))
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--media", type=Path, default=Path("data/synthetic/videos"))

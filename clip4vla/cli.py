@@ -63,6 +63,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_help: str, config
                             help="auto (a GPU if any), cpu, cuda or cuda:N")
 
 
+def results_folder(model: Path) -> Path:
+    """Where a script writes what it measured about ``--model`` when no ``--out`` is given: beside
+    the model (for a run's ``model/`` folder or a file in it: the run's folder), and for a Hugging
+    Face Hub id, which is no folder of the user's, the current folder."""
+    if not model.exists():
+        return Path(".")
+    if model.is_file() and (model.parent / "config.json").is_file():
+        model = model.parent  # model.safetensors of a model folder
+    return model.parent
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a batch size, a shard size, a top-k)."""
     try:

@@ -37,15 +37,16 @@ MAX_BEAM = 64
 
 @dataclasses.dataclass
 class ModelConfig:
-    # Where the weights come from: our model.pt export, a trainer checkpoint, an OpenAI CLIP file
-    # (ViT-B-32.pt; the audio encoder then starts from its vision tower) or a released CLIP4VLA
-    # checkpoint. None builds `arch` with random weights.
+    # Where the weights come from: a model folder (runs/NAME/model), a Hub id (org/name[@revision]),
+    # an older model.pt, a trainer checkpoint, an OpenAI CLIP file (ViT-B-32.pt; the audio encoder
+    # then starts from its vision tower) or a released CLIP4VLA checkpoint. None builds `arch` with
+    # random weights.
     init_from: str | None = None
     # None: the architecture of init_from, or "tiny" without one. Set with init_from, it must agree.
     arch: Arch | None = None
     # The towers' MLP activation, which no state dict records: OpenAI's CLIPs use QuickGELU,
     # open_clip's LAION / DataComp models exact GELU (same keys and shapes). None: what init_from
-    # records (our model.pt, OpenAI's TorchScript archives) or what open_clip_model implies; a file
+    # records (our model folders, OpenAI's TorchScript archives) or what open_clip_model implies; a file
     # that records none (a .safetensors, a plain state dict) and no declaration is an error. No state
     # dict records the attention heads either: a plain one is read with 64-wide heads (OpenAI's and
     # LAION's rule up to ViT-L) and refused where its widths cannot be split so; a hub folder's
@@ -277,6 +278,27 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class CardSettings:
+    """What the model card of <output_dir>/model/README.md says that the run cannot know itself."""
+
+    name: str | None = None  # the card's title (None: the output folder's name)
+    license: str | None = None  # a Hub licence id (mit, apache-2.0, cc-by-4.0, ...); None: "not stated"
+    description: str | None = None  # a paragraph of your own, under "what the model is"
+    tags: tuple = ()  # extra Hub tags
+    datasets: tuple = ()  # Hub dataset ids the model was trained on (the card names the corpora anyway)
+
+    def validate(self) -> None:
+        for key in ("tags", "datasets"):
+            values = getattr(self, key)
+            _check(all(isinstance(v, str) and v.strip() and "\n" not in v for v in values), f"train.card.{key}",
+                   list(values), "must be a list of one-line names")
+        for key in ("name", "license"):
+            value = getattr(self, key)
+            _check(value is None or (value.strip() and "\n" not in value), f"train.card.{key}", value,
+                   "must be one line (or null)")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     output_dir: str = "runs/pretrain"
     epochs: int = 10
@@ -284,6 +306,11 @@ class TrainConfig:
     batch_size: int = 256
     accum_steps: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # ddp: every rank holds the whole model; fsdp: the trainable towers' transformer blocks are
+    # sharded over the ranks with FSDP2 (large backbones; clip4vla/train/fsdp.py says what and why)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # torch.compile the towers' transformer blocks (inductor; clip4vla/train/compile.py)
+    compile: bool = False
     seed: int = 0
     log_every: int = 10
     # Validation cadence, independent of checkpoints: every N steps, else every N epochs.
@@ -296,7 +323,7 @@ class TrainConfig:
     tensorboard: bool = False
     # The validation metric that picks best.pt (None: the task's, e.g. t2v/R1; CIDEr for captions).
     select_metric: str | None = None
-    # Which weights become <output_dir>/model.pt and face the test split: the last step's or the
+    # Which weights become <output_dir>/model/ and face the test split: the last step's or the
     # best validation's (None: the task's default; fine-tuning selects on validation, never on test).
     export: Literal["last", "best"] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -304,8 +331,11 @@ class TrainConfig:
     # stops with a message naming the one that did not answer. Validation runs on rank 0 while the
     # others wait, so keep it above the longest validation.
     dist_timeout_s: float = 1800.0
+    # The model card (<output_dir>/model/README.md): licence, description, Hub tags and dataset ids.
+    card: CardSettings = dataclasses.field(default_factory=CardSettings)
 
     def validate(self) -> None:
+        self.card.validate()
         for key in ("batch_size", "accum_steps", "epochs", "log_every", "eval_every_epochs", "keep_last"):
             _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be at least 1")
         for key in ("eval_every_steps", "checkpoint_every_steps", "max_steps"):

@@ -1,7 +1,7 @@
 """Embeddings of your own texts, videos and sounds, with the preprocessing stored in the model file.
 
     import clip4vla
-    model = clip4vla.load_model("runs/pretrain_synthetic/model.pt")
+    model = clip4vla.load_model("runs/pretrain_synthetic/model")
     texts = clip4vla.embed_text(model, ["a red circle moves left", "a siren wails"])   # [2, D]
     videos = clip4vla.embed_video(model, ["clip1.mp4", "clip2.mp4"])                  # [2, D]
     sounds = clip4vla.embed_audio(model, ["clip1.mp4", "rain.wav"], audio_type="auto")  # [2, D]

@@ -39,7 +39,8 @@ from clip4vla.models.checkpoints import model_architecture
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.loading import read_weights_only
 
-__all__ = ["FEATURES_FORMAT", "extract_features", "find_media", "model_identity", "read_shards"]
+__all__ = ["FEATURES_FORMAT", "extract_features", "find_media", "model_digest", "model_identity", "model_stamp",
+           "read_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,29 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def model_digest(path: str | os.PathLike) -> str:
+    """The content hash of a model: a file's bytes, or a model folder's weights and config (its
+    card is words about the model and may be edited without changing what the model computes)."""
+    if not Path(path).is_dir():
+        return file_digest(path)
+    from clip4vla.models.model_folder import folder_files
+
+    return hashlib.sha256("".join(file_digest(f) for f in folder_files(path)).encode()).hexdigest()
+
+
+def model_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """``(bytes, newest mtime_ns)`` of a model file or folder: a cheap "has it changed" check."""
+    from clip4vla.models.model_folder import folder_files
+
+    stats = [f.stat() for f in (folder_files(path) if Path(path).is_dir() else [Path(path)])]
+    return sum(st.st_size for st in stats), max(st.st_mtime_ns for st in stats)
+
+
 def model_identity(model: CLIP4VLA, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What makes two feature sets comparable: the model file's content, architecture, preprocessing."""
+    """What makes two feature sets comparable: the model's content, architecture, preprocessing."""
     return {
         "path": str(path) if path is not None else None,
-        "sha256": file_digest(path) if path is not None else None,
+        "sha256": model_digest(path) if path is not None else None,
         "architecture": model_architecture(model),
         "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None,
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["TMP_PREFIX", "drop_cut_last_line", "nearest_existing", "probe_writable", "save_checkpoint", "write_atomic",
-           "write_text_atomic"]
+__all__ = ["TMP_PREFIX", "drop_cut_last_line", "fsync_file", "nearest_existing", "probe_writable", "save_checkpoint", "write_atomic",
+           "write_folder_atomic", "write_text_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,46 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def write_folder_atomic(folder: str | os.PathLike, write: Callable[[Path], None],
+                        replaceable: Callable[[Path], bool]) -> Path:
+    """Call ``write(staging)`` on a hidden folder beside ``folder``, then give it the final name in
+    one rename: ``folder`` is the previous one or the complete new one, whenever the process dies.
+
+    An existing ``folder`` is replaced only when ``replaceable(folder)`` says it is one of ours (a
+    user's folder of the same name is never removed); it is moved aside first, put back if the
+    swap fails, and removed after.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not (folder.is_dir() and (replaceable(folder) or not any(folder.iterdir()))):
+        raise FileExistsError(f"{folder} exists and is not what this writes: not replaced (remove it or choose another)")
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{folder.name}.", dir=folder.parent))
+    old = folder.parent / f"{TMP_PREFIX}{folder.name}.old-{os.getpid()}"
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+        write(staging)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        _fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file another library wrote (safetensors writes by path) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def nearest_existing(path: Path) -> Path:

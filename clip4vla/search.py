@@ -1,6 +1,6 @@
 """Search your own videos by what they show and what they sound like: ``clip4vla-search``.
 
-    clip4vla-search index ~/Videos --model runs/pretrain_synthetic/model.pt   # once, then after changes
+    clip4vla-search index ~/Videos --model runs/pretrain_synthetic/model   # once, then after changes
     clip4vla-search query "a dog barking in the rain" --dir ~/Videos --top-k 5
     clip4vla-search query "a siren wails" --dir ~/Videos --modality a --json
     clip4vla-search serve --dir ~/Videos          # then open the address it prints
@@ -150,7 +150,7 @@ def _unpack(index: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def load_index(path: Path) -> dict[str, Any]:
     """Read an index file, refusing what is not one of this version (message says what to do)."""
     if not path.is_file():
-        raise SearchError(f"no index at {path}: build one with `clip4vla-search index <folder> --model <model.pt>`")
+        raise SearchError(f"no index at {path}: build one with `clip4vla-search index <folder> --model <model>`")
     try:
         index = read_weights_only(path, what="search index")
     except CheckpointError as err:  # the one reader of torch files: never runs pickled code
@@ -159,7 +159,7 @@ def load_index(path: Path) -> dict[str, Any]:
         raise SearchError(f"{path}: not a clip4vla search index")
     if index.get("version") != INDEX_VERSION:
         raise SearchError(f"{path}: index version {index.get('version')!r}, this clip4vla reads {INDEX_VERSION}: "
-                          "rebuild it with `clip4vla-search index <folder> --model <model.pt> --rebuild`")
+                          "rebuild it with `clip4vla-search index <folder> --model <model> --rebuild`")
     return index
 
 
@@ -191,8 +191,9 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
 
     from clip4vla import load_model
     from clip4vla.embed import embed_windows, is_audio_file
-    from clip4vla.extract import file_digest, model_identity
+    from clip4vla.extract import model_digest, model_identity, model_stamp
     from clip4vla.media_errors import MediaError
+    from clip4vla.models.hub import locate_model
     from clip4vla.models.loading import CheckpointError
 
     try:
@@ -203,10 +204,11 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
         raise SearchError(f"{folder}: no video or audio files to index")
     _check_writable(index_path)
     try:
-        model = load_model(model_path)  # first: a missing or foreign model file is named before anything
+        model_path = locate_model(model_path)  # a Hub id: its snapshot folder in the cache
+        model = load_model(model_path)  # first: a missing or foreign model is named before anything
     except CheckpointError as err:
         raise SearchError(str(err)) from err
-    digest = file_digest(model_path)
+    digest = model_digest(model_path)
     entries: dict[str, dict[str, Any]] = {}
     skipped: dict[str, Any] = {}
     if index_path.is_file() and not rebuild:
@@ -216,8 +218,8 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
                               "to index again with this one, or query with the index's model")
         entries, skipped = _unpack(index), index["skipped"]
     dim = model.clip.config.embed_dim
-    st = model_path.stat()
-    identity = {**model_identity(model, model_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size, mtime_ns = model_stamp(model_path)
+    identity = {**model_identity(model, model_path.resolve()), "size": size, "mtime_ns": mtime_ns}
     header = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": identity, "root": str(folder.resolve())}
     present = {p.relative_to(folder).as_posix(): p for p in files}
     stats = {"files": len(present), "kept": 0, "embedded": 0, "dropped": 0, "skipped": 0}
@@ -446,16 +448,19 @@ def staleness(index: dict[str, Any], folder: Path) -> dict[str, list[str]]:
 
 def _load_query_model(index: dict[str, Any], override: Path | None) -> Any:
     from clip4vla import load_model
-    from clip4vla.extract import file_digest
+    from clip4vla.extract import model_digest, model_stamp
+    from clip4vla.models.hub import locate_model
     from clip4vla.models.loading import CheckpointError
 
     known = index["model"]
-    path = override or Path(known["path"])
-    if not path.is_file():
-        raise SearchError(f"the index's model {path} is gone: pass --model with the same file")
-    st = path.stat()
-    unchanged = path.resolve() == Path(known["path"]) and (st.st_size, st.st_mtime_ns) == (known["size"], known["mtime_ns"])
-    if not unchanged and file_digest(path) != known["sha256"]:  # hashing a 600 MB model costs a second
+    try:
+        path = locate_model(override) if override is not None else Path(known["path"])
+    except CheckpointError as err:
+        raise SearchError(str(err)) from err
+    if not path.exists():
+        raise SearchError(f"the index's model {path} is gone: pass --model with the same model")
+    unchanged = path.resolve() == Path(known["path"]) and model_stamp(path) == (known["size"], known["mtime_ns"])
+    if not unchanged and model_digest(path) != known["sha256"]:  # hashing a 600 MB model costs a second
         raise SearchError(f"{path} is not the model this index was built with; rebuild the index with it")
     try:
         return load_model(path)
@@ -472,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=HelpFormatter,
                              description="Embed every video / sound file under DIR; again: only new or changed ones.")
     p_index.add_argument("dir", type=Path, help="the folder to index (searched recursively)")
-    p_index.add_argument("--model", type=Path, required=True, help="a model file (model.pt of a training run)")
+    p_index.add_argument("--model", type=Path, required=True, help="a model: a training run's model folder (runs/NAME/model), any model file, or a Hub id org/name")
     p_index.add_argument("--index", type=Path, default=None, help=f"index file (when not given: DIR/{DEFAULT_NAME})")
     p_index.add_argument("--rebuild", action="store_true", help="start over (e.g. with another model)")
     p_index.add_argument("--audio-type", type=audio_type_arg, default="auto",

@@ -7,8 +7,8 @@ r"""Run a paper table's ablation: every row a pre-training run, then the table.
     python scripts/ablate.py --table 5 --set train.epochs=1 --seeds 0    # any key of the config, for every row
 
 Rows are config overrides in configs/ablations/table<N>.yaml (--table may also name a YAML file).
-Each row of each seed trains in <output-dir>/seed<k>/<i>_<row>/ (its own model.pt, metrics.jsonl,
-checkpoints); its model.pt is then scored by zero-shot text->audio retrieval on the config's test
+Each row of each seed trains in <output-dir>/seed<k>/<i>_<row>/ (its own model/ folder, metrics.jsonl,
+checkpoints); its model is then scored by zero-shot text->audio retrieval on the config's test
 split (--eval-corpus for more corpora). The table (mean ± std over the seeds, the paper's numbers
 beside MSR-VTT and VATEX) is printed and written as <output-dir>/<table>.json and .md; the last
 stdout line is that JSON. Re-run the same command after a kill: finished rows are skipped, a killed

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Caption every video of a split with a fine-tuned model; BLEU-4, METEOR, ROUGE-L, CIDEr.
 
-    python scripts/evaluate_caption.py --model runs/caption_synthetic/model.pt
-    python scripts/evaluate_caption.py --model runs/caption_msrvtt/model.pt --config configs/caption_msrvtt.yaml --beam 5
+    python scripts/evaluate_caption.py --model runs/caption_synthetic/model
+    python scripts/evaluate_caption.py --model runs/caption_msrvtt/model --config configs/caption_msrvtt.yaml --beam 5
 
 The model file decides the preprocessing and holds the caption generator; the config says where
 the data is (its data section) and how to decode (its caption section; --beam, --length-penalty
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     from clip4vla.cli import (evaluation_split, exit_with_error, load_config_and_model, require_writable_file,
-                              resolve_device)
+                              resolve_device, results_folder)
     from clip4vla.config import CaptionConfig
     from clip4vla.data.corpora import read_split
     from clip4vla.evaluation.caption_inference import (caption_references, caption_summary, caption_videos,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split or config.data.test_split
     if split is None:
         exit_with_error("the config has no data.test_split: pass --split")
-    out = require_writable_file(args.out or args.model.parent / f"captions_{split}.json", "--out")
+    out = require_writable_file(args.out or results_folder(args.model) / f"captions_{split}.json", "--out")
     java_problem()  # a broken Java is reported now (and scored without), not after decoding
     cc = config.caption
     device = resolve_device(args.device)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Evaluate a model on text <-> video retrieval: R@1/5/10, MedR, MeanR for V, A and AV.
 
-    python scripts/evaluate_retrieval.py --model runs/finetune_synthetic/model.pt
-    python scripts/evaluate_retrieval.py --model runs/finetune_msrvtt/model.pt --config configs/finetune_msrvtt.yaml
-    python scripts/evaluate_retrieval.py --model runs/pretrain_synthetic/model.pt --fusion g2g   # zero-shot
+    python scripts/evaluate_retrieval.py --model runs/finetune_synthetic/model
+    python scripts/evaluate_retrieval.py --model runs/finetune_msrvtt/model --config configs/finetune_msrvtt.yaml
+    python scripts/evaluate_retrieval.py --model runs/pretrain_synthetic/model --fusion g2g   # zero-shot
 
 The model file decides the preprocessing (frames, segments, caption length, type token) and the
 fusion head; the config says where the data is (its data section) and the split to score. Every
@@ -30,7 +30,8 @@ from clip4vla.cli import HelpFormatter, add_model_arguments, positive_int  # noq
 def build_parser() -> argparse.ArgumentParser:
     """The command line (a function, so the tests can check every flag's help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_model_arguments(parser, "a model file (model.pt, a checkpoint, ...)", REPO / "configs" / "finetune_synthetic.yaml",
+    add_model_arguments(parser, "a model (a run's model folder, a Hub id, a checkpoint, ...)",
+                        REPO / "configs" / "finetune_synthetic.yaml",
                         "a retrieval config: its data section locates the corpus")
     parser.add_argument("--modalities", default="v,a,av", help="comma-separated subset of v,a,av")
     parser.add_argument("--fusion", choices=("g2g",), default=None,
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     from clip4vla.cli import (evaluation_split, exit_with_error, load_config_and_model, require_writable_file,
-                              resolve_device)
+                              resolve_device, results_folder)
     from clip4vla.config import RetrievalConfig
     from clip4vla.evaluation.fusion_retrieval import (encode_retrieval_set, evaluate_fusion_retrieval,
                                                       format_retrieval_table, retrieval_summary)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split or config.data.test_split
     if split is None:
         exit_with_error("the config has no data.test_split: pass --split")
-    out = require_writable_file(args.out or args.model.parent / f"retrieval_{split}.json", "--out")
+    out = require_writable_file(args.out or results_folder(args.model) / f"retrieval_{split}.json", "--out")
     device = resolve_device(args.device)
     model.to(device).eval()
     split, dataset = evaluation_split(config, model, split, "retrieval")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Extract features of a folder (or a list) of videos and sounds into sharded files, resumably.
 
-    python scripts/extract_features.py --model runs/pretrain_synthetic/model.pt --media data/synthetic/videos \
+    python scripts/extract_features.py --model runs/pretrain_synthetic/model --media data/synthetic/videos \
         --out features/synthetic
     python scripts/extract_features.py --model MODEL --manifest files.txt --out features/mine --audio-type nb
 
@@ -29,7 +29,7 @@ from clip4vla.cli import HelpFormatter, audio_type_arg, device_arg, exit_with_er
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, required=True,
-                        help="the model file to embed with (model.pt of a training run)")
+                        help="the model to embed with (a training run's model folder, a Hub id or any model file)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--media", type=Path, help="a folder of videos / audio files (searched recursively)")
     source.add_argument("--manifest", type=Path,

@@ -3,11 +3,11 @@ r"""Fine-tune CLIP4VLA's Multimodal Caption Generator (video + audio -> caption)
 
     python scripts/finetune_caption.py                    # synthetic data, from the quick start's model
     torchrun --nproc_per_node=8 scripts/finetune_caption.py --config configs/caption_msrvtt.yaml \
-        --set model.init_from=runs/pretrain_howto_audioset/model.pt
+        --set model.init_from=runs/pretrain_howto_audioset/model
     python scripts/finetune_caption.py --resume            # continue the run in train.output_dir
     python scripts/finetune_caption.py --print-config      # every config key --set can change, with its value
 
-Checkpoints are chosen by validation CIDEr; <train.output_dir>/model.pt holds the best one with
+Checkpoints are chosen by validation CIDEr; <train.output_dir>/model/ holds the best one with
 its caption generator, captions_test.json every generated test caption. The last line printed on
 stdout is one JSON object with BLEU-4, METEOR, ROUGE-L and CIDEr (x100).
 """

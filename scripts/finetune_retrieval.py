@@ -3,11 +3,11 @@ r"""Fine-tune CLIP4VLA for text -> video retrieval (G2G / G2L / L2L fusion of vi
 
     python scripts/finetune_retrieval.py                  # synthetic data, from the quick start's model
     torchrun --nproc_per_node=8 scripts/finetune_retrieval.py --config configs/finetune_msrvtt.yaml \
-        --set model.init_from=runs/pretrain_howto_audioset/model.pt
+        --set model.init_from=runs/pretrain_howto_audioset/model
     python scripts/finetune_retrieval.py --resume          # continue the run in train.output_dir
     python scripts/finetune_retrieval.py --print-config    # every config key --set can change, with its value
 
-Checkpoints are chosen on the validation split; <train.output_dir>/model.pt holds the best one
+Checkpoints are chosen on the validation split; <train.output_dir>/model/ holds the best one
 with its fusion head. The test table covers vision (V), audio (A) and both (AV); the last line
 printed on stdout is one JSON object with those metrics.
 """

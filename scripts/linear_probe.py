@@ -2,7 +2,7 @@
 """Linear probes and zero-shot classification on frozen CLIP4VLA features (the paper's Table 6).
 
     python scripts/linear_probe.py                      # the quick start's model, synthetic ESC-50 + UCF101
-    python scripts/linear_probe.py --model runs/pretrain_howto_audioset/model.pt --config configs/probe_esc50.yaml
+    python scripts/linear_probe.py --model runs/pretrain_howto_audioset/model --config configs/probe_esc50.yaml
     python scripts/linear_probe.py --model MODEL --config configs/probe_ucf101.yaml --set probe.mode=zero_shot
 
 ESC-50: 5-fold accuracy of a LayerNorm + Linear probe on the audio encoder's features (type [NB]);
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         REPO / "configs" / "probe_synthetic.yaml",
                         "a probe config: its data section locates ESC-50 / UCF101, its probe section the penalties, "
                         "mode and prompts (features are extracted on --device; the probes are fitted on the CPU "
-                        "in float64)", model_default=Path("runs") / "pretrain_synthetic" / "model.pt", split=False)
+                        "in float64)", model_default=Path("runs") / "pretrain_synthetic" / "model", split=False)
     parser.add_argument("--no-progress", action="store_true", help="hide the feature-extraction progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Pair every video without audio with the audio of its most similar training video (the paper).
 
-    python scripts/pair_missing_audio.py --model runs/pretrain_synthetic/model.pt
-    python scripts/pair_missing_audio.py --model runs/pretrain_howto_audioset/model.pt \\
+    python scripts/pair_missing_audio.py --model runs/pretrain_synthetic/model
+    python scripts/pair_missing_audio.py --model runs/pretrain_howto_audioset/model \\
         --config configs/finetune_msrvtt.yaml --out data/msrvtt/audio_pairs.json
 
 For each clip of the corpus (every split) that has no audio track, the training clip with audio
@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    from clip4vla.cli import load_config_and_model, require_writable_file
+    from clip4vla.cli import load_config_and_model, require_writable_file, results_folder
     from clip4vla.config import RetrievalConfig
     from clip4vla.data.audio_pairs import write_audio_pairs
     from clip4vla.data.pairing import nearest_audio_donors
 
     config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
-    out = require_writable_file(args.out or args.model.parent / "audio_pairs.json", "--out")
+    out = require_writable_file(args.out or results_folder(args.model) / "audio_pairs.json", "--out")
     pairs, stats = nearest_audio_donors(model, config.data, batch_size=args.batch_size)
     write_audio_pairs(out, pairs, corpus=config.data.corpus, model=str(args.model))
     print(f"{stats['silent']} of {stats['clips']} clips have no audio; paired with {stats['donors']} training clips "

@@ -9,9 +9,10 @@ r"""Pre-train CLIP4VLA.
 
 On first use the default config generates its data: 1200 synthetic clips (~75 MB) in
 data/synthetic (reused by later runs and by the fine-tuning, evaluation, search and probe
-examples). Writes <train.output_dir>/model.pt (load it with clip4vla.load_model). The last line
-printed on stdout is one JSON object with the zero-shot test metrics and chance; --resume on a
-finished run trains nothing and prints the same table and JSON again.
+examples). Writes the model folder <train.output_dir>/model/ with its card (load it with
+clip4vla.from_pretrained). The last line printed on stdout is one JSON object with the zero-shot
+test metrics and chance; --resume on a finished run trains nothing and prints the same table and
+JSON again.
 """
 
 from __future__ import annotations

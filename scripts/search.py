@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Search your own videos by text: the same program as the ``clip4vla-search`` command.
 
-    python scripts/search.py index ~/Videos --model runs/pretrain_synthetic/model.pt
+    python scripts/search.py index ~/Videos --model runs/pretrain_synthetic/model
     python scripts/search.py query "a dog barking in the rain" --dir ~/Videos --top-k 5
 """
 

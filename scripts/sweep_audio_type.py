@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Zero-shot text -> audio retrieval while the audio type token moves from [VB] to [NB] (paper Fig. 4).
 
-    python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model.pt
-    python scripts/sweep_audio_type.py --model runs/pretrain_howto_audioset/model.pt \\
+    python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model
+    python scripts/sweep_audio_type.py --model runs/pretrain_howto_audioset/model \\
         --config configs/finetune_audiocaps.yaml --split test
 
 For w = 0, 0.1, ..., 1 the audio encoder gets the single type token (1 - w)·[VB] + w·[NB]; every
@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    from clip4vla.cli import evaluation_split, load_config_and_model, require_writable_file
+    from clip4vla.cli import evaluation_split, load_config_and_model, require_writable_file, results_folder
     from clip4vla.config import RetrievalConfig
     from clip4vla.evaluation.audio_type_sweep import plot_sweep, sweep_audio_type
 
     config, model = load_config_and_model(RetrievalConfig, args.config, args.overrides, args.model)
-    plot = require_writable_file(args.plot or args.model.parent / "audio_type_sweep.png", "--plot")
+    plot = require_writable_file(args.plot or results_folder(args.model) / "audio_type_sweep.png", "--plot")
     split, dataset = evaluation_split(config, model, args.split, "retrieval")
     ratios = [round(i / (args.steps - 1), 4) for i in range(args.steps)]
     rows = sweep_audio_type(model, dataset, ratios, batch_size=args.batch_size)

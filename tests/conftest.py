@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,14 +55,27 @@ def micro_openai_clip(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def micro_export(tmp_path_factory) -> Path:
-    """A micro CLIP4VLA model file (random weights), as a pre-training run would export it."""
-    from clip4vla.models.checkpoints import export_model
+def _micro_model_file(folder: Path, write: Any, name: str) -> Path:
+    """The micro CLIP4VLA (random weights, seed 0) written by ``write(model, path, preprocessing, task=...)``."""
     from clip4vla.models.clip4vla import CLIP4VLA
     from clip4vla.models.preprocessing import Preprocessing
 
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.micro())
-    path = tmp_path_factory.mktemp("export") / "model.pt"
-    return export_model(model, path, Preprocessing(max_frames=2, max_segments=2), task="pretrain")
+    return write(model, folder / name, Preprocessing(max_frames=2, max_segments=2), task="pretrain")
+
+
+@pytest.fixture(scope="session")
+def micro_export(tmp_path_factory) -> Path:
+    """A micro CLIP4VLA model folder (random weights), as a pre-training run would export it."""
+    from clip4vla.models.checkpoints import export_model
+
+    return _micro_model_file(tmp_path_factory.mktemp("export"), export_model, "model")
+
+
+@pytest.fixture(scope="session")
+def micro_legacy(tmp_path_factory) -> Path:
+    """The same micro model as clip4vla 0.2's one-file ``model.pt``."""
+    from legacy_files import legacy_model_pt
+
+    return _micro_model_file(tmp_path_factory.mktemp("legacy"), legacy_model_pt, "model.pt")

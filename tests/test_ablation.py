@@ -5,6 +5,7 @@ finished row trained with another config; configs/ablations/table5.yaml through 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import json
 import os
 import re
@@ -85,7 +86,7 @@ def test_micro_table_skips_finished_rows_and_resumes_a_killed_one(synthetic_root
     assert "chance" in md and "paper" not in md  # the paper reports no synthetic numbers
     # each row trained as an ordinary run in its own folder, from stage 0's CLIP towers
     row2 = out / "seed0" / "2_initial"
-    assert (row2 / "model.pt").is_file() and (row2 / "metrics.jsonl").is_file()
+    assert (row2 / "model" / "model.safetensors").is_file() and (row2 / "metrics.jsonl").is_file()
     used = yaml.safe_load((row2 / "config.yaml").read_text())
     assert used["model"]["init_from"] == str(out / "stage0" / "clip_towers.pt")
     assert used["model"]["audio_init"] == "vision" and used["pretrain"]["video_audio"] is False
@@ -97,7 +98,8 @@ def test_micro_table_skips_finished_rows_and_resumes_a_killed_one(synthetic_root
     assert set(again["runs"].values()) == {"skipped"} and again["rows"] == first["rows"]
 
     # row 2 killed after its first step: its model, its score and its last checkpoint never written
-    for name in ("model.pt", "ablation_eval.json", "checkpoints/ckpt_000002.pt"):
+    shutil.rmtree(row2 / "model")
+    for name in ("ablation_eval.json", "checkpoints/ckpt_000002.pt"):
         (row2 / name).unlink()
     resumed = run_ablation(table, config, micro(synthetic_root), seeds=[0], out_dir=out)
     assert list(resumed["runs"].values()) == ["skipped", "resumed"]
@@ -205,7 +207,8 @@ def test_a_finished_row_is_reused_only_under_every_key_that_shapes_its_result(tm
     # what may change under a finished row: where and how it is watched, never what it trains
     assert NOT_THE_RESULT == {"train.output_dir", "train.tensorboard", "train.device", "train.dist_timeout_s",
                               "train.keep_last", "train.log_every", "train.checkpoint_every_steps",
-                              "data.num_workers"}
+                              "data.num_workers", "train.card.name", "train.card.license", "train.card.description",
+                              "train.card.tags", "train.card.datasets"}
     folder = tmp_path / "row"
     config = load_config(PretrainConfig, None, ["model.init_from=/weights/a.pt", f"train.output_dir={folder}"])
     save_config(config, folder / "config.yaml")
@@ -308,7 +311,7 @@ def test_the_hints_of_a_stopped_or_blocked_row_are_ablate_commands(synthetic_roo
         patch.setattr(run_folder, "export_model", full)
         assert script.main(args) == 2
     err = capsys.readouterr().err
-    assert "model.pt" in err and "re-run the same command" in err and "--resume" not in err
+    assert "model" in err and "re-run the same command" in err and "--resume" not in err
     hints_work(err)
 
     # another process holds the row's folder

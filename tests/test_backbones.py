@@ -75,14 +75,14 @@ def test_pretraining_and_retrieval_fine_tuning_start_from_the_file(start_files, 
     }
     summary = _run("pretrain", {**common, "train.output_dir": tmp_path / "pretrain"}, capsys)
     assert summary["split"] == "test" and {"t2a", "v2a", "t2v"} <= set(summary)
-    pretrained = load_model(tmp_path / "pretrain" / "model.pt")  # nothing declared: the export records it
+    pretrained = load_model(tmp_path / "pretrain" / "model")  # nothing declared: the export records it
     assert pretrained.clip.config.activation == activation
     assert pretrained.preprocessing.image_size == resolution == pretrained.clip.config.image_resolution
 
     summary = _run("finetune_retrieval", {**common, "data.val_split": "null", "train.epochs": 1,
                                           "train.output_dir": tmp_path / "retrieval"}, capsys)
     assert summary
-    tuned = load_model(tmp_path / "retrieval" / "model.pt")
+    tuned = load_model(tmp_path / "retrieval" / "model")
     assert tuned.clip.config.activation == activation and tuned.preprocessing.image_size == resolution
 
 
@@ -106,7 +106,7 @@ def test_laion_b16_config_runs_on_the_format_twins(start_files, synthetic_root, 
     assert load_script("pretrain").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["split"] == "test" and {"t2a", "v2a", "t2v"} <= set(summary)
-    assert load_model(tmp_path / "run" / "model.pt").clip.config.activation == "gelu"
+    assert load_model(tmp_path / "run" / "model").clip.config.activation == "gelu"
 
 
 @pytest.mark.parametrize("name", sorted(OPEN_CLIP_VITS))

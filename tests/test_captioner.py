@@ -124,7 +124,7 @@ def test_caption_head_survives_the_model_file(model, tmp_path):
     from clip4vla.models.checkpoints import export_model
     from clip4vla.models.preprocessing import Preprocessing
 
-    path = export_model(model, tmp_path / "model.pt", Preprocessing(max_words=MAX_WORDS))
+    path = export_model(model, tmp_path / "model", Preprocessing(max_words=MAX_WORDS))
     loaded = load_model(path)
     frames, fmask, segs, smask = items()
     assert generate(loaded, frames, fmask, segs, smask, beam=2) == generate(model, frames, fmask, segs, smask, beam=2)

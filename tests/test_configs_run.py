@@ -134,7 +134,7 @@ def test_paper_pretraining_config_runs_on_two_ranks_and_resumes(twins, micro_ope
 
     from clip4vla import load_model
 
-    model = load_model(out / "model.pt")
+    model = load_model(out / "model")
     assert model.clip.config == CLIPConfig.micro() and model.preprocessing.max_frames == 2
 
 
@@ -184,7 +184,7 @@ def test_synthetic_retrieval_config_then_evaluation(synthetic_root, micro_export
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val/t2v/R1" in r] == [2]
     # the exported model carries its fusion head; the evaluation script scores it from the file
-    evaluated = run("evaluate_retrieval.py", ["--model", str(out / "model.pt"), *sets({
+    evaluated = run("evaluate_retrieval.py", ["--model", str(out / "model"), *sets({
         "data.synthetic.root": synthetic_root, "data.synthetic.clips": 24})])
     assert last_json(evaluated)["av"] == summary["av"]  # same inputs, same numbers
     assert "text<->video retrieval on the test split (G2G" in evaluated.stdout
@@ -223,7 +223,7 @@ def test_msrvtt_retrieval_config_with_paired_audio(twins, micro_export, tmp_path
     summary = last_json(run("finetune_retrieval.py", ["--config", str(CONFIGS / "finetune_msrvtt.yaml"), *sets({
         **FINETUNE_SIZES, **data, "model.init_from": micro_export, "data.audio_pairs": pairs, "train.output_dir": out})]))
     assert summary["fusion"] == "g2l" and summary["n_silent"] == 0  # the silent test clips got a donor's audio
-    assert torch.load(out / "model.pt", weights_only=True)["preprocessing"]["audio_type"] == 0.5
+    assert json.loads((out / "model" / "config.json").read_text())["preprocessing"]["audio_type"] == 0.5
 
 
 def test_vatex_and_audiocaps_retrieval_configs(twins, micro_export, tmp_path):
@@ -259,7 +259,7 @@ def test_synthetic_caption_config_then_evaluation(synthetic_root, micro_export, 
     assert [r["step"] for r in rows if "val/CIDEr" in r] == [2]
     written = json.loads((out / "captions_test.json").read_text())
     assert set(written["predictions"]) == set(written["references"]) and written["references"]
-    evaluated = run("evaluate_caption.py", ["--model", str(out / "model.pt"), "--beam", "2", "--out",
+    evaluated = run("evaluate_caption.py", ["--model", str(out / "model"), "--beam", "2", "--out",
                                             str(tmp_path / "eval.json"), *sets(data)])
     assert last_json(evaluated)["CIDEr"] == pytest.approx(summary["CIDEr"])  # the file reproduces the run
     assert "captioning on the test split" in evaluated.stdout
@@ -281,7 +281,7 @@ def test_msrvtt_and_vatex_caption_configs(twins, micro_export, tmp_path):
         summary = last_json(run("finetune_caption.py", ["--config", str(CONFIGS / name), *sets({
             **CAPTION_SIZES, **data, "model.init_from": micro_export, "train.output_dir": out})]))
         assert summary["split"] == "test" and "CIDEr" in summary, name
-        head = torch.load(out / "model.pt", weights_only=True)["architecture"]["heads"]["caption"]
+        head = json.loads((out / "model" / "config.json").read_text())["architecture"]["heads"]["caption"]
         assert head["max_words"] == (48 if "vatex" in name else 32)
 
 
@@ -332,7 +332,7 @@ def test_manifest_configs_then_evaluation(synthetic_root, micro_export, tmp_path
         **FINETUNE_SIZES, **data, "train.output_dir": out})]))
     assert ft["split"] == "test" and ft["skipped"] == 0
     assert ft["av"]["n_texts"] == 5 * ft["av"]["n_videos"]  # every caption of a clip is a query
-    evaluated = last_json(run("evaluate_retrieval.py", ["--model", str(out / "model.pt"), "--config",
+    evaluated = last_json(run("evaluate_retrieval.py", ["--model", str(out / "model"), "--config",
                                                         str(CONFIGS / "finetune_manifest.yaml"),
                                                         *sets({"data.manifest.path": manifest})]))
     assert evaluated["av"] == ft["av"]
@@ -342,7 +342,7 @@ def test_manifest_configs_then_evaluation(synthetic_root, micro_export, tmp_path
     assert cap["split"] == "test" and "CIDEr" in cap
     references = json.loads((cap_out / "captions_test.json").read_text())["references"]
     assert all(len(refs) == 5 for refs in references.values())  # all captions of a file are its references
-    again = last_json(run("evaluate_caption.py", ["--model", str(cap_out / "model.pt"), "--config",
+    again = last_json(run("evaluate_caption.py", ["--model", str(cap_out / "model"), "--config",
                                                   str(CONFIGS / "finetune_caption_manifest.yaml"), "--beam", "2",
                                                   "--out", str(tmp_path / "eval.json"),
                                                   *sets({"data.manifest.path": manifest})]))

@@ -54,7 +54,7 @@ def micro_caption_export(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.micro())
     model.attach_head("caption", CaptionGenerator.from_clip(model.clip, 32, layers=1))
-    path = tmp_path_factory.mktemp("caption_export") / "model.pt"
+    path = tmp_path_factory.mktemp("caption_export") / "model"
     return export_model(model, path, Preprocessing(max_frames=2, max_segments=2), task="caption")
 
 
@@ -203,12 +203,12 @@ def test_each_script_says_what_it_writes_into_the_model_folder(micro_export, syn
                         ("sweep_audio_type", "<model dir>/audio_type_sweep.png")):
         text = " ".join(load_script(name).build_parser().format_help().split())
         assert words in text.split("options:")[0], name  # in the description, not only at the flag
-    model = tmp_path / "run" / "model.pt"
+    model = tmp_path / "run" / "model"
     model.parent.mkdir()
-    shutil.copy(micro_export, model)
+    shutil.copytree(micro_export, model)
     assert script("sweep_audio_type.py").main(["--model", str(model), "--steps", "2", *data_args(synthetic_root)]) == 0
     assert f"plot written to {model.parent / 'audio_type_sweep.png'}" in capsys.readouterr().err
-    assert sorted(p.name for p in model.parent.iterdir()) == ["audio_type_sweep.png", "model.pt"]
+    assert sorted(p.name for p in model.parent.iterdir()) == ["audio_type_sweep.png", "model"]
 
 
 # ------------------------------------------------------------------ caption fine-tune memory (issue 24: 3)

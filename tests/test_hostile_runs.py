@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import os
 import random
 import subprocess
@@ -142,8 +143,8 @@ def test_a_run_refused_by_the_lock_writes_nothing(synthetic_root, tmp_path, monk
 
 
 # ------------------------------------------------------------ 7. non-finite weights in a file
-def test_a_model_file_with_non_finite_weights_is_refused_naming_the_tensor(micro_export, tmp_path):
-    state = torch.load(micro_export, weights_only=True)
+def test_a_model_file_with_non_finite_weights_is_refused_naming_the_tensor(micro_legacy, tmp_path):
+    state = torch.load(micro_legacy, weights_only=True)
     state["state_dict"]["audio.type_embedding"][0, 0] = float("nan")
     torch.save(state, tmp_path / "diverged.pt")
     with pytest.raises(CheckpointError, match=r"diverged.pt: non-finite weights .* audio.type_embedding"):
@@ -178,21 +179,21 @@ def test_a_full_disk_at_export_prints_the_table_and_names_the_folder(synthetic_r
     code, out, err = run_pretrain(pretrain_args(synthetic_root, tmp_path / "run"), capsys)
     assert code == 1, err[-2000:]
     assert "zero-shot retrieval on the test split" in out
-    assert f"error: {tmp_path / 'run' / 'model.pt'} was not written: no space left on" in err
+    assert f"error: {tmp_path / 'run' / 'model'} was not written: no space left on" in err
     assert "--resume" in err
 
 
 # ------------------------------------------- 14. a resume never reads init_from
 def test_a_fine_tune_resumes_without_its_init_from_file(micro_export, synthetic_root, tmp_path):
-    init = tmp_path / "init.pt"
-    init.write_bytes(micro_export.read_bytes())
+    init = tmp_path / "init"
+    shutil.copytree(micro_export, init)
     out = tmp_path / "run"
     Trainer(retrieval_config(synthetic_root, out, init, "train.max_steps=1"), RetrievalTask).fit()
-    init.unlink()  # gone: the checkpoint holds every weight
+    shutil.rmtree(init)  # gone: the checkpoint holds every weight
     resumed = Trainer(retrieval_config(synthetic_root, out, init, "train.max_steps=2"), RetrievalTask, resume=True)
     assert resumed.step == 1
     resumed.fit()
-    assert load_model(out / "model.pt").heads["fusion"].config.mode == "g2g"
+    assert load_model(out / "model").heads["fusion"].config.mode == "g2g"
     # another file in its place is not read either (nor a reason to refuse the resume)
     Path(init).write_bytes(b"not weights")
     Trainer(retrieval_config(synthetic_root, out, init, "train.max_steps=2"), RetrievalTask, resume=True).close()
@@ -261,8 +262,8 @@ def test_an_architecture_change_on_resume_names_the_keys_without_a_useless_flag(
     (lambda s: s["preprocessing"].update(audio_type=7), r"preprocessing audio_type=7"),
     (lambda s: s.update(state_dict={"a": "b"}), "not a tensor"),
 ])
-def test_crafted_model_file_records_are_checkpoint_errors(mutate, message, micro_export, tmp_path):
-    state = torch.load(micro_export, weights_only=True)
+def test_crafted_model_file_records_are_checkpoint_errors(mutate, message, micro_legacy, tmp_path):
+    state = torch.load(micro_legacy, weights_only=True)
     mutate(state)
     torch.save(state, tmp_path / "crafted.pt")
     with pytest.raises(CheckpointError, match=rf"crafted\.pt: .*{message}"):  # the file, then what is wrong

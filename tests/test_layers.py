@@ -11,7 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "clip4vla"
-TRAINING_SCRIPTS = {"pretrain.py", "finetune_retrieval.py", "finetune_caption.py", "ablate.py"}  # ablate: runs of the loop
+# ablate: runs of the loop; plan_memory: plans (and with --measure, measures) a pre-training step's memory
+TRAINING_SCRIPTS = {"pretrain.py", "finetune_retrieval.py", "finetune_caption.py", "ablate.py", "plan_memory.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -7,6 +7,7 @@ fill the disk, get pre-empted...) and what must happen instead of a silent wrong
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import signal
@@ -111,14 +112,14 @@ def test_resume_of_a_finished_run_tests_again_and_writes_nothing(synthetic_root,
                 for p in sorted(out.rglob("*")) if p.is_file()}
 
     before = files()
-    assert {"model.pt", "config.yaml", "metrics.jsonl", "loss_curves.png"} <= set(before)
+    assert {"model/model.safetensors", "model/README.md", "config.yaml", "metrics.jsonl", "loss_curves.png"} <= set(before)
     again = trainer(synthetic_root, out, resume=True, **{"train.max_steps": 2}).fit()
     assert files() == before  # every file: same bytes, same inode, same mtime
     assert again["metrics"] == first["metrics"]  # the same test table
-    # a run whose model.pt was never written (a full disk at the end) is finished by the resume
-    (out / "model.pt").unlink()
+    # a run whose model folder was never written (a full disk at the end) is finished by the resume
+    shutil.rmtree(out / "model")
     trainer(synthetic_root, out, resume=True, **{"train.max_steps": 2}).fit()
-    assert (out / "model.pt").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
 
 
 def test_resume_never_changes_the_batch(synthetic_root, tmp_path):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from clip4vla.config import ConfigError, PretrainConfig, load_config
 from clip4vla.train.loop import Trainer
@@ -76,11 +77,11 @@ def test_best_checkpoint_is_chosen_on_validation_and_exported(synthetic_root, tm
     trainer.fit()
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == {"step": 4, "metric": "audio_R1", "value": 30.0}
-    exported = torch.load(out / "model.pt", weights_only=True)
+    exported = load_file(out / "model" / "model.safetensors")
     step4 = torch.load(out / "checkpoints" / "ckpt_000004.pt", weights_only=True)["model"]
     last = torch.load(out / "checkpoints" / "ckpt_000006.pt", weights_only=True)["model"]
-    assert exported["weights"] == "best"
-    assert all(torch.equal(exported["state_dict"][k], step4[k]) for k in step4)
+    assert json.loads((out / "model" / "config.json").read_text())["training"]["weights"] == "best"
+    assert all(torch.equal(exported[k], step4[k]) for k in step4)
     assert not all(torch.equal(step4[k], last[k]) for k in step4)  # the best is not simply the last
 
     # a metric the task never reports is refused at start-up (before any data work), not at the

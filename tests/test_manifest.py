@@ -209,6 +209,13 @@ def test_bad_rows_name_file_line_and_column(tmp_path, text, line, field, words):
     assert (err.line, err.field) == (line, field) and words in str(err)
 
 
+def test_rows_without_a_split_beside_rows_with_one_name_the_first(tmp_path):
+    err = error_of(tmp_path, '{"video": "a.mp4", "caption": "x", "split": "train"}\n{"video": "b.mp4", "caption": "y"}\n',
+                   name="m.jsonl")
+    assert (err.line, err.field) == (2, "split") and "1 rows have no split while others have one" in str(err)
+    assert "m.jsonl line 1" in str(err)  # where a split was given
+
+
 def test_non_utf8_and_cut_jsonl_name_their_line(tmp_path):
     err = error_of(tmp_path, "video,caption\na.mp4,caf\xe9\n", encoding="latin-1")
     assert err.line == 2 and "not UTF-8" in str(err)

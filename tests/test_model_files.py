@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.factory import build_model
 from clip4vla.models.loading import CheckpointError
 from clip4vla.models.preprocessing import Preprocessing
+from legacy_files import legacy_model_pt
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PRE = Preprocessing(max_words=24, max_frames=3, max_segments=2, frontend="reference", audio_type=0.5)
@@ -35,14 +37,20 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def test_export_round_trips_weights_architecture_and_preprocessing(micro, tmp_path):
-    path = export_model(micro, tmp_path / "model.pt", PRE, task="test", step=7)
-    model = load_model(path)
-    assert isinstance(model, CLIP4VLA) and not model.training
-    assert model.clip.config == CLIPConfig.micro() and model.preprocessing == PRE
-    same_weights(micro, model)
-    assert read_model_file(path).extra == {"task": "test", "step": 7}
-    # everything in the file is plain data: it reads with weights_only=True
-    assert torch.load(path, weights_only=True)["preprocessing"]["audio_type"] == 0.5
+    path = export_model(micro, tmp_path / "model", PRE, task="test", step=7)
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    for source in (path, path / "model.safetensors"):  # the folder, or its weights file
+        model = load_model(source)
+        assert isinstance(model, CLIP4VLA) and not model.training
+        assert model.clip.config == CLIPConfig.micro() and model.preprocessing == PRE
+        same_weights(micro, model)
+        assert read_model_file(source).extra == {"task": "test", "step": 7}
+    # everything in the folder is plain data: JSON records, tensors read without any pickle
+    assert json.loads((path / "config.json").read_text())["preprocessing"]["audio_type"] == 0.5
+    # clip4vla 0.2's one-file model.pt stays readable
+    legacy = load_model(legacy_model_pt(micro, tmp_path / "model.pt", PRE, task="test", step=7))
+    assert legacy.preprocessing == PRE and read_model_file(tmp_path / "model.pt").extra == {"task": "test", "step": 7}
+    same_weights(micro, legacy)
 
 
 def test_openai_file_gets_its_audio_encoder_from_the_vision_tower():
@@ -89,7 +97,7 @@ def test_trainer_checkpoint_loads(micro, tmp_path):
 
 
 def test_init_from_starts_a_run_from_any_file(micro, tmp_path):
-    path = export_model(micro, tmp_path / "model.pt", PRE)
+    path = export_model(micro, tmp_path / "model", PRE)
     model = build_model(ModelConfig(init_from=str(path), train_clip=True))
     assert model.training
     same_weights(micro, model)
@@ -106,12 +114,12 @@ def test_init_from_starts_a_run_from_any_file(micro, tmp_path):
 
 
 def test_bad_files_are_clear_errors(micro, tmp_path):
-    good = export_model(micro, tmp_path / "model.pt", PRE)
+    good = legacy_model_pt(micro, tmp_path / "model.pt", PRE)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated.pt: cannot read checkpoint"):
         load_model(truncated)
-    with pytest.raises(CheckpointError, match="nope.pt: checkpoint file not found"):
+    with pytest.raises(CheckpointError, match="nope.pt: model file or folder not found"):
         load_model(tmp_path / "nope.pt")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt: not a model file clip4vla knows.*weight"):
@@ -142,7 +150,7 @@ def test_every_load_error_names_the_file_and_what_is_wrong(micro, tmp_path):
     torch.save(clip | {"visual.proj": clip["visual.proj"].to(torch.int32)}, tmp_path / "int32.pt")
     with pytest.raises(CheckpointError, match=r"int32.pt: .*visual.proj: checkpoint torch.int32, model torch.float32"):
         load_model(tmp_path / "int32.pt", activation="gelu")
-    state = torch.load(export_model(micro, tmp_path / "model.pt", PRE), weights_only=True)
+    state = torch.load(legacy_model_pt(micro, tmp_path / "model.pt", PRE), weights_only=True)
     state["state_dict"]["clip.visual.proj"] = state["state_dict"]["clip.visual.proj"].to(torch.int32)
     torch.save(state, tmp_path / "int32_export.pt")
     with pytest.raises(CheckpointError, match=r"int32_export.pt: .*clip.visual.proj: checkpoint torch.int32"):

@@ -108,8 +108,8 @@ def test_the_activation_is_never_guessed(files):
 def test_export_records_the_activation_and_every_loader_honours_it(files, tmp_path):
     path, oc_model = files["gelu"]
     model = build_model(ModelConfig(init_from=str(path), open_clip_model=None, activation="gelu"))
-    out = export_model(model, tmp_path / "model.pt", model.preprocessing)
-    assert torch.load(out, weights_only=True)["architecture"]["clip"]["activation"] == "gelu"
+    out = export_model(model, tmp_path / "model", model.preprocessing)
+    assert json.loads((out / "config.json").read_text())["architecture"]["clip"]["activation"] == "gelu"
     again = load_model(out)  # nothing declared: the file records it
     images, tokens = _inputs(OPEN_CLIP_MODELS["gelu"]["resolution"])
     torch.testing.assert_close(_ours(again, images, tokens)[0], _theirs(oc_model, images, tokens)[0],
@@ -153,12 +153,12 @@ def test_non_vit_and_unfit_backbones_are_refused_at_start_up(files, tmp_path):
         build_model(ModelConfig(init_from=str(tmp_path / "ctx32.pt"), activation="gelu"))
     # a recorded resolution that is not a whole number of patches
     micro = CLIP4VLA.from_config(CLIPConfig.micro())
-    export_model(micro, tmp_path / "model.pt", Preprocessing())
-    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    odd = export_model(micro, tmp_path / "odd", Preprocessing())
+    record = json.loads((odd / "config.json").read_text())
     record["architecture"]["clip"]["image_resolution"] = 200
-    torch.save(record, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match="odd.pt: image resolution 200 is not a whole number of 32-px patches"):
-        load_model(tmp_path / "odd.pt")
+    (odd / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="odd: image resolution 200 is not a whole number of 32-px patches"):
+        load_model(odd)
 
 
 def test_openai_archives_record_their_activation():
@@ -257,7 +257,7 @@ def test_heads_that_are_not_64_wide_load_from_a_hub_folder_that_records_them(tmp
         image, text = _ours(model, images, tokens)
         torch.testing.assert_close(image, image_ref, atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(text, text_ref, atol=ATOL, rtol=RTOL)
-    again = load_model(export_model(model, tmp_path / "model.pt", model.preprocessing))  # the export records them
+    again = load_model(export_model(model, tmp_path / "model", model.preprocessing))  # the export records them
     torch.testing.assert_close(_ours(again, images, tokens)[0], image_ref, atol=ATOL, rtol=RTOL)
 
 

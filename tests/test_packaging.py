@@ -44,7 +44,7 @@ def test_the_readmes_data_and_outputs_are_ignored_by_git():
     named = [p for p in re.findall(r"--out (\S+?)[`\s]", text) if not p.startswith("/")]
     # a file inside each output folder: git matches a pattern such as "/features/" to folders only
     outputs = {p if "." in Path(p).name else f"{p.rstrip('/')}/x" for p in named}
-    outputs |= {"runs/pretrain_synthetic/model.pt", "data/synthetic/videos/.clip4vla-index.pt",
+    outputs |= {"runs/pretrain_synthetic/model", "data/synthetic/videos/.clip4vla-index.pt",
                 "data/synthetic/videos/.clip4vla-index.thumbs/x.jpg", "features/synthetic/shard_00000.pt"}
     assert {"data/synthetic_300/x", "twins/vatex/x", "data/howto100m/shards/x"} <= outputs
     checked = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-v", "-n"], cwd=REPO, text=True,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from clip4vla.config import PretrainConfig, load_config
 from conftest import micro_pretrain_settings
@@ -45,7 +46,8 @@ def final_model(out: Path) -> dict[str, torch.Tensor]:
 
 def test_pretrain_script_writes_outputs_and_prints_json_last(synthetic_root, tmp_path):
     out = tmp_path / "run"
-    sets = micro_overrides(synthetic_root, out, **{"train.checkpoint_every_steps": 0, "data.cache_decoded": True})
+    sets = micro_overrides(synthetic_root, out, **{"train.checkpoint_every_steps": 0, "data.cache_decoded": True,
+                                                   "train.card.license": "mit"})
     result = run_script([arg for s in sets for arg in ("--set", s)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
@@ -61,6 +63,13 @@ def test_pretrain_script_writes_outputs_and_prints_json_last(synthetic_root, tmp
     assert len(losses) == expected_steps(synthetic_root) and all(torch.isfinite(torch.tensor(losses)))
     assert {"ta", "va", "aa", "lr", "grad_norm"} <= set(next(r for r in rows if "loss" in r))
     assert any(k.startswith("val/t2a/") for r in rows for k in r)
+    # the model folder's card shows the very table the run printed, and its numbers in the front matter
+    table = result.stdout[result.stdout.index("zero-shot retrieval on the test split"):].split("\n{")[0].rstrip()
+    card = (out / "model" / "README.md").read_text()
+    assert table in card and "`mit`." in card and "random weights (no model.init_from)" in card
+    meta = yaml.safe_load(card.split("---\n")[1])
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["t2a/R1"] == pytest.approx(last["t2a"]["R1"], abs=1e-4) and meta["license"] == "mit"
 
 
 def test_killed_run_resumes_to_bitwise_identical_weights(synthetic_root, tmp_path):

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Where the training commands are too slow for CI: what they would run, and which test runs it.
 NOT_RUN = {
     "python scripts/finetune_retrieval.py": "trains minutes on CPU; tests/test_retrieval_learns.py runs it",
-    "python scripts/evaluate_retrieval.py --model runs/finetune_synthetic/model.pt":
+    "python scripts/evaluate_retrieval.py --model runs/finetune_synthetic/model":
         "needs the fine-tune above; tests/test_evaluate_scripts.py runs the script",
     "python scripts/finetune_caption.py": "trains minutes on CPU; tests/test_caption_learns.py runs it",
-    "python scripts/evaluate_caption.py --model runs/caption_synthetic/model.pt --beam 5":
+    "python scripts/evaluate_caption.py --model runs/caption_synthetic/model --beam 5":
         "needs the caption fine-tune; tests/test_evaluate_scripts.py runs the script",
     "python scripts/linear_probe.py": "lays out two format twins and extracts features of each; "
                                       "tests/test_configs_run.py runs the probe configs",
@@ -43,6 +43,9 @@ NOT_RUN = {
                                           "configs/ablations/table5.yaml through it with micro settings",
     "python scripts/plot_runs.py runs/ablation_table5/seed0 --metric ta":
         "needs the ablation's runs; tests/test_tensorboard.py runs the script",
+    "hf upload your-name/clip4vla-synthetic exports/clip4vla-synthetic":
+        "needs a Hub account and the network; the <python: hub> block reads the uploaded folder back from a "
+        "Hub cache laid out on disk (tests/test_model_folder.py checks that layout and its errors)",
     "tensorboard --logdir runs/ablation_table5/tensorboard/rows":
         "a server that runs until Ctrl-C; tests/test_ablation.py reads the dashboard's event files with "
         "TensorBoard's own reader",
@@ -51,21 +54,25 @@ NOT_RUN = {
 MANIFEST_CHAIN = [
     "python scripts/make_synthetic.py --format manifest --out data/manifest --source data/synthetic",
     "python scripts/finetune_retrieval.py --config configs/finetune_manifest.yaml",
-    "python scripts/evaluate_retrieval.py --model runs/finetune_manifest/model.pt --config configs/finetune_manifest.yaml",
+    "python scripts/evaluate_retrieval.py --model runs/finetune_manifest/model --config configs/finetune_manifest.yaml",
     "python scripts/finetune_caption.py --config configs/finetune_caption_manifest.yaml",
-    "python scripts/evaluate_caption.py --model runs/caption_manifest/model.pt --config "
+    "python scripts/evaluate_caption.py --model runs/caption_manifest/model --config "
     "configs/finetune_caption_manifest.yaml",
-    "clip4vla-search index data/manifest/media --model runs/finetune_manifest/model.pt",
+    "clip4vla-search index data/manifest/media --model runs/finetune_manifest/model",
 ]
+EXPORT = "python scripts/export_model.py runs/pretrain_synthetic/model exports/clip4vla-synthetic --license mit --onnx"
+HUB_ID = "your-name/clip4vla-synthetic"  # the README's example id, served here from an on-disk Hub cache
 # The training-free commands after the quick start that this test runs, in README order.
 RUN = [
     "python scripts/pretrain.py",
     "python scripts/pretrain.py --resume | tail -n 1 | python -c \"import json,sys; print(json.load(sys.stdin)['t2a'])\"",
-    "python scripts/evaluate_retrieval.py --model runs/pretrain_synthetic/model.pt --fusion g2g",
-    "python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model.pt",
+    "python scripts/evaluate_retrieval.py --model runs/pretrain_synthetic/model --fusion g2g",
+    "python scripts/sweep_audio_type.py --model runs/pretrain_synthetic/model",
     *MANIFEST_CHAIN,
     "<python: load_model>",
-    "clip4vla-search index data/synthetic/videos --model runs/pretrain_synthetic/model.pt",
+    "<python: hub>",
+    EXPORT,
+    "clip4vla-search index data/synthetic/videos --model runs/pretrain_synthetic/model",
     "clip4vla-search query \"a small red shape with a high siren\" --dir data/synthetic/videos --top-k 3",
     "<python: embed>",
     "python scripts/make_synthetic.py --format vatex --out twins/vatex --num-clips 40",
@@ -108,7 +115,9 @@ def synthetic_chain() -> list[tuple[str, str]]:
         if language == "python" and "data/howto100m/" in block:  # reading real shards: tests/test_shards.py runs it
             continue
         if language == "python":
-            chain.append(("<python: embed>" if "embed_text" in block else "<python: load_model>", block))
+            key = "<python: embed>" if "embed_text" in block else "<python: hub>" if HUB_ID in block else \
+                "<python: load_model>"
+            chain.append((key, block))
         elif language == "bash" and not any(marker in block for marker in FOREIGN_BLOCK):
             chain += [(c, c) for c in shell_commands(block) if not any(step in c for step in INSTALL_STEP)]
     return chain
@@ -132,6 +141,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """``folder`` as huggingface_hub caches a downloaded repository: blobs, a snapshot of links, a ref."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "a" * 40
+    snapshot = repo / "snapshots" / commit
+    for path in (repo / "blobs", snapshot, repo / "refs"):
+        path.mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for file in folder.iterdir():
+        blob = repo / "blobs" / _sha256(file)
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    return cache
+
+
 def _fingerprint(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -147,12 +171,12 @@ def readme_folder(tmp_path_factory, synthetic_root) -> Path:
     return root
 
 
-def _run(command: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def _run(command: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     search = shutil.which("clip4vla-search")
     command = re.sub(r"(^|\| )python ", rf"\1{shlex.quote(sys.executable)} ", command)
     if command.startswith("clip4vla-search") and search is None:  # not installed: the same program
         command = command.replace("clip4vla-search", f"{shlex.quote(sys.executable)} scripts/search.py", 1)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
@@ -166,7 +190,12 @@ def test_readme_synthetic_chain_runs_in_order(readme_folder):
     for key, what in chain:
         if "make_synthetic.py" in key:  # a format twin: the quick start's data stays as it was
             data_before = _fingerprint(readme_folder / "data" / "synthetic")
-        if key.startswith("<python"):
+        if key == "<python: hub>":  # the quick start's folder as if uploaded, and OpenAI's file brought along
+            cache = _hub_cache(readme_folder / "hf-cache", HUB_ID, run_dir / "model")
+            (readme_folder / "ViT-B-32.pt").symlink_to(REPO / "tests" / "fixtures" / "clip_tiny_vit_jit.pt")
+            done = _run(f"python - <<'EOF'\n{what}\nEOF", readme_folder,
+                        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+        elif key.startswith("<python"):
             done = _run(f"python - <<'EOF'\n{what}\nEOF", readme_folder)
         elif "scripts/pretrain.py" in key:
             done = _run(_with_overrides(what, "scripts/pretrain.py", MICRO), readme_folder)
@@ -180,19 +209,23 @@ def test_readme_synthetic_chain_runs_in_order(readme_folder):
             done = _run(what, readme_folder)
         seen[key] = done
         if key == "python scripts/pretrain.py":
-            model_hash, log_hash = _sha256(run_dir / "model.pt"), _sha256(run_dir / "metrics.jsonl")
+            model_hash, log_hash = _fingerprint(run_dir / "model"), _sha256(run_dir / "metrics.jsonl")
 
     # the quick start ends with one JSON object; the snippet after it reads that object again
     # from --resume, which on the finished run trains nothing and writes nothing
     assert "t2a" in json.loads(seen[RUN[0]].stdout.strip().splitlines()[-1])
     assert re.fullmatch(r"\{'R1': [\d.]+, 'R5': .*\}\n", seen[RUN[1]].stdout)
-    assert (_sha256(run_dir / "model.pt"), _sha256(run_dir / "metrics.jsonl")) == (model_hash, log_hash)
+    assert (_fingerprint(run_dir / "model"), _sha256(run_dir / "metrics.jsonl")) == (model_hash, log_hash)
     assert "[val]" not in seen[RUN[1]].stderr and "resumed from" in seen[RUN[1]].stderr
 
     # what the README says these print
     text = (REPO / "README.md").read_text(encoding="utf-8")
     shown = re.search(r"print\(model\.preprocessing\)\s+# (Preprocessing\(.*?), \.\.\.\)", text).group(1)
     assert seen["<python: load_model>"].stdout.startswith(shown)
+    assert seen["<python: hub>"].stdout == "CLIP4VLA CLIP4VLA\n"
+    export_block = next(b for lang, b in readme_blocks() if lang == "bash" and "scripts/export_model.py" in b)
+    said = next(line[2:] for line in export_block.splitlines() if line.startswith("# "))
+    assert seen[EXPORT].stdout.splitlines()[0] == said  # what the README says it prints
     index_line = re.compile(r"\d+ files: \d+ embedded, \d+ unchanged, \d+ dropped \(deleted\), \d+ unreadable "
                             r"\([\d.]+ s\) -> data/synthetic/videos/\.clip4vla-index\.pt")
     index, query = (next(k for k in RUN if k.startswith(f"clip4vla-search {verb} ") and "data/synthetic/" in k)

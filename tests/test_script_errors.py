@@ -28,10 +28,10 @@ def run_script(script: str, args: list[str]) -> subprocess.CompletedProcess:
     ("extract_features.py", ["--media", "{tmp}", "--out", "{tmp}/features"]),
 ])
 def test_a_missing_quick_start_model_says_what_to_run(script, extra, tmp_path):
-    model = tmp_path / "runs" / "pretrain_synthetic" / "model.pt"
+    model = tmp_path / "runs" / "pretrain_synthetic" / "model"
     result = run_script(script, ["--model", str(model), *(a.format(tmp=tmp_path) for a in extra)])
     assert result.returncode == 2, result.stderr[-2000:]
-    assert f"error: {model}: checkpoint file not found" in result.stderr
+    assert f"error: {model}: model file or folder not found" in result.stderr
     assert "run `python scripts/pretrain.py` first" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written

@@ -226,9 +226,9 @@ def test_without_an_index_the_page_gets_a_runnable_command(tmp_path, micro_expor
     assert status["problem"] == f"no index at {relative / DEFAULT_NAME} yet" and "`" not in status["problem"]
     assert status["command"] is None and "--model" in status["hint"]  # no model anywhere: says how to get one
     (tmp_path / "runs" / "pretrain_synthetic").mkdir(parents=True)
-    shutil.copy(micro_export, tmp_path / "runs" / "pretrain_synthetic" / "model.pt")
+    shutil.copytree(micro_export, tmp_path / "runs" / "pretrain_synthetic" / "model")
     status = create_app(Library(relative, relative / DEFAULT_NAME)).test_client().get("/api/status").get_json()
-    assert status["command"] == "clip4vla-search index videos --model runs/pretrain_synthetic/model.pt"
+    assert status["command"] == "clip4vla-search index videos --model runs/pretrain_synthetic/model"
     assert main(status["command"].split()[1:] + ["--no-progress"]) == 0  # it runs as shown
     assert create_app(Library(relative, relative / DEFAULT_NAME)).test_client().get("/api/status").get_json()["ok"]
 

@@ -5,6 +5,7 @@ scripts/plot_runs.py for people who do not run TensorBoard."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import importlib.util
 import json
 import os
@@ -79,7 +80,7 @@ def test_events_match_metrics_jsonl_and_survive_a_resume(synthetic_root, tmp_pat
     # which the resumed run computes again; TensorBoard must show each step once, as metrics.jsonl
     for step in (3, 4):
         (out / "checkpoints" / f"ckpt_{step:06d}.pt").unlink()
-    (out / "model.pt").unlink()
+    shutil.rmtree(out / "model")
     t = trainer(synthetic_root, out, resume=True)
     t.fit()
     t.close()

@@ -179,8 +179,19 @@ class AudioEncoder(nn.Module):
     def encode_segments(self, segments: torch.Tensor, audio_type: AudioType) -> torch.Tensor:
         """``[N, 3, 224, 224]`` segments -> ``[N, D]`` unnormalised segment features (projected CLS)."""
         x = self.visual.embed_patches(segments)  # [N, 1 + P, W]
-        if self.use_type_token:
-            types = self.type_tokens(audio_type, x.shape[0]).to(x.dtype)  # [N, T, W]
+        types = self.type_tokens(audio_type, x.shape[0]) if self.use_type_token else None
+        return self.encode_embedded(x, types)
+
+    def encode_embedded(self, x: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        """Embedded patches ``[N, 1 + P, W]`` plus type token embeddings ``[N, T, W]`` (None without
+        the type token) -> ``[N, D]``.
+
+        Split from :meth:`encode_segments` so the ONNX export can look its type ids up in
+        ``type_embedding`` itself: :meth:`type_tokens` checks the ids' range with a branch on their
+        values, which an exporter cannot trace.
+        """
+        if types is not None:
+            types = types.to(x.dtype)
             # "both" (REF fine-tuning mode) puts VB and NB at the same, single type position
             type_position = self.visual.positional_embedding[-1].to(x.dtype)
             x = torch.cat([x, types + type_position], dim=1)  # [N, 1 + P + T, W]

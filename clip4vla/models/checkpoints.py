@@ -1,17 +1,22 @@
-"""Model files: our one-file export, and reading every kind of file a model can start from.
+"""Model files: our model folder, and reading every kind of file a model can start from.
 
-``load_model(path)`` returns a ready :class:`CLIP4VLA` (eval mode, ``model.preprocessing`` set)
-from any of:
+``load_model(source)`` (``clip4vla.from_pretrained``) returns a ready :class:`CLIP4VLA` (eval mode,
+``model.preprocessing`` set) from any of:
 
-* **our export** ``<output_dir>/model.pt``: weights, the architecture (so nothing is inferred) and
-  the preprocessing the weights were trained with (:class:`Preprocessing`);
+* **a model folder** (``<output_dir>/model/``, :mod:`clip4vla.models.model_folder`): ``model.safetensors``,
+  ``config.json`` (the architecture, so nothing is inferred, and the preprocessing the weights were
+  trained with, :class:`Preprocessing`) and the model card; the folder itself or its
+  ``model.safetensors``;
+* **a Hugging Face Hub id** ``org/name[@revision]``: the snapshot ``huggingface_hub`` keeps in its
+  cache (:mod:`clip4vla.models.hub`), a model folder or an open_clip repository;
+* **our older one-file export** ``model.pt`` (clip4vla 0.2): the same records in a torch file;
 * **a trainer checkpoint** ``checkpoints/ckpt_<step>.pt`` or ``best.pt`` (same contents plus the
   optimiser state, which is ignored here);
 * **an OpenAI CLIP file** (``ViT-B-32.pt``, TorchScript archive or state dict) of any ViT size and
   resolution: the audio encoder is initialised from the vision tower (paper "+Initial");
 * **an open_clip checkpoint** of an OpenAI-architecture ViT (``open_clip_model.safetensors``,
   ``open_clip_pytorch_model.bin``, a ``create_model(...).state_dict()``, an open_clip training
-  checkpoint): read like an OpenAI state dict, with the activation declared
+  checkpoint, or an open_clip Hub folder): read like an OpenAI state dict, with the activation declared
   (:mod:`clip4vla.models.open_clip_format`: no state dict records it, and it is never guessed);
 * **a released CLIP4VLA checkpoint** (keys ``clip.*``, ``audio.visual.*`` with
   ``control_embedding``; its token table has 3 extra rows, dropped here).
@@ -28,12 +33,13 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from clip4vla.files import save_checkpoint
+from clip4vla.models.card import CardFacts, model_card
+from clip4vla.models.hub import locate_model
 from clip4vla.models.audio import AUDIO_RESOLUTION, AudioEncoder
 from clip4vla.models.clip import ACTIVATIONS, CLIP, CLIPConfig, clip_with_weights, foreign_tower
 from clip4vla.models.clip4vla import CLIP4VLA
@@ -44,7 +50,16 @@ from clip4vla.models.loading import (
     read_model_container,
     to_float32_state_dict,
 )
+from clip4vla.models.model_folder import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    is_model_folder,
+    read_folder_config,
+    read_folder_weights,
+    write_model_folder,
+)
 from clip4vla.models.open_clip_format import (
+    HUB_CONFIG_NAME,
     OPEN_CLIP_FILE_NAMES,
     HubConfig,
     archive_activation,
@@ -64,6 +79,7 @@ __all__ = [
     "declare_activation",
     "export_model",
     "load_model",
+    "model_card_facts",
     "model_architecture",
     "model_from_architecture",
     "read_model_file",
@@ -82,7 +98,7 @@ _REF_EXTRA_VOCAB = 3
 class ModelFile:
     """What a model file holds, whatever its kind."""
 
-    kind: str  # "export", "trainer checkpoint", "openai", "open_clip", "reference"
+    kind: str  # "model folder", "export" (model.pt), "trainer checkpoint", "openai", "open_clip", "reference"
     architecture: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     preprocessing: Preprocessing | None
@@ -199,12 +215,14 @@ def _preprocessing(value: Any, source: str) -> Preprocessing | None:
 
 
 def read_model_file(path: str | os.PathLike) -> ModelFile:
-    """Classify and read any model file (see the module docstring); weights come back float32.
+    """Classify and read any model file or folder, or a Hub id (module docstring); weights come
+    back float32.
 
     Every weight must be finite: a NaN from a diverged run would otherwise give empty captions,
     zero metrics or a loss error blaming the first batch's videos, far from the file at fault.
     """
-    file = _read_model_file(Path(path))
+    path = locate_model(path)
+    file = _read_model_file(path)
     file.source = str(path)
     bad = nonfinite_tensors(file.state_dict)
     if bad:
@@ -228,8 +246,38 @@ def _record_file(raw: dict[str, Any], kind: str, weights_key: str, source: str) 
     )
 
 
+def _folder_file(folder: Path) -> ModelFile:
+    """A model folder (:mod:`clip4vla.models.model_folder`), every record checked."""
+    config = read_folder_config(folder)
+    dtype = config.get("dtype", "float32")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise CheckpointError(f"{folder / CONFIG_NAME}: \"dtype\" is {dtype!r}, expected float32, float16 or bfloat16")
+    state = read_folder_weights(folder, dtype)
+    source = str(folder / WEIGHTS_NAME)
+    training = config.get("training") if isinstance(config.get("training"), Mapping) else {}
+    return ModelFile(
+        kind="model folder",
+        architecture=dict(config["architecture"]),
+        state_dict=to_float32_state_dict(state, source, owned=True, drop=()),
+        preprocessing=_preprocessing(config["preprocessing"], str(folder / CONFIG_NAME)),
+        extra={k: training[k] for k in ("task", "step") if k in training},
+    )
+
+
 def _read_model_file(path: Path) -> ModelFile:
     source = str(path)
+    if path.is_dir() or (path.name == WEIGHTS_NAME and is_model_folder(path.parent)):
+        folder = path if path.is_dir() else path.parent
+        ours = any((folder / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME))
+        if is_model_folder(folder) or ours and not (folder / HUB_CONFIG_NAME).is_file():
+            return _folder_file(folder)
+        weights = next((folder / name for name in OPEN_CLIP_FILE_NAMES if (folder / name).is_file()), None)
+        if weights is None:
+            shown = ", ".join(sorted(p.name for p in folder.iterdir())[:8])
+            raise CheckpointError(f"{folder}: a folder that is not a model: a clip4vla model folder has {CONFIG_NAME} "
+                                  f"and {WEIGHTS_NAME}, an open_clip one {HUB_CONFIG_NAME} and its weights "
+                                  f"(it holds: {shown or 'nothing'})")
+        path, source = weights, str(weights)
     raw, container, classes = read_model_container(path)
     if raw.get("format") == MODEL_FORMAT:
         version = raw.get("format_version")
@@ -428,19 +476,36 @@ def model_record(model: CLIP4VLA, preprocessing: Preprocessing) -> dict[str, Any
     return {"architecture": model_architecture(model), "preprocessing": preprocessing.to_dict()}
 
 
-def export_model(
-    model: CLIP4VLA, path: str | os.PathLike, preprocessing: Preprocessing, **provenance: Any
-) -> Path:
-    """Write the one-file export (weights + architecture + preprocessing) atomically.
+def model_card_facts(model: CLIP4VLA, preprocessing: Preprocessing, name: str, **facts: Any) -> CardFacts:
+    """The card's facts about ``model`` itself (architecture, preprocessing) plus what the caller knows."""
+    return CardFacts(name=name, architecture=model_architecture(model), preprocessing=preprocessing.to_dict(), **facts)
 
-    ``provenance`` (task name, step, the resolved config) is stored for the record; only plain
-    types, so the file reads back with ``weights_only=True``.
+
+def export_model(model: CLIP4VLA, folder: str | os.PathLike, preprocessing: Preprocessing,
+                 card: CardFacts | None = None, extra: Callable[[Path], None] | None = None, **training: Any) -> Path:
+    """Write the model folder (:mod:`clip4vla.models.model_folder`) atomically: weights, the
+    architecture and preprocessing records, and the model card.
+
+    ``training`` (task name, step, which weights) goes into ``config.json`` for the record (plain
+    JSON types); ``card`` holds what the card says beyond the model itself (default: a card with
+    the model's own facts, named after the folder); ``extra(folder)`` writes more files into the
+    folder before it takes its name (the ONNX encoders of ``scripts/export_model.py --onnx``).
     """
-    state = {
-        "format": MODEL_FORMAT,
-        "format_version": FORMAT_VERSION,
+    folder = Path(folder)
+    record = {
+        "clip4vla_version": _version(),
         **model_record(model, preprocessing),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **provenance,
+        "dtype": "float32",
+        "training": {k: v for k, v in training.items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
-    return save_checkpoint(path, state)
+    if card is None:
+        card = model_card_facts(model, preprocessing, folder.name, task=training.get("task"), step=training.get("step"),
+                                weights=training.get("weights"))
+    state = {k: v.detach().to(torch.float32) if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    return write_model_folder(folder, state, record, model_card(card), extra)
+
+
+def _version() -> str:
+    from clip4vla import __version__
+
+    return __version__

@@ -83,6 +83,12 @@ class CLIP4VLA(nn.Module):
         self.clip.set_grad_checkpointing(enable)
         self.audio.set_grad_checkpointing(enable)
 
+    def tower_blocks(self) -> list[nn.Module]:
+        """The transformer blocks of the text, vision and audio towers, in that order: the units that
+        FSDP shards and ``train.compile`` compiles (the towers' weight and compute sit there)."""
+        towers = (self.clip.transformer, self.clip.visual.transformer, self.audio.visual.transformer)
+        return [block for tower in towers for block in tower.resblocks]
+
     def _clip_context(self) -> contextlib.AbstractContextManager:
         return torch.no_grad() if self.clip_frozen else contextlib.nullcontext()
 

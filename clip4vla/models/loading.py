@@ -56,7 +56,7 @@ class CheckpointError(ValueError):
 
 def missing_model_hint(path: str | os.PathLike) -> str:
     """What to do about a missing model file: the quick start's is written by the main job."""
-    if Path(path).as_posix().endswith("pretrain_synthetic/model.pt"):
+    if Path(path).as_posix().endswith(("pretrain_synthetic/model", "pretrain_synthetic/model.pt")):
         return ": run `python scripts/pretrain.py` first (the quick start writes it)"
     return ""
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from clip4vla.models.model_folder import CONFIG_NAME, is_model_folder
 from clip4vla.embed import printable_path
 from clip4vla.search import DEFAULT_NAME, SearchError, _load_query_model, check_query, embed_query, load_index, rank, \
     readable_reason, resolve_inside, similar, staleness
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 MAX_K = 100  # results per request: a page of thumbnails, not a dump of the index
 MAX_QUERY_CHARS = 1000  # far beyond any model's context; keeps the tokenizer's work bounded
 STALE_CHECK_SECONDS = 30.0  # the folder walk behind the status line is repeated at most this often
-NO_MODEL = ("No model file was given or found: start the server with --model MODEL.pt (a training run's "
-            "model.pt; the README's quick start, python scripts/pretrain.py, makes runs/pretrain_synthetic/model.pt)")
+NO_MODEL = ("No model was given or found: start the server with --model MODEL (a training run's model folder "
+            "or a Hub id; the README's quick start, python scripts/pretrain.py, makes runs/pretrain_synthetic/model)")
 
 
 class Unavailable(Exception):
@@ -65,11 +66,12 @@ class Library:
 
     def index_command(self) -> str | None:
         """The command that builds or updates this index (what the page tells the user to run), with
-        the model given to ``serve``, the index's own, or else the newest ``runs/*/model.pt`` here
+        the model given to ``serve``, the index's own, or else the newest ``runs/*/model`` folder here
         (where the README's training commands write); ``None`` when there is no model to name."""
         model = self.model_path or (Path(self.index["model"]["path"]) if self.index else None)
         if model is None:
-            found = sorted(Path("runs").glob("*/model.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+            found = sorted((p for p in Path("runs").glob("*/model") if is_model_folder(p)),
+                           key=lambda p: (p / CONFIG_NAME).stat().st_mtime_ns, reverse=True)
             model = found[0] if found else None
         if model is None:
             return None

@@ -3,14 +3,14 @@
 A table (``configs/ablations/table5.yaml``) is a list of rows, each a list of config overrides, so
 a researcher adds a row without code. Every row of every seed is one pre-training run of
 :class:`clip4vla.train.loop.Trainer` in its own folder (``<out>/seed<k>/<i>_<slug>/``, with its
-``model.pt``), run one after another in this process; then each row's exported model is scored
+``model/``), run one after another in this process; then each row's exported model is scored
 with the zero-shot retrieval evaluation (text->audio R@1/5/10/MdR) on the evaluation corpora, and
 the table (mean and spread over seeds, the paper's numbers beside it for MSR-VTT and VATEX) is
 printed and written as JSON and Markdown into ``<out>``.
 
 Everything is checked before the first step (:func:`check_plan`: arguments, each run's config and
 start file, the evaluation corpora, the folders an earlier invocation left). Re-running the
-command is how a killed ablation continues: a row whose ``model.pt`` exists is skipped (after
+command is how a killed ablation continues: a row whose ``model/`` folder exists is skipped (after
 checking it was trained with the same config, :data:`NOT_THE_RESULT` aside), a row with
 checkpoints resumes through the loop's own bitwise resume, a row with neither starts. Evaluations
 are kept per row. Each finished run is also written as a TensorBoard run from its log
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent.parent
 TABLES_DIR = REPO / "configs" / "ablations"
 STAGE0_CLIP = "clip_towers.pt"  # <out>/stage0/<this>: the stand-in for OpenAI's ViT-B-32.pt
-MODEL_NAME = "model.pt"  # what a finished run leaves (clip4vla.train.run_folder.MODEL_NAME)
+MODEL_NAME = "model"  # the model folder a finished run leaves (clip4vla.train.run_folder.MODEL_NAME)
 EVAL_NAME = "ablation_eval.json"  # per row: its evaluations, so a re-run does not score it again
 # <out>/<this>/rows/seed<k>/<i>_<row> and <out>/<this>/stage0: TensorBoard's view of the runs' logs
 DASHBOARD = "tensorboard"
@@ -63,6 +63,8 @@ NOT_THE_RESULT = frozenset({
     "train.checkpoint_every_steps", "train.keep_last",  # how often its state is saved, how many kept
     # where it runs: the device, as the CPU type (never recorded), moves fp32 kernels' last digits only
     "train.device", "train.dist_timeout_s", "data.num_workers",
+    # what the model card says about the row's model (words, not the model)
+    "train.card.name", "train.card.license", "train.card.description", "train.card.tags", "train.card.datasets",
 })
 # evaluation corpora whose numbers the paper reports (Table 5)
 PAPER_CORPORA = ("msrvtt", "vatex")
@@ -304,8 +306,15 @@ def _stored_evaluations(run: PlannedRun) -> dict[str, Any]:
     if not isinstance(stored, dict) or not all(isinstance(v, dict) and "t2a" in v for v in stored.values()):
         reason = f" ({stored})" if isinstance(stored, Exception) else ""
         raise AblationError(f"{run.label}: {path} is damaged{reason}: rm {path}, then re-run the same command "
-                            "(the row's model.pt is scored again; nothing is trained)")
+                            "(the row's model is scored again; nothing is trained)")
     return stored
+
+
+def _finished(folder: Path) -> bool:
+    """The row's run exported its model folder (complete: it is written in one rename)."""
+    from clip4vla.models.model_folder import is_model_folder
+
+    return is_model_folder(folder / MODEL_NAME)
 
 
 def check_folders(plan: Plan) -> None:
@@ -315,7 +324,7 @@ def check_folders(plan: Plan) -> None:
         if folder.exists() and not folder.is_dir():
             raise AblationError(f"{run.label}: {folder} is a file, not the row's folder: move it away, or give "
                                 "another --output-dir")
-        if (folder / MODEL_NAME).is_file() or any((folder / "checkpoints").glob("ckpt_*.pt")):
+        if _finished(folder) or any((folder / "checkpoints").glob("ckpt_*.pt")):
             _check_same_config(folder, run.config, run.label)
             _stored_evaluations(run)
 
@@ -407,7 +416,7 @@ class AblationInterrupted(Exception):
 
 
 def train_run(run: PlannedRun, decodes: _SharedDecodes) -> str:
-    """Train one run to its ``model.pt``: ``"skipped"`` (finished), ``"resumed"`` or ``"trained"``.
+    """Train one run to its model folder: ``"skipped"`` (finished), ``"resumed"`` or ``"trained"``.
 
     Its folder was checked by :func:`check_folders`. The loop's messages suggest the training
     scripts' flags; the ones that can reach the user here are said again as ablate.py commands.
@@ -416,7 +425,7 @@ def train_run(run: PlannedRun, decodes: _SharedDecodes) -> str:
     from clip4vla.train.run_folder import LOCK_NAME, ExportError, RunFolderLocked, RunLock
 
     folder = Path(run.config.train.output_dir)
-    if (folder / MODEL_NAME).is_file():
+    if _finished(folder):
         _say(f"{run.label}: finished earlier, skipped ({folder})")
         return "skipped"
     resume = any((folder / "checkpoints").glob("ckpt_*.pt"))
@@ -451,7 +460,7 @@ def export_stage0(folder: Path) -> Path:
 
     target = folder / STAGE0_CLIP
     if not target.is_file():
-        model = load_model(folder / "model.pt")
+        model = load_model(folder / MODEL_NAME)
         state = {k: v.detach().clone() for k, v in model.clip.state_dict().items()}
         write_atomic(target, lambda f: torch.save(state, f))
     return target
@@ -459,7 +468,7 @@ def export_stage0(folder: Path) -> Path:
 
 def evaluate_run(run: PlannedRun, evaluations: Sequence[tuple[str, str]], base: PretrainConfig,
                  datasets: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Zero-shot text->audio (with v2a, t2v and chance) of the run's ``model.pt`` on each evaluation;
+    """Zero-shot text->audio (with v2a, t2v and chance) of the run's model folder on each evaluation;
     kept in the run folder, so a re-run scores only what is missing. ``datasets`` keeps the decoded
     evaluation clips for the next row (the rows share the inputs: same data, same preprocessing)."""
     import torch
@@ -477,11 +486,11 @@ def evaluate_run(run: PlannedRun, evaluations: Sequence[tuple[str, str]], base: 
     if not missing:
         return stored
     device = resolve_device(run.config.train.device)
-    model = load_model(folder / "model.pt", device=device)
+    model = load_model(folder / MODEL_NAME, device=device)
     # the row's config with the user's test split back (the rows train without one)
     config = dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, test_split=base.data.test_split))
     for corpus, split in missing:
-        _say(f"{run.label}: scoring model.pt on {corpus} {split}")
+        _say(f"{run.label}: scoring its model on {corpus} {split}")
         options = SampleOptions.for_inference(model.preprocessing, config.data)
         # kept decoded across rows only where the config keeps its clips decoded (small sets)
         options = dataclasses.replace(options, cache_decoded=config.data.cache_decoded and config.data.num_workers == 0)

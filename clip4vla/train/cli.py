@@ -93,8 +93,8 @@ def run_training(
             print("\n" + trainer.task.report(result))
             summary = {**trainer.task.summary(result), "skipped": result["skipped"]}
         else:
-            print(f"\nno test split configured (data.test_split is null): the model is in {trainer.out_dir / 'model.pt'}")
-            summary = {"split": None, "model": str(trainer.out_dir / "model.pt")}
+            print(f"\nno test split configured (data.test_split is null): the model is in {trainer.out_dir / 'model'}")
+            summary = {"split": None, "model": str(trainer.out_dir / "model")}
         print(json.dumps(summary), flush=True)
     trainer.close()
     return 0

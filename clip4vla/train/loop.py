@@ -6,21 +6,23 @@ captioning is a :class:`clip4vla.train.task.Task`; everything here is shared: DD
 loss scaling, feature-cached accumulation, clipping, the schedule, the non-finite check,
 checkpoints and bitwise resume (model, optimiser, scheduler, scaler, step, RNG, metrics history),
 the validation cadence, best-checkpoint selection, the progress bar, ``metrics.jsonl``, the
-plots and the exported ``model.pt``.
+plots and the exported model folder ``model/``.
 
 Outputs under ``train.output_dir``: ``config.yaml``, ``metrics.jsonl``, ``loss_curves.png``,
 ``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``), ``checkpoints/best.pt`` (weights of
-the best validation so far) and ``model.pt`` (the model file, ``clip4vla.load_model``).
+the best validation so far) and ``model/`` (the model folder with its card, ``clip4vla.from_pretrained``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,7 +37,8 @@ from clip4vla.data.splits import DataSplits
 from clip4vla.models.checkpoints import ModelFile, model_record
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.factory import build_model, inputs_for_model, read_init_file
-from clip4vla.models.loading import CheckpointError, missing_model_hint
+from clip4vla.models.hub import locate_model
+from clip4vla.models.loading import CheckpointError
 from clip4vla.plotting import plot_metrics
 from clip4vla.precision import autocast
 from clip4vla.train.checkpoint import capture_rng_state, check_writable, restore_rng_state, state_bytes
@@ -52,7 +55,20 @@ from clip4vla.train.distributed import (
     no_sync_factory,
     wrap_ddp,
 )
+from clip4vla.train.compile import check_compiler, compile_tower_blocks
+from clip4vla.train.fsdp import (
+    Sharding,
+    ShardedGradScaler,
+    all_finite,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+    unsharded_copy,
+)
+from clip4vla.train.fsdp import clip_grad_norm as fsdp_clip_grad_norm
 from clip4vla.train.grad_cache import cached_accumulation_step
+from clip4vla.train.model_card import run_card
 from clip4vla.train.optim import WarmupCosine, build_optimizer, warmup_cosine_factor
 from clip4vla.train.resume import check_architecture
 from clip4vla.train.run_folder import RunFolder
@@ -68,6 +84,11 @@ class NonFiniteLossError(FloatingPointError):
 
 class NonFiniteWeightsError(FloatingPointError):
     """Raised (on every rank together: the weights are the same) when a step made a weight NaN/inf."""
+
+
+class Fp16OverflowError(NonFiniteLossError):
+    """fp16 overflowed step after step with the loss scale already at its floor: the run's values
+    do not fit in fp16 (one overflow is a skipped step, see :meth:`Stepper.note_fp16_step`)."""
 
 
 @contextlib.contextmanager
@@ -136,12 +157,14 @@ def start_file(config: RunConfig, task: Task, resume_from: tuple[dict[str, Any],
     if task.requires_init and not mc.init_from:
         raise ConfigError(
             f"model.init_from is required: {task.name} fine-tuning starts from a pre-trained model "
-            "(our model.pt, e.g. runs/pretrain_synthetic/model.pt after `python scripts/pretrain.py`)"
+            "(a model folder, e.g. runs/pretrain_synthetic/model after `python scripts/pretrain.py`, or a Hub id)"
         )
     if not mc.init_from:
         return None
-    if not Path(mc.init_from).is_file():
-        raise ConfigError(f"model.init_from={mc.init_from} not found{missing_model_hint(mc.init_from)}")
+    try:
+        locate_model(mc.init_from)
+    except CheckpointError as err:
+        raise ConfigError(f"model.init_from={mc.init_from}: {err}") from err
     return read_init_file(mc)
 
 
@@ -224,6 +247,15 @@ class Stepper:
     (``benchmarks/pretrain_step.py``) times exactly what training runs.
     """
 
+    # fp16 (train.precision=fp16): a step whose gradients, or whose loss (an overflow in the
+    # forward), are inf/NaN is skipped by the loss scaler, which halves its scale for the next
+    # step. That is routine while the scale comes down from 2**16 at the start of a run, and now
+    # and then later. It only keeps happening when fp16 cannot hold the run's values at all:
+    # FP16_GIVE_UP skipped steps in a row with the scale already at most FP16_MIN_SCALE (no
+    # headroom left to give back) raise Fp16OverflowError rather than train on without updates.
+    FP16_MIN_SCALE = 1.0
+    FP16_GIVE_UP = 8
+
     def __init__(self, config: RunConfig, task: Task, model: CLIP4VLA, dist: DistInfo, total_steps: int) -> None:
         self.config = config
         self.task = task
@@ -235,17 +267,31 @@ class Stepper:
         # leave them alone, the loop all-reduces their gradients itself
         in_loss = {id(p) for p in self.loss_module.parameters()}
         ignore = [name for name, p in task.forward_module.named_parameters() if id(p) in in_loss]
-        self.ddp = wrap_ddp(task.forward_module, dist, ignore=ignore)
         trainable = nn.ModuleDict(
             {"clip": model.clip, "audio": model.audio, "heads": model.heads, "loss": self.loss_module}
         )
+        # train.strategy=fsdp: the trainable towers' blocks are sharded (clip4vla.train.fsdp), and the
+        # forward module runs unwrapped; otherwise DDP wraps it (a no-op on one process)
+        self.sharding = Sharding.apply(model, dist, config.train.precision, trainable.parameters()) \
+            if config.train.strategy == "fsdp" else None
+        self._compiling = config.train.compile
+        if config.train.compile:  # after sharding: FSDP's units are the blocks it compiles
+            compile_tower_blocks(model)
+        self.ddp = task.forward_module if self.sharding else wrap_ddp(task.forward_module, dist, ignore=ignore)
         oc = config.optim
         self.optimizer = build_optimizer(
-            trainable, lr=oc.lr, coef_lr=oc.coef_lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps
+            trainable, lr=oc.lr, coef_lr=oc.coef_lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps,
+            sharded=self.sharding is not None,
         )
         self.scheduler = WarmupCosine(self.optimizer, total_steps=total_steps, warmup=oc.warmup)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        scaler = ShardedGradScaler if self.sharding else torch.amp.GradScaler  # shards' overflows agree over ranks
+        self.scaler = scaler(self.device.type, enabled=config.train.precision == "fp16")
         self.step = 0
+        # fp16: optimiser steps the scaler skipped, in all and in a row at the floor scale (both
+        # checkpointed with its state); whether this step's loss overflowed, and in which batch
+        self.fp16_skipped = 0
+        self._fp16_stuck = 0
+        self._loss_overflow: str | None = None
         # What the config asks of every parameter group, re-applied over a resumed optimiser state
         self._group_settings = [
             {"lr": base, **{k: group[k] for k in ("weight_decay", "betas", "eps")}}
@@ -255,13 +301,18 @@ class Stepper:
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to continue the optimisation bitwise (with the RNG state)."""
+        """What a checkpoint needs to continue the optimisation bitwise (with the RNG state). With
+        FSDP the sharded tensors are gathered (every rank calls this), so the file is a DDP one."""
+        if self.sharding:
+            model, optimizer = full_model_state(self.model), full_optimizer_state(self.optimizer)
+        else:
+            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         return {
-            "model": self.model.state_dict(),
+            "model": model,
             "loss": self.loss_module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self._scaler_state(),
             "step": self.step,
         }
 
@@ -271,12 +322,20 @@ class Stepper:
         return state_bytes(self.model.state_dict()) + state_bytes(self.loss_module.state_dict()) + moments
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        # which kernels this optimiser runs (fused, multi-tensor) is this process's choice, not the
+        # checkpoint's: a DDP run's fused AdamW cannot step FSDP's shards, and the reverse is slow
+        kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in self.optimizer.param_groups]
+        if self.sharding:  # full tensors (either strategy wrote them): each rank takes its part
+            load_full_model_state(self.model, state["model"])
+            load_full_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        for group, chosen in zip(self.optimizer.param_groups, kernels):
+            group.update(chosen)
         self.loss_module.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and self.scaler.is_enabled():  # fp32/bf16 checkpoints have no scaler state
-            self.scaler.load_state_dict(state["scaler"])
+        self._load_scaler_state(state["scaler"])
         self.step = int(state["step"])
 
     def apply_config_schedule(self) -> None:
@@ -300,15 +359,75 @@ class Stepper:
         self.scheduler._last_lr = [group["lr"] for group in groups]
 
     def _check_weights(self) -> None:
-        """Stop at the step that made the weights non-finite, before any checkpoint can hold them."""
-        finite = torch.stack([torch.isfinite(p).all() for p in self._params]).all()
-        if not bool(finite):
+        """Stop at the step that made the weights non-finite, before any checkpoint can hold them.
+
+        A step the fp16 loss scaler skipped leaves the weights as they were, so it never trips this.
+        """
+        if self.sharding:
+            finite = all_finite(self._params)
+        else:
+            finite = bool(torch.stack([torch.isfinite(p).all() for p in self._params]).all())
+        if not finite:
             bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
             raise NonFiniteWeightsError(
                 f"the weights became non-finite at step {self.step} ({len(bad)} tensors, e.g. {', '.join(bad[:3])}; "
                 f"lr {self.optimizer.param_groups[0]['lr']:.3g}): the learning rate is probably too high. No "
                 "checkpoint of this step was written; the newest one is from before"
             )
+    # -- fp16 loss scaling ---------------------------------------------------------------------
+
+    def _scaler_state(self) -> dict[str, Any]:
+        """The loss scaler's state (empty unless fp16) with its skip counters, so that both resume."""
+        if not self.scaler.is_enabled():
+            return {}
+        return {**self.scaler.state_dict(), "skipped_steps": self.fp16_skipped, "stuck_steps": self._fp16_stuck}
+
+    def _load_scaler_state(self, state: dict[str, Any]) -> None:
+        if not state or not self.scaler.is_enabled():  # fp32/bf16 checkpoints have no scaler state
+            return
+        state = dict(state)
+        self.fp16_skipped = int(state.pop("skipped_steps", 0))  # absent from older checkpoints
+        self._fp16_stuck = int(state.pop("stuck_steps", 0))
+        self.scaler.load_state_dict(state)
+
+    def _scaler_skips(self) -> bool:
+        """Whether ``scaler.step`` will skip this step: the very flags it decides on
+        (``GradScaler._maybe_opt_step``), which ``unscale_`` sets when a gradient is inf/NaN. Private
+        state of ``torch.amp.GradScaler``, read between ``unscale_`` and ``update`` (which clears it)."""
+        found_inf = self.scaler._per_optimizer_states[id(self.optimizer)]["found_inf_per_device"]
+        return bool(sum(v.item() for v in found_inf.values()))
+
+    def _skip_for_loss_overflow(self) -> None:
+        """Make the scaler skip a step whose loss overflowed. It only looks at the gradients, and an
+        inf loss can have finite ones (an inf term whose gradient is not inf): one gradient is made
+        NaN, so the step is skipped, and the scale lowered, exactly as for any other overflow."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:
+            grads[0].fill_(float("nan"))
+
+    def note_fp16_step(self, skipped: bool, scale: float) -> None:
+        """Count a step the scaler skipped (``scale``: the one it used); raise if fp16 is hopeless."""
+        if not skipped:
+            self._fp16_stuck = 0
+            return
+        self.fp16_skipped += 1
+        if scale <= self.FP16_MIN_SCALE:
+            self._fp16_stuck += 1
+        if self._fp16_stuck >= self.FP16_GIVE_UP:
+            what = ("the gradients are inf/NaN even at that scale" if not self._loss_overflow else
+                    f"the loss itself is inf/NaN (a forward overflow; batch video ids: {self._loss_overflow})")
+            raise Fp16OverflowError(
+                f"fp16 overflowed on {self._fp16_stuck} steps in a row up to step {self.step}, with the loss scale "
+                f"already at {scale:g} (at most {self.FP16_MIN_SCALE:g}): {what}. fp16 cannot represent this run: "
+                "train it with train.precision=bf16 (or fp32 where bf16 is unsupported, e.g. a V100); the skipped "
+                "steps left the weights unchanged, so --resume --allow-config-change --set train.precision=bf16 "
+                "continues from the newest checkpoint"
+            )
+
+    def fp16_summary(self) -> str:
+        return (f"fp16: the loss scaler skipped {self.fp16_skipped} of {self.step} optimiser steps (inf/NaN "
+                f"gradients or loss); loss scale now {self.scaler.get_scale():g}")
+
     # -- one optimiser step --------------------------------------------------------------------
 
     def _checked_loss(self, features: Features, batches: list[Batch]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -317,7 +436,13 @@ class Stepper:
         if all_reduce_mean(finite).item() < 1.0:
             ids = [vid for b in batches for vid in b["video_id"]]
             shown = ", ".join(ids[:16]) + (" ..." if len(ids) > 16 else "")
-            raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}; batch video ids: {shown}")
+            if self.scaler.is_enabled():
+                # fp16: an overflow in the forward, which fp32/bf16 cannot have, not a bad batch or a
+                # diverged run: the scaler would skip the step anyway (see _skip_for_loss_overflow),
+                # so it is a skipped step, counted as one; note_fp16_step raises if it keeps happening.
+                self._loss_overflow = shown
+            else:
+                raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}; batch video ids: {shown}")
         return total, {**parts, "loss": total.detach()}
 
     def _encode(self, inputs: dict[str, torch.Tensor]) -> Features:
@@ -331,17 +456,24 @@ class Stepper:
         with torch.no_grad(), autocast(self.device, self.config.train.precision):
             return self.task.forward_module.clip_features(**inputs)
 
-    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
-        """Forward/backward over ``accum_steps`` micro-batches, then one optimiser step."""
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, float | None]:
+        """Forward/backward over ``accum_steps`` micro-batches, then one optimiser step (fp16: ``None``
+        for the grad_norm of a step the loss scaler skipped, and for a loss that overflowed)."""
+        started = time.perf_counter()
         try:
-            return self._train_step(micro_batches)
+            out = self._train_step(micro_batches)
+            if self._compiling:  # the compile time, said once (compiling happens in the first step)
+                self._compiling = False
+                log.info("train.compile: the first step took %.1f s, compiling included", time.perf_counter() - started)
+            return out
         except RuntimeError as err:
             if is_distributed() and is_timeout(err):  # a rank stopped answering: say which
                 raise name_missing_ranks(err) from err
             raise
 
-    def _train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
+    def _train_step(self, micro_batches: list[Batch]) -> dict[str, float | None]:
         self.optimizer.zero_grad(set_to_none=True)
+        self._loss_overflow = None
         inputs = [self.task.inputs(b) for b in micro_batches]
         if len(inputs) == 1:
             features = {**self._frozen(inputs[0]), **self._encode(inputs[0])}
@@ -351,18 +483,33 @@ class Stepper:
             # every accumulated sample stays a negative: cache features, then re-encode with autograd
             _, parts = cached_accumulation_step(
                 self._encode, inputs, lambda feats: self._checked_loss(feats, micro_batches),
-                no_sync=no_sync_factory(self.ddp), frozen_encode_fn=self._frozen, scale_loss=self.scaler.scale,
+                no_sync=self._no_sync(), frozen_encode_fn=self._frozen, scale_loss=self.scaler.scale,
             )
         else:
             parts = self._independent_accumulation(inputs, micro_batches)
-        # Modules of the loss live outside DDP (the loss is taken on gathered features).
-        all_reduce_grads_mean(self.loss_module.parameters())
+        # Modules of the loss live outside DDP (the loss is taken on gathered features); with FSDP
+        # every replicated parameter is averaged here (the loss's among them)
+        if self.sharding:
+            self.sharding.sync_replicated_grads()
+        else:
+            all_reduce_grads_mean(self.loss_module.parameters())
+        fp16 = self.scaler.is_enabled()
+        if self._loss_overflow:
+            self._skip_for_loss_overflow()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.config.optim.grad_clip)
+        clip = fsdp_clip_grad_norm if self.sharding else torch.nn.utils.clip_grad_norm_
+        grad_norm = clip(self._params, self.config.optim.grad_clip)
+        skipped = fp16 and self._scaler_skips()
+        scale = self.scaler.get_scale()  # the one this step used (update() changes it)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        # the schedule counts loop steps, skipped or not (torch warns when the first one is skipped)
+        with warnings.catch_warnings() if skipped else contextlib.nullcontext():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         self.step += 1
+        if fp16:
+            self.note_fp16_step(skipped, scale)
         self._check_weights()
         # Each rank's loss is its share of the global-batch loss (scaled so that the mean over
         # ranks is the global value): log that mean, so the numbers do not depend on world size.
@@ -371,12 +518,25 @@ class Stepper:
         out = dict(zip(names, all_reduce_mean(values).tolist()))
         out["grad_norm"] = float(grad_norm)
         out["lr"] = self.optimizer.param_groups[0]["lr"]
+        if fp16:
+            if skipped:
+                # A skipped step took no gradient: its grad_norm is logged as null (kept, not left
+                # out, so every training row has the same keys), and so is a loss the forward
+                # overflowed: metrics.jsonl stays strict JSON, without NaN or Infinity.
+                out = {k: v if math.isfinite(v) else None for k, v in out.items()}
+                out["grad_norm"] = None
+            out["fp16_skipped"] = self.fp16_skipped  # so far in the run
+            out["fp16_scale"] = self.scaler.get_scale()  # after this step's update: the next step's
         return out
+
+    def _no_sync(self) -> Callable[[], contextlib.AbstractContextManager] | None:
+        """The context that skips gradient synchronisation on accumulation micro-steps (or None)."""
+        return self.sharding.no_sync if self.sharding else no_sync_factory(self.ddp)
 
     def _independent_accumulation(self, inputs: list[dict[str, torch.Tensor]], batches: list[Batch]) -> dict[str, Any]:
         """Plain gradient accumulation (losses that do not couple samples): mean of micro-batch losses."""
         n = len(inputs)
-        no_sync = no_sync_factory(self.ddp)
+        no_sync = self._no_sync()
         summed: dict[str, torch.Tensor] = {}
         for i, (inp, batch) in enumerate(zip(inputs, batches)):
             ctx = no_sync() if (no_sync is not None and i < n - 1) else contextlib.nullcontext()
@@ -450,6 +610,8 @@ class Trainer:
         # frames at the model's resolution, known from its file before any data is read (issue 20)
         self.task.options.inputs = inputs_for_model(self.task.options.inputs, config.model, start)
         check_precision(tc.precision, self.device)
+        if tc.compile:
+            check_compiler(self.device)
         self.best = BestWeights(self.folder, *selection(config, self.task))
         self.export = tc.export or self.task.export
         torch.manual_seed(tc.seed)
@@ -467,9 +629,9 @@ class Trainer:
         self.sampler = ResumableShardedSampler(data.train_order, self.local_batch, self.dist.rank, self.dist.world_size)
         self.steps_per_epoch, self.total_steps = run_length(tc, self.sampler.batches_per_epoch, len(self.train_set))
         # a finished run that is resumed (to print its results again) only needs the test, and once
-        # its model.pt is written it writes nothing
+        # its model folder is written it writes nothing
         done = self._resume_from is not None and int(self._resume_from[0]["step"]) >= self.total_steps
-        self._finished = done and self.folder.model_path.is_file()
+        self._finished = done and self.folder.has_model
         if config.data.cache_decoded and config.data.num_workers == 0:
             fill_caches(data, self.dist.world_size, self.dist.is_main, training=not done)
         self.stepper = Stepper(config, self.task, self.model, self.dist, self.total_steps)
@@ -579,20 +741,28 @@ class Trainer:
             self._train()
         if self.skips.count:
             log.warning("data: %s", self.skips.summary())
+        if self.stepper.scaler.is_enabled():
+            log.log(logging.WARNING if self.stepper.fp16_skipped else logging.INFO, "%s", self.stepper.fp16_summary())
+        model = self._main_model()
         if self.export == "best" and self.dist.is_main:
-            self.best.load_into(self.model, validated=self.val_set is not None)
-        result = self.evaluate(self.test_set, "test")
+            self.best.load_into(model, validated=self.val_set is not None)
+        result = self.evaluate(self.test_set, "test", model)
         if self.dist.is_main and not self._finished:
             if result.get("metrics"):  # the final test table, in the log (and the dashboard) too
                 self.folder.log_row({"step": self.step, **{f"test/{k}": v for k, v in result["metrics"].items()}})
-            self.folder.export(self.model, result, self._model_bytes, task=self.task.name, step=self.step,
-                               weights=self.export, config=config_to_dict(self.config))
+            sizes = {name: len(ds) for name, ds in (("train", self.train_set), ("val", self.val_set),
+                                                     ("test", self.test_set)) if ds is not None}
+            card = run_card(self.config, self.task, model, sizes, result, self.step, self.export)
+            self.folder.export(model, result, self._model_bytes, card, task=self.task.name, step=self.step,
+                               weights=self.export)
             self.folder.write_history()
             plot_metrics(self.folder.history, self.out_dir / "loss_curves.png", loss_keys=self.task.loss_keys,
                          title=f"{self.task.name} losses")
         barrier()
         if result:
             result["skipped"] = self.skips.count
+            if self.stepper.scaler.is_enabled():
+                result["fp16_skipped"] = self.stepper.fp16_skipped
         return result
 
     def _train(self) -> None:
@@ -623,17 +793,18 @@ class Trainer:
                     metrics["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
                     metrics["skipped"] = self.skips.count
                     t_last, samples_since = now, 0
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", sps=f"{metrics['samples_per_s']:.1f}")
+                    loss = "skipped" if metrics["loss"] is None else f"{metrics['loss']:.3f}"  # fp16 overflow
+                    bar.set_postfix(loss=loss, sps=f"{metrics['samples_per_s']:.1f}")
                     self.folder.log_row({"step": self.step, "epoch": epoch, **metrics})
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if self._due(tc.eval_every_steps, epoch_end, tc.eval_every_epochs, epoch):
                     self._validate(epoch)
                 saved = self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch)
                 if saved:
-                    self.folder.save_checkpoint(self.step, self._state)
+                    self.folder.save_checkpoint(self.step, self._state, collective=self.stepper.sharding is not None)
                 if self.sigterm.requested(self.device):
                     if not saved:
-                        self.folder.save_checkpoint(self.step, self._state)
+                        self.folder.save_checkpoint(self.step, self._state, collective=self.stepper.sharding is not None)
                     raise TrainingInterrupted(
                         f"SIGTERM: stopped after step {self.step} of {self.total_steps}; its checkpoint is in "
                         f"{self.folder.checkpoints.directory}. Continue with --resume", self.step, self.total_steps
@@ -644,7 +815,8 @@ class Trainer:
     def _validate(self, epoch: int) -> None:
         if self.val_set is None:
             return
-        result = self.evaluate(self.val_set, "val")
+        model = self._main_model()
+        result = self.evaluate(self.val_set, "val", model)
         if not self.dist.is_main:
             return
         metrics = result["metrics"]
@@ -652,19 +824,30 @@ class Trainer:
         shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()
                           if k in self.task.shown_metrics or k == self.best.metric)
         tqdm.write(f"[val] step {self.step}: {shown}")
-        self.best.offer(self.step, metrics, lambda: {"task": self.task.name, "model": self.model.state_dict(),
-                                                     **model_record(self.model, self.model.preprocessing),
+        self.best.offer(self.step, metrics, lambda: {"task": self.task.name, "model": model.state_dict(),
+                                                     **model_record(model, model.preprocessing),
                                                      "config": config_to_dict(self.config)})
 
-    def evaluate(self, dataset: TriModalDataset | None, split: str) -> dict[str, Any]:
-        """The task's evaluation on ``dataset``, on the main rank (``{}`` elsewhere or without one)."""
+    def _main_model(self) -> CLIP4VLA | None:
+        """What the main rank evaluates, selects and exports (None on the other ranks): the model
+        itself, or under FSDP an unsharded copy built from the gathered weights (the gathering takes
+        every rank, so every rank calls this)."""
+        if self.stepper.sharding is None:
+            return self.model if self.dist.is_main else None
+        state = full_model_state(self.model)
+        return unsharded_copy(self.model, state) if self.dist.is_main else None
+
+    def evaluate(self, dataset: TriModalDataset | None, split: str, model: CLIP4VLA | None = None) -> dict[str, Any]:
+        """The task's evaluation of ``model`` (:meth:`_main_model`) on ``dataset``, on the main rank
+        (``{}`` elsewhere or without a dataset)."""
         result: dict[str, Any] = {}
         if dataset is not None and self.dist.is_main:
+            model = model if model is not None else self.model
             self.task.forward_module.eval()
-            self.model.eval()
+            model.eval()
             with torch.no_grad():
-                result = self.task.evaluate(self.model, dataset, split)
+                result = self.task.evaluate(model, dataset, split)
             self.task.forward_module.train()
-            self.model.train()
+            model.train()
         barrier()
         return result

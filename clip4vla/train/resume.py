@@ -35,6 +35,10 @@ RESUME_FREE = frozenset({
     "train.epochs", "train.max_steps", "train.log_every", "train.eval_every_steps", "train.eval_every_epochs",
     "train.checkpoint_every_steps", "train.keep_last", "train.device", "train.dist_timeout_s",
     "data.num_workers", "data.cache_decoded", "train.tensorboard",
+    # checkpoints hold full tensors whatever the strategy: a DDP run resumes under FSDP and back
+    "train.strategy", "train.compile",  # how the same computation runs
+    # what the model card says (licence, description, tags): words about the model, not the model
+    "train.card.name", "train.card.license", "train.card.description", "train.card.tags", "train.card.datasets",
 })
 RESUME_FIXED = frozenset({"train.batch_size", "train.accum_steps"})
 # The model the checkpoint's weights belong to: no flag can make them fit another one. The activation

@@ -3,8 +3,9 @@
 ``<train.output_dir>/``: ``config.yaml`` (what the run uses), ``metrics.jsonl`` (one row per
 logged step, validation and resume; rewritten from the checkpointed history on resume, so it
 always agrees with the checkpoint), ``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``),
-``checkpoints/best.pt`` (the best validation's weights), ``model.pt`` (the model file) and,
-while a run is alive, ``.run.lock``.
+``checkpoints/best.pt`` (the best validation's weights), ``model/`` (the model folder: weights,
+``config.json`` and the model card, :mod:`clip4vla.models.model_folder`) and, while a run is alive,
+``.run.lock``. Runs of clip4vla 0.2 left ``model.pt`` instead; it stays readable.
 
 Two runs started at once in one ``train.output_dir`` would interleave checkpoints and logs and
 leave a folder holding whichever wrote last, with both exiting 0. The first run creates
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -29,21 +31,24 @@ import torch
 
 from clip4vla.config import ConfigError, RunConfig, config_to_dict, save_config
 from clip4vla.files import save_checkpoint, write_text_atomic
+from clip4vla.models.card import CardFacts
 from clip4vla.models.checkpoints import export_model
+from clip4vla.models.model_folder import is_model_folder
 from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.loading import CheckpointError
 from clip4vla.train.checkpoint import CheckpointManager, CheckpointWriteError, describe_write_failure, load_checkpoint
 from clip4vla.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, is_distributed
 from clip4vla.train.resume import check_resume_config
 
-__all__ = ["BEST_NAME", "LOCK_NAME", "MODEL_NAME", "ExportError", "RunFolder", "RunFolderInUse", "RunFolderLocked",
+__all__ = ["BEST_NAME", "LEGACY_MODEL_NAME", "LOCK_NAME", "MODEL_NAME", "ExportError", "RunFolder", "RunFolderInUse", "RunFolderLocked",
            "RunLock", "claim_run_folder"]
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
 BEST_NAME = "best.pt"
-MODEL_NAME = "model.pt"
+MODEL_NAME = "model"  # the model folder a finished run leaves
+LEGACY_MODEL_NAME = "model.pt"  # what runs of clip4vla 0.2 left instead
 # A lock file that cannot be parsed may be one another run is writing this very moment.
 _UNREADABLE_GRACE_S = 10.0
 # Locks this process holds: a lock naming our own pid that is not here was left by an earlier
@@ -60,7 +65,7 @@ class RunFolderInUse(ConfigError):
 
 
 class ExportError(CheckpointWriteError):
-    """``model.pt`` could not be written after the test ran; ``result`` holds the test's metrics."""
+    """The model folder could not be written after the test ran; ``result`` holds the test's metrics."""
 
     def __init__(self, message: str, result: dict[str, Any]) -> None:
         super().__init__(message)
@@ -232,6 +237,11 @@ class RunFolder:
     def model_path(self) -> Path:
         return self.directory / MODEL_NAME
 
+    @property
+    def has_model(self) -> bool:
+        """The run exported its model (a complete folder: it is written in one rename)."""
+        return is_model_folder(self.model_path)
+
     def release(self) -> None:
         if self._events is not None:
             self._events.close()
@@ -252,7 +262,8 @@ class RunFolder:
     def claim(self, overwrite: bool) -> None:
         """A fresh run never writes over another run's checkpoints unless asked to."""
         found = [p for _, p in self.checkpoints.checkpoints()]
-        found += [p for p in (self.best_path, self.model_path) if p.is_file()]
+        found += [p for p in (self.best_path, self.directory / LEGACY_MODEL_NAME) if p.is_file()]
+        found += [self.model_path] if self.has_model else []
         if not found:
             return
         if not overwrite:
@@ -263,7 +274,10 @@ class RunFolder:
         barrier()  # every rank has looked before the main rank deletes
         if self.dist.is_main:
             for path in found:
-                path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             log.warning("--overwrite: deleted %d files of the previous run in %s", len(found), self.directory)
         barrier()
 
@@ -308,7 +322,7 @@ class RunFolder:
             if self._events is not None:
                 self._events.write(row)
 
-    # -- best.pt and model.pt ------------------------------------------------------------------
+    # -- best.pt and the model folder ------------------------------------------------------------------
 
     def save_best(self, state: dict[str, Any]) -> None:
         save_checkpoint(self.best_path, state)
@@ -316,13 +330,14 @@ class RunFolder:
     def load_best(self) -> dict[str, Any]:
         return load_checkpoint(self.best_path)
 
-    def save_checkpoint(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+    def save_checkpoint(self, step: int, state: Callable[[], dict[str, Any]], collective: bool = False) -> None:
         """The main rank writes ``state()``; every rank learns whether it worked (so none waits on a
-        dead peer)."""
+        dead peer). ``collective``: building the state takes every rank (FSDP gathers its shards)."""
         failure: BaseException | None = None
+        snapshot = state() if collective else None
         if self.dist.is_main:
             try:
-                self.checkpoints.save(step, state())
+                self.checkpoints.save(step, snapshot if collective else state())
             except (CheckpointWriteError, FloatingPointError) as err:
                 failure = err
         ok = all_reduce_mean(torch.tensor(0.0 if failure else 1.0, device=self.dist.device)).item()
@@ -331,10 +346,12 @@ class RunFolder:
         if ok < 1.0:
             raise CheckpointWriteError(f"rank {self.dist.rank}: rank 0 could not write the checkpoint of step {step}")
 
-    def export(self, model: CLIP4VLA, result: dict[str, Any], model_bytes: int, **provenance: Any) -> None:
-        """``model.pt``; a failed write keeps the test result for the report (:class:`ExportError`)."""
+    def export(self, model: CLIP4VLA, result: dict[str, Any], model_bytes: int, card: CardFacts,
+               **training: Any) -> None:
+        """The model folder with its card; a failed write keeps the test result for the report
+        (:class:`ExportError`)."""
         try:
-            export_model(model, self.model_path, model.preprocessing, **provenance)
+            export_model(model, self.model_path, model.preprocessing, card=card, **training)
         except OSError as err:
             reason = describe_write_failure(self.directory, model_bytes, err, "the model file")
             raise ExportError(

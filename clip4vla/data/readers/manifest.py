@@ -71,18 +71,11 @@ REQUIRED = ("video",)  # "caption" too for every purpose but pre-training and cl
 CAPTION_OPTIONAL = ("pretrain", "classification")
 HASH_SPLITS = ("train", "val", "test")  # the splits split_fractions fill, in order
 MISSING_SHOWN = 5  # missing media named in a message; the full list goes to a file
+_CHUNK = 1 << 16  # rows turned into Python objects at a time by the start-up lists (not a million ints at once)
 
 
 class EmptySplitError(ValueError):
     """A split of the manifest has no usable row (tools that visit every split skip it)."""
-
-
-def _blob(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 blob and offsets of ``strings`` (``_strings`` reads them back)."""
-    encoded = [s.encode("utf-8") for s in strings]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
 
 
 class _Rows:
@@ -99,13 +92,12 @@ class _Rows:
         self.audio_type = array.array("b")
         self.caption_hash = array.array("q")  # for finding duplicated rows without the texts
         self.caption_bytes = bytearray()  # one caption per row (JSONL lists are unrolled into rows)
-        self.caption_ends = array.array("q")
+        self.caption_offsets = array.array("q", [0])  # row r is caption_bytes[offsets[r]:offsets[r + 1]]
         self.line = array.array("q")
         self.file = array.array("i")
 
     def caption(self, row: int) -> str:
-        start = self.caption_ends[row - 1] if row else 0
-        return self.caption_bytes[start:self.caption_ends[row]].decode("utf-8")
+        return self.caption_bytes[self.caption_offsets[row]:self.caption_offsets[row + 1]].decode("utf-8")
 
 
 class ManifestTable:
@@ -151,10 +143,13 @@ class ManifestRecords(_LazyRecords):
         self.prepared_dir = None if prepared_dir is None else Path(prepared_dir)
         a = table.arrays
         if unfold:  # one row per (clip, caption): the clip of each row and its caption number
-            counts = a["caption_hi"][clips] - a["caption_lo"][clips]
-            self.clips = np.repeat(clips, counts)
-            first = np.cumsum(counts) - counts
-            self.caption = a["caption_lo"][self.clips] + (np.arange(len(self.clips)) - np.repeat(first, counts))
+            index = _index_dtype(len(a["caption_rows"]))
+            lo = a["caption_lo"][clips]
+            counts = a["caption_hi"][clips] - lo
+            self.clips = np.repeat(clips.astype(index), counts)
+            first = np.cumsum(counts) - counts  # each clip's first row here
+            self.caption = np.arange(len(self.clips), dtype=index)  # row i is caption lo + (i - first) of its clip
+            self.caption += np.repeat((lo - first).astype(index), counts)
         else:
             self.clips, self.caption = clips, None
         self.source = "manifest"
@@ -207,12 +202,17 @@ class ManifestRecords(_LazyRecords):
     # each, ~20 s for a million rows).
 
     def video_ids(self) -> list[str]:
-        """``record.video_id`` of every record, in order."""
+        """``record.video_id`` of every record, in order: one string per clip, shared by its records
+        (the train split has a record per caption)."""
         a = self.table.arrays
         ids = _strings(a["media_id_bytes"], a["media_id_offsets"], 0, len(a["media_id_offsets"]) - 1)
-        clips = self.clips
-        return [_clip_id(ids[m], s, e) for m, s, e in
-                zip(a["media"][clips].tolist(), a["start"][clips].tolist(), a["end"][clips].tolist())]
+        video_ids: list[str] = [""] * len(self.clips)  # one allocation, not a list grown a million times
+        for lo in range(0, len(self.clips), _CHUNK):
+            clips, clip_of_record = np.unique(self.clips[lo:lo + _CHUNK], return_inverse=True)
+            per_clip = [_clip_id(ids[m], s, e) for m, s, e in
+                        zip(a["media"][clips].tolist(), a["start"][clips].tolist(), a["end"][clips].tolist())]
+            video_ids[lo:lo + _CHUNK] = map(per_clip.__getitem__, clip_of_record.tolist())
+        return video_ids
 
     def all_captions(self) -> list[str]:
         """Every caption of every record, in order (``[c for r in records for c in r.captions]``)."""
@@ -224,8 +224,13 @@ class ManifestRecords(_LazyRecords):
             counts = hi - lo
             k = np.repeat(lo, counts) + (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
         rows = a["caption_rows"][k]
-        blob, offsets = a["caption_bytes"].tobytes(), a["caption_offsets"]
-        return [blob[s:e].decode("utf-8") for s, e in zip(offsets[rows].tolist(), offsets[rows + 1].tolist())]
+        blob, offsets = memoryview(a["caption_bytes"]), a["caption_offsets"]  # no copy of the blob
+        captions: list[str] = [""] * len(rows)  # one allocation, not a list grown a million times
+        for lo in range(0, len(rows), _CHUNK):
+            part = rows[lo:lo + _CHUNK]
+            captions[lo:lo + _CHUNK] = [str(blob[s:e], "utf-8")
+                                        for s, e in zip(offsets[part].tolist(), offsets[part + 1].tolist())]
+        return captions
 
     def media_records(self) -> list[ClipRecord]:
         """What the start-up media check looks at: one record stands for all, because the reader
@@ -365,29 +370,55 @@ def _time(value: Any, path: Path, field: str, line: int) -> float:
     return number
 
 
-def _hash_split(relative: str, edges: np.ndarray) -> int:
-    """A file's split from its path alone (``edges``: the cumulative split fractions): stable when
-    rows are added or reordered."""
-    digest = hashlib.blake2b(relative.encode("utf-8"), digest_size=8).digest()
-    u = int.from_bytes(digest, "little") / 2.0**64
-    return int(min(np.searchsorted(edges, u, side="right"), len(edges) - 1))
+def _hash_splits(media: _Media, edges: np.ndarray) -> np.ndarray:
+    """Every file's split from its id alone (``edges``: the cumulative split fractions): stable when
+    rows are added or reordered. The id's UTF-8 bytes, hashed, are a number u in [0, 1)."""
+    ids, offsets = media.id_bytes, media.id_offsets
+    digests = b"".join(hashlib.blake2b(ids[offsets[m]:offsets[m + 1]], digest_size=8).digest()
+                       for m in range(len(media)))
+    u = np.frombuffer(digests, dtype="<u8").astype(np.float64) / 2.0**64
+    return np.minimum(np.searchsorted(edges, u, side="right"), len(edges) - 1).astype(np.int16)
 
 
 class _Media:
-    """Unique media paths of a manifest, in first-use order, with where each was first named."""
+    """Unique media paths of a manifest, in first-use order, with where each was first named.
+
+    Held as UTF-8 blobs and typed arrays, as the rows are (``_Rows``): a manifest may name a new
+    file every few rows, and a path string, an id string and a tuple per file cost several times
+    the bytes of the paths themselves.
+    """
 
     def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.paths: list[str] = []
-        self.ids: list[str] = []
-        self.where: list[tuple[int, int, str]] = []  # (file number, line, column)
-        self.climbing: list[tuple[int, int, str]] = []
+        self.index: dict[str, dict[str, int]] = {}  # root -> {path as written: media number}
+        self.path_bytes = bytearray()  # normalised full paths, one after another
+        self.path_offsets = array.array("q", [0])  # file m is path_bytes[path_offsets[m]:path_offsets[m + 1]]
+        self.id_bytes = bytearray()  # media ids (module docstring), the same way
+        self.id_offsets = array.array("q", [0])
+        self.where_file = array.array("i")  # where each file was first named: manifest number,
+        self.where_line = array.array("q")  # line
+        self.where_field = array.array("b")  # and column (its number in fields)
+        self.fields: list[str] = []
+        self.climbing = 0  # paths that climb out of their root, and the first one (file, line, text)
+        self.first_climbing: tuple[int, int, str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.where_line)
+
+    def path(self, m: int) -> str:
+        return self.path_bytes[self.path_offsets[m]:self.path_offsets[m + 1]].decode("utf-8")
+
+    def where(self, m: int) -> tuple[int, int, str]:
+        """(manifest number, line, column) where file ``m`` was first named."""
+        return self.where_file[m], self.where_line[m], self.fields[self.where_field[m]]
 
     def add(self, value: Any, root: Path, file_no: int, line: int, field: str, path: Path) -> int:
         if not isinstance(value, str) or not value.strip():
             raise AnnotationError(path, "empty media path", line=line, field=field)
         text = value.strip()
-        m = self.index.get(f"{root}\0{text}")
+        known = self.index.get(str(root))
+        if known is None:
+            known = self.index[str(root)] = {}
+        m = known.get(text)
         if m is not None:
             return m
         given = Path(text)
@@ -396,16 +427,23 @@ class _Media:
         relative = os.path.relpath(normal, root)
         if relative.startswith(os.pardir + os.sep) or relative == os.pardir or given.is_absolute():
             if not given.is_absolute():
-                self.climbing.append((file_no, line, text))
+                self.climbing += 1
+                self.first_climbing = self.first_climbing or (file_no, line, text)
             media_id = normal.lstrip(os.sep)  # outside root: the absolute path names it
         else:
             media_id = relative
         media_id = os.path.splitext(media_id)[0].replace(os.sep, "/")
-        m = len(self.paths)
-        self.index[f"{root}\0{text}"] = m
-        self.paths.append(normal)
-        self.ids.append(media_id)
-        self.where.append((file_no, line, field))
+        m = len(self)
+        known[text] = m
+        self.path_bytes += normal.encode("utf-8")
+        self.path_offsets.append(len(self.path_bytes))
+        self.id_bytes += media_id.encode("utf-8")
+        self.id_offsets.append(len(self.id_bytes))
+        if field not in self.fields:
+            self.fields.append(field)
+        self.where_file.append(file_no)
+        self.where_line.append(line)
+        self.where_field.append(self.fields.index(field))
         return m
 
 
@@ -461,7 +499,7 @@ def _read_file(path: Path, file_no: int, root: Path, wanted: Mapping[str, str], 
             text = caption.strip()
             rows.caption_hash.append(hash(text))
             rows.caption_bytes += text.encode("utf-8")
-            rows.caption_ends.append(len(rows.caption_bytes))
+            rows.caption_offsets.append(len(rows.caption_bytes))
             rows.line.append(line)
             rows.file.append(file_no)
 
@@ -470,9 +508,10 @@ def _check_media(media: _Media, files: list[Path], missing_mode: str, report_dir
     """Classify every media file (video / sound) and find the missing ones: one directory scan per
     folder, not one ``stat`` per file. Returns ``sound_only`` per media; missing ones are -1."""
     by_dir: dict[str, dict[str, bool]] = {}
-    kinds = np.zeros(len(media.paths), dtype=np.int8)
+    kinds = np.zeros(len(media), dtype=np.int8)
     missing: list[int] = []
-    for m, full in enumerate(media.paths):
+    for m in range(len(media)):
+        full = media.path(m)
         folder, name = os.path.split(full)
         if folder not in by_dir:
             entries: dict[str, bool] = {}
@@ -483,7 +522,7 @@ def _check_media(media: _Media, files: list[Path], missing_mode: str, report_dir
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 pass
             by_dir[folder] = entries
-        file_no, line, field = media.where[m]
+        file_no, line, field = media.where(m)
         is_dir = by_dir[folder].get(name)
         if is_dir:
             raise AnnotationError(files[file_no], f"{full} is a directory, not a media file", line=line, field=field)
@@ -497,13 +536,13 @@ def _check_media(media: _Media, files: list[Path], missing_mode: str, report_dir
         if is_dir is None:
             missing.append(m)
     if missing:
-        lines = [f"{media.paths[m]}\t{files[media.where[m][0]]}:{media.where[m][1]}" for m in missing]
+        lines = [f"{media.path(m)}\t{files[media.where_file[m]]}:{media.where_line[m]}" for m in missing]
         folder = report_dir if report_dir is not None else Path(tempfile.gettempdir())
         folder.mkdir(parents=True, exist_ok=True)
         listing = folder / "manifest_missing_media.txt"
         listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
         shown = "; ".join(lines[:MISSING_SHOWN]).replace("\t", " (named at ") + ")"
-        text = (f"{len(missing)} of {len(media.paths)} media files named by the manifest are missing, e.g. {shown}; "
+        text = (f"{len(missing)} of {len(media)} media files named by the manifest are missing, e.g. {shown}; "
                 f"the full list is in {listing}")
         if missing_mode == "error":
             raise FileNotFoundError(text + " (data.manifest.missing: skip drops their rows instead)")
@@ -555,80 +594,107 @@ def read_manifest(
     if not rows.media:
         raise AnnotationError(files[0], "the manifest has no rows")
     if media.climbing:
-        file_no, line, text = media.climbing[0]
+        file_no, line, text = media.first_climbing
         log.warning("%d media paths climb out of their root folder (allowed), e.g. %s (%s line %d)",
-                    len(media.climbing), text, files[file_no], line)
+                    media.climbing, text, files[file_no], line)
+    media.index.clear()  # what only parsing needed: memory back before the checks and arrays below
     kinds = _check_media(media, files, missing, None if report_dir is None else Path(report_dir))
-    media.index.clear()  # what only parsing needed: memory back before the arrays below
-    media.where.clear()
 
-    row_media = np.asarray(rows.media, dtype=np.int64)
-    row_audio = np.asarray(rows.audio, dtype=np.int64)
+    # views of the parsed columns, not copies (a million rows are 4-8 MB a column)
+    row_media = np.frombuffer(rows.media, dtype=np.int32)
+    row_audio = np.frombuffer(rows.audio, dtype=np.int32)
     keep = kinds[row_media] >= 0
     keep &= (row_audio < 0) | (kinds[np.maximum(row_audio, 0)] >= 0)
-    line = np.asarray(rows.line, dtype=np.int64)
-    file_no = np.asarray(rows.file, dtype=np.int32)
-    start = np.asarray(rows.start, dtype=np.float64)
-    end = np.asarray(rows.end, dtype=np.float64)
-    split = np.asarray(rows.split, dtype=np.int64)
+    line = np.frombuffer(rows.line, dtype=np.int64)
+    file_no = np.frombuffer(rows.file, dtype=np.int32)
+    start = np.frombuffer(rows.start, dtype=np.float64)
+    end = np.frombuffer(rows.end, dtype=np.float64)
     if not splits:  # the hash split, per file
-        edges = np.cumsum(split_fractions)
-        per_media = np.fromiter((_hash_split(r, edges) for r in media.ids), dtype=np.int64, count=len(media.ids))
-        split = per_media[row_media]
+        split = _hash_splits(media, np.cumsum(split_fractions))[row_media]
         splits = {name: i for i, name in enumerate(HASH_SPLITS)}
     else:
+        split = np.frombuffer(rows.split, dtype=np.int16)
+        unsplit = np.flatnonzero(split < 0)
+        if len(unsplit):  # a JSONL row without "split", or a second manifest without the column
+            i = int(unsplit[0])
+            raise AnnotationError(files[int(file_no[i])], f"{len(unsplit)} rows have no split while others have one "
+                                  f"(e.g. {_where(files, file_no, line, int(np.flatnonzero(split >= 0)[0]))}): give "
+                                  "every row a split, or none (then files are split by a hash of their path)",
+                                  line=int(line[i]), field=wanted["split"])
         _refuse_two_splits(row_media, split, line, file_no, files, splits, media)
 
-    # rows -> clips: one clip per (file, window), in order of first appearance
-    start_key = np.where(np.isnan(start), -1.0, start)
-    end_key = np.where(np.isnan(end), -1.0, end)
-    order = np.lexsort((end_key, start_key, row_media))  # stable: rows of a clip keep their file order
-    new = np.zeros(len(order), dtype=bool)  # a sorted row that starts a clip
-    new[:1] = True
-    for column in (row_media, start_key, end_key):
-        sorted_column = column[order]
-        new[1:] |= sorted_column[1:] != sorted_column[:-1]
-    del sorted_column, start_key, end_key
-    group = np.cumsum(new) - 1  # clip number in sorted order, per sorted row
-    first_row = order[new]
-    rank = np.empty(len(first_row), dtype=np.int64)
-    rank[np.argsort(first_row, kind="stable")] = np.arange(len(first_row))
-    clip_of_row = np.empty(len(order), dtype=np.int64)
-    clip_of_row[order] = rank[group]
+    clip_of_row = _clip_of_row(row_media, start, end)
     _refuse_duplicates(clip_of_row, rows, line, file_no, files, wanted["caption"])
-    _refuse_mixed_labels(clip_of_row, np.asarray(rows.label), line, file_no, files, wanted["label"])
+    label = np.frombuffer(rows.label, dtype=np.int32)
+    _refuse_mixed_labels(clip_of_row, label, line, file_no, files, wanted["label"])
 
-    rows_kept = np.flatnonzero(keep)
-    by_clip = rows_kept[np.argsort(clip_of_row[rows_kept], kind="stable")]  # rows grouped by clip
-    _, counts = np.unique(clip_of_row[by_clip], return_counts=True)
+    counts = np.bincount(clip_of_row[keep])
+    counts = counts[counts > 0]  # captions per clip, of the clips that keep a row
+    # the kept rows grouped by clip, in file order within a clip: the others sort last and are cut off
+    clip_of_row[~keep] = len(clip_of_row)
+    by_clip = np.argsort(clip_of_row, kind="stable")[:int(counts.sum())].astype(_index_dtype(len(clip_of_row)))
+    del keep, clip_of_row
     first = by_clip[np.cumsum(counts) - counts] if len(by_clip) else by_clip
     # class numbers in sorted order of the names (not in order of appearance)
     names = sorted(classes)
     relabel = np.full(len(classes) + 1, -1, dtype=np.int32)  # its last entry maps "no label" (-1) to -1
     for name, old in classes.items():
         relabel[old] = names.index(name)
-    path_bytes, path_offsets = _blob(media.paths)
-    id_bytes, id_offsets = _blob(media.ids)
     caption_hi = np.cumsum(counts).astype(np.int64)
     arrays = {
         "media": row_media[first].astype(np.int32),
         "start": start[first], "end": end[first],
         "audio": row_audio[first].astype(np.int32),
         "split": split[first].astype(np.int16),
-        "label": relabel[np.asarray(rows.label, dtype=np.int64)[first]],
-        "audio_type": np.asarray(rows.audio_type, dtype=np.int8)[first],
+        "label": relabel[label[first]],
+        "audio_type": np.frombuffer(rows.audio_type, dtype=np.int8)[first],
         # clip c's captions are rows caption_rows[caption_lo[c]:caption_hi[c]] of the caption blob
-        "caption_lo": caption_hi - counts, "caption_hi": caption_hi, "caption_rows": by_clip.astype(np.int64),
+        "caption_lo": caption_hi - counts, "caption_hi": caption_hi,
+        "caption_rows": by_clip,
         "caption_bytes": np.frombuffer(rows.caption_bytes, dtype=np.uint8),
-        "caption_offsets": np.concatenate([[0], np.frombuffer(rows.caption_ends, dtype=np.int64)]),
+        "caption_offsets": np.frombuffer(rows.caption_offsets, dtype=np.int64),
         # where each caption row was read, for the error of a caption-less row read for a text task
         "caption_line": line, "caption_file": file_no,
-        "path_bytes": path_bytes, "path_offsets": path_offsets,
-        "media_id_bytes": id_bytes, "media_id_offsets": id_offsets,
+        "path_bytes": np.frombuffer(media.path_bytes, dtype=np.uint8),
+        "path_offsets": np.frombuffer(media.path_offsets, dtype=np.int64),
+        "media_id_bytes": np.frombuffer(media.id_bytes, dtype=np.uint8),
+        "media_id_offsets": np.frombuffer(media.id_offsets, dtype=np.int64),
         "sound_only": (kinds == 1),
     }
     split_names = [name for name, _ in sorted(splits.items(), key=lambda kv: kv[1])]
     return ManifestTable(arrays, split_names, names, files)
+
+
+def _index_dtype(n: int) -> type:
+    """The integer type of row and clip numbers below ``n``: half the memory of int64 for any real manifest."""
+    return np.int32 if n < 2**31 else np.int64
+
+
+def _clip_of_row(media: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The clip number of every row: one clip per (file, window), numbered in order of first
+    appearance. A window-less row has NaN start and end (``nan != nan``: compared apart below)."""
+    n = len(media)
+    index = _index_dtype(n)
+    columns = (media, start, end) if not np.isnan(start).all() else (media,)
+    order = np.lexsort(columns[::-1])  # stable: rows of a clip keep their file order
+    new = np.zeros(n, dtype=bool)  # a sorted row that starts a clip
+    new[:1] = True
+    for column in columns:
+        ordered = column[order]
+        differ = ordered[1:] != ordered[:-1]
+        if column.dtype.kind == "f":
+            differ &= ~(np.isnan(ordered[1:]) & np.isnan(ordered[:-1]))
+        new[1:] |= differ
+        del ordered, differ
+    group = np.cumsum(new, dtype=index)  # 1 + clip number in sorted order, per sorted row
+    group -= 1
+    first_row = order[new]
+    del new
+    rank = np.empty(len(first_row), dtype=index)
+    rank[np.argsort(first_row)] = np.arange(len(first_row), dtype=index)
+    clip = np.empty(n, dtype=index)
+    clip[order] = rank[group]
+    return clip
 
 
 def _where(files: list[Path], file_no: np.ndarray, line: np.ndarray, i: int) -> str:
@@ -639,8 +705,12 @@ def _refuse_duplicates(clip: np.ndarray, rows: _Rows, line: np.ndarray, file_no:
                        files: list[Path], field: str) -> None:
     """The same caption twice for one clip would count it twice: an error naming both rows."""
     hashed = np.frombuffer(rows.caption_hash, dtype=np.int64)
-    order = np.lexsort((np.arange(len(clip)), hashed, clip))
-    same = (clip[order][1:] == clip[order][:-1]) & (hashed[order][1:] == hashed[order][:-1])
+    order = np.lexsort((hashed, clip))  # stable: equal rows keep their order
+    ordered = clip[order]
+    same = ordered[1:] == ordered[:-1]
+    ordered = hashed[order]
+    same &= ordered[1:] == ordered[:-1]
+    del ordered
     for j in np.flatnonzero(same):
         a, b = int(order[j]), int(order[j + 1])
         if rows.caption(a) == rows.caption(b):
@@ -663,7 +733,7 @@ def _refuse_two_splits(media_of_row: np.ndarray, split: np.ndarray, line: np.nda
         first, second = sorted((first, second))
         names = {v: k for k, v in splits.items()}
         raise AnnotationError(files[int(file_no[second])],
-                              f"{media.paths[int(media_of_row[second])]} is in split {names[int(split[second])]!r} here "
+                              f"{media.path(int(media_of_row[second]))} is in split {names[int(split[second])]!r} here "
                               f"but in {names[int(split[first])]!r} on {_where(files, file_no, line, first)}: a file "
                               "belongs to one split", line=int(line[second]),
                               field="split")
@@ -672,9 +742,9 @@ def _refuse_two_splits(media_of_row: np.ndarray, split: np.ndarray, line: np.nda
 def _refuse_mixed_labels(clip: np.ndarray, label: np.ndarray, line: np.ndarray, file_no: np.ndarray, files: list[Path],
                          label_field: str) -> None:
     """Rows of one clip must agree on its label."""
-    order = np.lexsort((np.arange(len(clip)), clip))
-    c = clip[order]
-    differ = np.flatnonzero((c[1:] == c[:-1]) & (label[order][1:] != label[order][:-1]))
+    order = np.argsort(clip, kind="stable")
+    c, labels = clip[order], label[order]
+    differ = np.flatnonzero((c[1:] == c[:-1]) & (labels[1:] != labels[:-1]))
     if len(differ):
         j = int(differ[0])
         a, b = sorted((int(order[j]), int(order[j + 1])))
@@ -725,6 +795,8 @@ def manifest_table(section: Any, known_splits: Sequence[str] | None) -> Manifest
 def _refuse_missing_captions(table: ManifestTable, clips: np.ndarray, section: Any) -> None:
     """A text task on a row without a caption: an error naming its file, line and column."""
     a = table.arrays
+    if not (a["caption_offsets"][1:] == a["caption_offsets"][:-1]).any():
+        return  # every row has a caption: no need to find the rows of these clips
     rows = a["caption_rows"]  # grouped by clip
     clip_of = np.repeat(np.arange(table.num_clips), a["caption_hi"] - a["caption_lo"])
     empty = rows[(a["caption_offsets"][rows + 1] == a["caption_offsets"][rows]) & np.isin(clip_of, clips)]

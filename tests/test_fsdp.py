@@ -1,0 +1,132 @@
+"""``train.strategy: fsdp`` (issue 32): the real pre-training script under torchrun, 2 CPU ranks
+(gloo), against DDP and one process on the same global batches.
+
+FSDP2 shards the trainable towers' blocks; the gathered NCE losses and the feature-cached
+accumulation must mean what they mean under DDP, so the three runs train the same weights after
+every optimiser step (up to float32 summation order). Checkpoints hold full tensors, so a run
+resumes on another world size or strategy; at the same world size an FSDP resume is bitwise, as
+a DDP one is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import micro_pretrain_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "pretrain.py"
+GLOBAL_BATCH = 4
+STEPS = 3
+ATOL = 1e-5  # as tests/test_pretrain_ddp.py: fp32 summation order, amplified by Adam's first steps
+
+
+def run(tmp_path: Path, name: str, root: Path, nproc: int, *extra: str, resume: bool = False,
+        clip: Path | None = None) -> subprocess.CompletedProcess:
+    settings = micro_pretrain_settings(root, tmp_path / name)
+    settings.update({"optim.lr": 2e-4, "train.device": "cpu", "train.epochs": 5, "train.batch_size": GLOBAL_BATCH,
+                     "train.accum_steps": 2, "train.max_steps": STEPS, "train.keep_last": 100,
+                     "train.eval_every_steps": STEPS})
+    if clip is not None:  # frozen text and vision towers from a CLIP file, as the paper pre-trains
+        settings.update({"model.init_from": clip, "model.activation": "quick_gelu", "model.train_clip": False})
+        settings["model.arch"] = "null"  # the file's
+    args = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    args += [arg for item in extra for arg in ("--set", item)] + (["--resume"] if resume else [])
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(REPO)
+    prefix = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                                 if nproc > 1 else [])
+    done = subprocess.run([*prefix, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr[-4000:]}"
+    return done
+
+
+def weights(out: Path, step: int) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoints" / f"ckpt_{step:06d}.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def losses(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable-towers", "frozen-clip"])
+def test_fsdp_trains_what_ddp_and_one_process_train(synthetic_root, micro_openai_clip, tmp_path, frozen):
+    clip = micro_openai_clip if frozen else None
+    # activation checkpointing composes with the sharding (the trainable towers recompute their blocks)
+    fsdp = run(tmp_path, "fsdp", synthetic_root, 2, "train.strategy=fsdp", f"model.grad_checkpointing={not frozen}",
+               clip=clip)
+    assert "tower blocks sharded over 2 ranks" in fsdp.stderr
+    run(tmp_path, "ddp", synthetic_root, 2, clip=clip)
+    run(tmp_path, "one", synthetic_root, 1, clip=clip)
+    previous = None
+    for step in range(1, STEPS + 1):
+        one, ddp, sharded = (weights(tmp_path / name, step) for name in ("one", "ddp", "fsdp"))
+        assert worst(sharded, ddp) <= ATOL and worst(sharded, one) <= ATOL, step
+        if previous is not None:  # the weights move far more per step than the runs differ
+            moved = sum(((one[k] - previous[k]).double() ** 2).sum() for k in one) ** 0.5
+            apart = sum(((one[k] - sharded[k]).double() ** 2).sum() for k in one) ** 0.5
+            assert moved > 10 * apart, (moved, apart)
+        previous = one
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "one"), rel=1e-4, abs=1e-5)
+    # evaluation, best.pt and the model folder come from the gathered weights, on the main rank
+    summary = json.loads(fsdp.stdout.strip().splitlines()[-1])
+    assert summary["split"] == "test" and {"t2a", "v2a"} <= set(summary)
+    from clip4vla import from_pretrained
+
+    exported = from_pretrained(tmp_path / "fsdp" / "model").state_dict()
+    assert worst(exported, weights(tmp_path / "fsdp", STEPS)) == 0.0
+    if frozen:  # frozen towers are not sharded: they stay the CLIP file's weights
+        start = torch.load(micro_openai_clip, weights_only=True)
+        assert torch.equal(exported["clip.visual.proj"], start["visual.proj"])
+
+
+def test_fsdp_checkpoints_resume_bitwise_and_on_another_world_size(synthetic_root, tmp_path):
+    run(tmp_path, "straight", synthetic_root, 2, "train.strategy=fsdp")
+    final = weights(tmp_path / "straight", STEPS)
+    # killed after step 1 at the same world size: bitwise the straight run's weights
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/ckpt_000001.pt"):
+        (resumed / name).write_bytes((tmp_path / "straight" / name).read_bytes())
+    done = run(tmp_path, "resumed", synthetic_root, 2, "train.strategy=fsdp", resume=True)
+    assert "ckpt_000001.pt" in done.stderr
+    assert worst(weights(resumed, STEPS), final) == 0.0
+    # FSDP on 2 ranks -> 1 process (FSDP with nothing to shard says so) and -> DDP on 2 ranks; a
+    # one-process DDP checkpoint -> FSDP on 2 ranks: the straight run's weights, up to summation order
+    run(tmp_path, "single", synthetic_root, 1)
+    for name, nproc, strategy, source in (("to_one", 1, "fsdp", "straight"), ("to_two_ddp", 2, "ddp", "straight"),
+                                          ("one_to_two", 2, "fsdp", "single")):
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        for part in ("config.yaml", "metrics.jsonl", "checkpoints/ckpt_000001.pt"):
+            (folder / part).write_bytes((tmp_path / source / part).read_bytes())
+        done = run(tmp_path, name, synthetic_root, nproc, f"train.strategy={strategy}", resume=True)
+        if nproc == 1:
+            assert "train.strategy=fsdp on one process: nothing to shard" in done.stderr
+        assert worst(weights(folder, STEPS), final) <= ATOL, name
+
+
+def test_fsdp_fp16_skips_the_steps_ddp_skips(synthetic_root, tmp_path):
+    """fp16 loss scaling over shards: an overflow on any rank's shard skips the step on every rank
+    (the flags are combined over ranks), so FSDP skips exactly the steps DDP skips."""
+    run(tmp_path, "fsdp16", synthetic_root, 2, "train.strategy=fsdp", "train.precision=fp16")
+    run(tmp_path, "ddp16", synthetic_root, 2, "train.precision=fp16")
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                   if '"loss"' in line] for name in ("fsdp16", "ddp16")}
+    skipped = [[r["fp16_skipped"] for r in rows[name]] for name in ("fsdp16", "ddp16")]
+    assert skipped[0] == skipped[1] and skipped[0][-1] >= 1  # the first step's scale overflows fp16
+    assert worst(weights(tmp_path / "fsdp16", STEPS), weights(tmp_path / "ddp16", STEPS)) <= 1e-4
