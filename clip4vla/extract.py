@@ -86,7 +86,12 @@ def model_stamp(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def model_identity(model: CLIP4VLA, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What makes two feature sets comparable: the model's content, architecture, preprocessing."""
+    """What makes two feature sets comparable: the model's content, architecture, preprocessing.
+    ``path`` is what the model was loaded from; a Hub id is hashed as its cached snapshot."""
+    if path is not None:
+        from clip4vla.models.hub import locate_model
+
+        path = locate_model(path)
     return {
         "path": str(path) if path is not None else None,
         "sha256": model_digest(path) if path is not None else None,

@@ -258,6 +258,9 @@ def test_a_hub_id_resolves_from_the_cache_offline(micro, folder, offline_cache):
     assert (snapshot / "model.safetensors").is_symlink()  # read through the cache's own links
     started = build_model(ModelConfig(init_from="clip4vla/micro-test", train_clip=True))  # model.init_from too
     same_weights(micro, started)
+    from clip4vla.extract import model_identity  # what features and search indexes record: the same model
+
+    assert model_identity(micro, "clip4vla/micro-test")["sha256"] == model_identity(micro, folder)["sha256"]
 
 
 def test_hub_ids_that_cannot_be_resolved_say_the_id_and_the_cache(folder, offline_cache):
