@@ -130,3 +130,46 @@ def test_fsdp_fp16_skips_the_steps_ddp_skips(synthetic_root, tmp_path):
     skipped = [[r["fp16_skipped"] for r in rows[name]] for name in ("fsdp16", "ddp16")]
     assert skipped[0] == skipped[1] and skipped[0][-1] >= 1  # the first step's scale overflows fp16
     assert worst(weights(tmp_path / "fsdp16", STEPS), weights(tmp_path / "ddp16", STEPS)) <= 1e-4
+
+
+def _empty_rank_worker(rank: int, port: int, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from clip4vla.models.clip import CLIPConfig
+    from clip4vla.models.clip4vla import CLIP4VLA
+    from clip4vla.train.distributed import DistInfo
+    from clip4vla.train.fsdp import Sharding
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    model = CLIP4VLA.from_config(CLIPConfig.micro())
+    sharding = Sharding.apply(model, DistInfo(rank, rank, 2, torch.device("cpu"), rank == 0), "fp32",
+                              list(model.parameters()))
+    frames = torch.randn(2, 2, 3, 224, 224)
+    mask = torch.ones(2, 2, dtype=torch.bool) if rank == 0 else torch.zeros(2, 2, dtype=torch.bool)
+    _, video = model.encode_video(frames, mask)  # rank 1: no frame at all (e.g. a batch of sound files)
+    video.sum().backward()
+    sharding.sync_replicated_grads()
+    block = model.clip.visual.transformer.resblocks[0]
+    grad = block.attn.in_proj_weight.grad
+    Path(out, f"rank{rank}").write_text(json.dumps({"sharded_grad": grad is not None,
+                                                    "conv1_grad": model.clip.visual.conv1.weight.grad is not None}))
+    dist.destroy_process_group()
+
+
+def test_a_rank_without_frames_does_not_stall_the_sharded_towers(tmp_path):
+    """A block's backward is a collective under FSDP: a rank whose local batch has no valid frame
+    still runs the vision tower (one padded item, weighted zero), so the other rank's step ends."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_empty_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}").read_text()) == {"sharded_grad": True, "conv1_grad": True}

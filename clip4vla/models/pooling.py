@@ -12,7 +12,19 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["encode_valid", "masked_mean_normalised"]
+__all__ = ["encode_empty_batches", "encode_valid", "masked_mean_normalised"]
+
+# Whether a batch with no valid item still runs its encoder (on one padded item, weighted zero)
+# while autograd records: FSDP (clip4vla.train.fsdp) needs every rank to run every sharded tower
+# each step, since a block's backward is a collective; a rank whose local batch has no frame
+# (all sound files) would otherwise leave the others waiting forever.
+_ENCODE_EMPTY = False
+
+
+def encode_empty_batches(enable: bool) -> None:
+    """Set the process-wide rule above (on under ``train.strategy: fsdp``)."""
+    global _ENCODE_EMPTY
+    _ENCODE_EMPTY = enable
 
 
 def masked_mean_normalised(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -56,7 +68,12 @@ def encode_valid(
         )
     batch, length = mask.shape
     if not bool(mask.any()):
-        return items.new_zeros(batch, length, output_dim, dtype=torch.float32)
+        zeros = items.new_zeros(batch, length, output_dim, dtype=torch.float32)
+        if _ENCODE_EMPTY and torch.is_grad_enabled() and batch * length:
+            # the encoder takes part (zero gradients) without changing a value
+            touched = encode(items[:1, 0], *(t[:1, 0] for t in per_item))
+            return zeros + torch.nan_to_num(touched).float().sum() * 0.0
+        return zeros
     if bool(mask.all()):
         # Nothing padded (the common case): a view instead of a copy of the whole input batch,
         # which for [B, L, 3, 224, 224] pixels costs as much time as a small model's forward.

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from clip4vla.models.checkpoints import model_architecture, model_from_architecture
 from clip4vla.models.clip4vla import CLIP4VLA
+from clip4vla.models.pooling import encode_empty_batches
 from clip4vla.train.distributed import DistInfo
 
 __all__ = ["Sharding", "ShardedGradScaler", "full_model_state", "unsharded_copy"]
@@ -82,6 +83,7 @@ class Sharding:
         mesh = init_device_mesh(dist.device.type, (dist.world_size,))
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
+        encode_empty_batches(True)  # a block's backward is a collective: every rank runs every tower
         sharding = cls(blocks, list(trainable))
         total = sum(p.numel() for p in trainable_params(blocks))
         log.info("train.strategy=fsdp: %d tower blocks sharded over %d ranks (%.1f M parameters, %.1f M per rank); "
