@@ -123,12 +123,13 @@ def test_fsdp_checkpoints_resume_bitwise_and_on_another_world_size(synthetic_roo
 def test_fsdp_fp16_skips_the_steps_ddp_skips(synthetic_root, tmp_path):
     """fp16 loss scaling over shards: an overflow on any rank's shard skips the step on every rank
     (the flags are combined over ranks), so FSDP skips exactly the steps DDP skips."""
-    run(tmp_path, "fsdp16", synthetic_root, 2, "train.strategy=fsdp", "train.precision=fp16")
+    sharded = run(tmp_path, "fsdp16", synthetic_root, 2, "train.strategy=fsdp", "train.precision=fp16")
     run(tmp_path, "ddp16", synthetic_root, 2, "train.precision=fp16")
     rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
                    if '"loss"' in line] for name in ("fsdp16", "ddp16")}
     skipped = [[r["fp16_skipped"] for r in rows[name]] for name in ("fsdp16", "ddp16")]
     assert skipped[0] == skipped[1] and skipped[0][-1] >= 1  # the first step's scale overflows fp16
+    assert json.loads(sharded.stdout.strip().splitlines()[-1])["fp16_skipped"] == skipped[0][-1]  # the script's JSON
     assert worst(weights(tmp_path / "fsdp16", STEPS), weights(tmp_path / "ddp16", STEPS)) <= 1e-4
 
 

@@ -91,7 +91,8 @@ def run_training(
     if trainer.dist.is_main:
         if result:
             print("\n" + trainer.task.report(result))
-            summary = {**trainer.task.summary(result), "skipped": result["skipped"]}
+            summary = {**trainer.task.summary(result), "skipped": result["skipped"],
+                       **({"fp16_skipped": result["fp16_skipped"]} if "fp16_skipped" in result else {})}
         else:
             print(f"\nno test split configured (data.test_split is null): the model is in {trainer.out_dir / 'model'}")
             summary = {"split": None, "model": str(trainer.out_dir / "model")}
