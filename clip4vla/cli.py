@@ -69,7 +69,9 @@ def results_folder(model: Path) -> Path:
     Face Hub id, which is no folder of the user's, the current folder."""
     if not model.exists():
         return Path(".")
-    if model.is_file() and (model.parent / "config.json").is_file():
+    from clip4vla.models.model_folder import is_model_folder
+
+    if model.is_file() and is_model_folder(model.parent):
         model = model.parent  # model.safetensors of a model folder
     return model.parent
 

@@ -191,7 +191,7 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
 
     from clip4vla import load_model
     from clip4vla.embed import embed_windows, is_audio_file
-    from clip4vla.extract import model_digest, model_identity, model_stamp
+    from clip4vla.extract import model_identity, model_stamp
     from clip4vla.media_errors import MediaError
     from clip4vla.models.hub import locate_model
     from clip4vla.models.loading import CheckpointError
@@ -208,7 +208,9 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
         model = load_model(model_path)  # first: a missing or foreign model is named before anything
     except CheckpointError as err:
         raise SearchError(str(err)) from err
-    digest = model_digest(model_path)
+    size, mtime_ns = model_stamp(model_path)
+    identity = {**model_identity(model, model_path.resolve()), "size": size, "mtime_ns": mtime_ns}  # hashed once
+    digest = identity["sha256"]
     entries: dict[str, dict[str, Any]] = {}
     skipped: dict[str, Any] = {}
     if index_path.is_file() and not rebuild:
@@ -218,8 +220,6 @@ def build_index(folder: Path, model_path: Path, index_path: Path, rebuild: bool 
                               "to index again with this one, or query with the index's model")
         entries, skipped = _unpack(index), index["skipped"]
     dim = model.clip.config.embed_dim
-    size, mtime_ns = model_stamp(model_path)
-    identity = {**model_identity(model, model_path.resolve()), "size": size, "mtime_ns": mtime_ns}
     header = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": identity, "root": str(folder.resolve())}
     present = {p.relative_to(folder).as_posix(): p for p in files}
     stats = {"files": len(present), "kept": 0, "embedded": 0, "dropped": 0, "skipped": 0}
@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=HelpFormatter,
                              description="Embed every video / sound file under DIR; again: only new or changed ones.")
     p_index.add_argument("dir", type=Path, help="the folder to index (searched recursively)")
-    p_index.add_argument("--model", type=Path, required=True, help="a model: a training run's model folder (runs/NAME/model), any model file, or a Hub id org/name")
+    p_index.add_argument("--model", type=Path, required=True,
+                         help="a model: a training run's model folder (runs/NAME/model), any model file, or a Hub id")
     p_index.add_argument("--index", type=Path, default=None, help=f"index file (when not given: DIR/{DEFAULT_NAME})")
     p_index.add_argument("--rebuild", action="store_true", help="start over (e.g. with another model)")
     p_index.add_argument("--audio-type", type=audio_type_arg, default="auto",

@@ -4,7 +4,6 @@ HF_HUB_OFFLINE from a cache laid out as huggingface_hub lays it out (blobs, syml
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,12 +28,12 @@ from clip4vla.models.factory import build_model
 from clip4vla.models.hub import HubModelError, parse_hub_id
 from clip4vla.models.loading import CheckpointError
 from clip4vla.models.preprocessing import Preprocessing
+from hub_cache import COMMIT, hub_cache
 from legacy_files import legacy_model_pt
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PRE = Preprocessing(max_frames=2, max_segments=2, audio_type="nb")
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +57,6 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def front_matter(card: str) -> dict:
     assert card.startswith("---\n")
     return yaml.safe_load(card.split("---\n")[1])
-
-
-def hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], ref: str = "main") -> Path:
-    """A repository in huggingface_hub's cache layout: content-addressed blobs, a snapshot folder
-    per commit whose files are relative symlinks to them, and a ref naming the commit."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / ref).write_text(COMMIT)
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-    return snapshot
 
 
 @pytest.fixture()

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PRETRAIN_CLIPS
+from hub_cache import hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,21 +142,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
-    """``folder`` as huggingface_hub caches a downloaded repository: blobs, a snapshot of links, a ref."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "a" * 40
-    snapshot = repo / "snapshots" / commit
-    for path in (repo / "blobs", snapshot, repo / "refs"):
-        path.mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    for file in folder.iterdir():
-        blob = repo / "blobs" / _sha256(file)
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    return cache
-
-
 def _fingerprint(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -191,7 +177,8 @@ def test_readme_synthetic_chain_runs_in_order(readme_folder):
         if "make_synthetic.py" in key:  # a format twin: the quick start's data stays as it was
             data_before = _fingerprint(readme_folder / "data" / "synthetic")
         if key == "<python: hub>":  # the quick start's folder as if uploaded, and OpenAI's file brought along
-            cache = _hub_cache(readme_folder / "hf-cache", HUB_ID, run_dir / "model")
+            cache = readme_folder / "hf-cache"
+            hub_cache(cache, HUB_ID, {f.name: f.read_bytes() for f in (run_dir / "model").iterdir()})
             (readme_folder / "ViT-B-32.pt").symlink_to(REPO / "tests" / "fixtures" / "clip_tiny_vit_jit.pt")
             done = _run(f"python - <<'EOF'\n{what}\nEOF", readme_folder,
                         env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})

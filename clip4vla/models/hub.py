@@ -15,13 +15,12 @@ safetensors weights (not the transformers copy of the same weights that such rep
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from clip4vla.models.loading import CheckpointError, missing_model_hint
-from clip4vla.models.model_folder import CONFIG_NAME, FOLDER_FORMAT, WEIGHTS_NAME
+from clip4vla.models.model_folder import CONFIG_NAME, FOLDER_FORMAT, WEIGHTS_NAME, is_model_folder
 
 __all__ = ["HUB_PREFIX", "HubModelError", "hub_cache_dir", "locate_model", "parse_hub_id"]
 
@@ -118,10 +117,6 @@ def _snapshot(spec: str, repo_id: str, revision: str | None) -> Path:
 
 def _kind(folder: Path) -> str | None:
     """``"clip4vla"`` (our config.json), ``"open_clip"`` (open_clip_config.json) or None."""
-    try:
-        record = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        if isinstance(record, dict) and record.get("format") == FOLDER_FORMAT:
-            return "clip4vla"
-    except (OSError, ValueError):
-        pass
+    if is_model_folder(folder):
+        return "clip4vla"
     return "open_clip" if (folder / _OPEN_CLIP_CONFIG).is_file() else None

@@ -16,6 +16,7 @@ the best validation so far) and ``model/`` (the model folder with its card, ``cl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -39,6 +40,7 @@ from clip4vla.models.clip4vla import CLIP4VLA
 from clip4vla.models.factory import build_model, inputs_for_model, read_init_file
 from clip4vla.models.hub import locate_model
 from clip4vla.models.loading import CheckpointError
+from clip4vla.models.pooling import encode_empty_batches
 from clip4vla.plotting import plot_metrics
 from clip4vla.precision import autocast
 from clip4vla.train.checkpoint import capture_rng_state, check_writable, restore_rng_state, state_bytes
@@ -162,10 +164,10 @@ def start_file(config: RunConfig, task: Task, resume_from: tuple[dict[str, Any],
     if not mc.init_from:
         return None
     try:
-        locate_model(mc.init_from)
+        source = locate_model(mc.init_from)
     except CheckpointError as err:
         raise ConfigError(f"model.init_from={mc.init_from}: {err}") from err
-    return read_init_file(mc)
+    return read_init_file(dataclasses.replace(mc, init_from=str(source)))  # a Hub id: resolved once
 
 
 def drop_untrained_heads(model: CLIP4VLA, task: Task, is_main: bool) -> None:
@@ -274,6 +276,7 @@ class Stepper:
         # forward module runs unwrapped; otherwise DDP wraps it (a no-op on one process)
         self.sharding = Sharding.apply(model, dist, config.train.precision, trainable.parameters()) \
             if config.train.strategy == "fsdp" else None
+        encode_empty_batches(self.sharding is not None)  # process-wide: an earlier FSDP run (ablation) leaves it on
         self._compiling = config.train.compile
         if config.train.compile:  # after sharding: FSDP's units are the blocks it compiles
             compile_tower_blocks(model)
