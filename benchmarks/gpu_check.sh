@@ -93,8 +93,8 @@ run, status = Path(os.environ["RUN"]), os.environ["STATUS"]
 rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
 resumed = any(r.get("event") == "resume" and r.get("step") == 2 for r in rows)
 step3 = [r for r in rows if r.get("step") == 3 and "loss" in r]
-if status == "ok" and not (resumed and step3 and (run / "checkpoints" / "ckpt_000003.pt").exists()):
-    status = "resumed run did not log a resume at step 2, a step-3 loss and ckpt_000003.pt"
+if status == "ok" and not (resumed and step3 and any((run / "checkpoints").glob("ckpt_000003*"))):
+    status = "resumed run did not log a resume at step 2, a step-3 loss and a step-3 checkpoint"
 print(json.dumps({"strategy": os.environ["STRATEGY"], "status": status, "seconds": int(os.environ["SECONDS_USED"]),
                   "loss_step3": step3[0]["loss"] if step3 else None}))
 EOF

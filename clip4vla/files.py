@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["TMP_PREFIX", "drop_cut_last_line", "fsync_file", "nearest_existing", "probe_writable", "save_checkpoint", "write_atomic",
+__all__ = ["TMP_PREFIX", "drop_cut_last_line", "fsync_dir", "fsync_file", "nearest_existing", "probe_writable", "save_checkpoint", "write_atomic",
            "write_folder_atomic", "write_text_atomic"]
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _check_safe(obj: Any, where: str) -> None:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make the rename itself durable (POSIX); not possible on every platform."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -92,7 +92,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -117,7 +117,7 @@ def write_folder_atomic(folder: str | os.PathLike, write: Callable[[Path], None]
         if folder.exists():
             os.replace(folder, old)
         os.replace(staging, folder)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if old.exists() and not folder.exists():

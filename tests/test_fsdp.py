@@ -3,15 +3,16 @@
 
 FSDP2 shards the trainable towers' blocks; the gathered NCE losses and the feature-cached
 accumulation must mean what they mean under DDP, so the three runs train the same weights after
-every optimiser step (up to float32 summation order). Checkpoints hold full tensors, so a run
-resumes on another world size or strategy; at the same world size an FSDP resume is bitwise, as
-a DDP one is.
+every optimiser step (up to float32 summation order). FSDP checkpoints are folders of per-rank
+shards (torch.distributed.checkpoint) that resume on another world size or strategy; at the same
+world size an FSDP resume is bitwise, as a DDP one is.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clip4vla.train.sharded_checkpoint import read_sharded_model
 from conftest import micro_pretrain_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +52,24 @@ def run(tmp_path: Path, name: str, root: Path, nproc: int, *extra: str, resume: 
 
 
 def weights(out: Path, step: int) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoints" / f"ckpt_{step:06d}.pt", map_location="cpu", weights_only=True)["model"]
+    """The full weights of checkpoint ``step``: a sharded folder (FSDP) or a single file."""
+    folder = out / "checkpoints" / f"ckpt_{step:06d}"
+    if folder.is_dir():
+        return read_sharded_model(folder)
+    return torch.load(folder.with_suffix(".pt"), map_location="cpu", weights_only=True)["model"]
+
+
+def copy_run(source: Path, target: Path, *steps: int) -> None:
+    """A run folder as a kill after the last of ``steps`` leaves it (those checkpoints only)."""
+    (target / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(source / name, target / name)
+    for step in steps:
+        for name in (f"ckpt_{step:06d}", f"ckpt_{step:06d}.pt"):
+            if (source / "checkpoints" / name).is_dir():
+                shutil.copytree(source / "checkpoints" / name, target / "checkpoints" / name)
+            elif (source / "checkpoints" / name).is_file():
+                shutil.copy(source / "checkpoints" / name, target / "checkpoints" / name)
 
 
 def worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -97,13 +116,20 @@ def test_fsdp_trains_what_ddp_and_one_process_train(synthetic_root, micro_openai
 def test_fsdp_checkpoints_resume_bitwise_and_on_another_world_size(synthetic_root, tmp_path):
     run(tmp_path, "straight", synthetic_root, 2, "train.strategy=fsdp")
     final = weights(tmp_path / "straight", STEPS)
-    # killed after step 1 at the same world size: bitwise the straight run's weights
+    # each rank wrote its shard; trainer.pt holds no weights or moments
+    first = tmp_path / "straight" / "checkpoints" / "ckpt_000001"
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "trainer.pt"} <= {p.name for p in first.iterdir()}
+    head = torch.load(first / "trainer.pt", weights_only=True)
+    assert "model" not in head and "optimizer" not in head and head["step"] == 1
+    assert not list((tmp_path / "straight" / "checkpoints").glob(".tmp-*"))
+    # killed after step 2, whose folder then lost a shard: refused, naming it; resume falls back to
+    # step 1 and, at the same world size, trains bitwise the straight run's weights
     resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints/ckpt_000001.pt"):
-        (resumed / name).write_bytes((tmp_path / "straight" / name).read_bytes())
+    copy_run(tmp_path / "straight", resumed, 1, 2)
+    (resumed / "checkpoints" / "ckpt_000002" / "__1_0.distcp").unlink()
     done = run(tmp_path, "resumed", synthetic_root, 2, "train.strategy=fsdp", resume=True)
-    assert "ckpt_000001.pt" in done.stderr
+    assert "shard __1_0.distcp is missing" in done.stderr and "falling back to the previous checkpoint" in done.stderr
+    assert "resumed from" in done.stderr and "ckpt_000001 at step 1" in done.stderr
     assert worst(weights(resumed, STEPS), final) == 0.0
     # FSDP on 2 ranks -> 1 process (FSDP with nothing to shard says so) and -> DDP on 2 ranks; a
     # one-process DDP checkpoint -> FSDP on 2 ranks: the straight run's weights, up to summation order
@@ -111,9 +137,7 @@ def test_fsdp_checkpoints_resume_bitwise_and_on_another_world_size(synthetic_roo
     for name, nproc, strategy, source in (("to_one", 1, "fsdp", "straight"), ("to_two_ddp", 2, "ddp", "straight"),
                                           ("one_to_two", 2, "fsdp", "single")):
         folder = tmp_path / name
-        (folder / "checkpoints").mkdir(parents=True)
-        for part in ("config.yaml", "metrics.jsonl", "checkpoints/ckpt_000001.pt"):
-            (folder / part).write_bytes((tmp_path / source / part).read_bytes())
+        copy_run(tmp_path / source, folder, 1)
         done = run(tmp_path, name, synthetic_root, nproc, f"train.strategy={strategy}", resume=True)
         if nproc == 1:
             assert "train.strategy=fsdp on one process: nothing to shard" in done.stderr

@@ -11,7 +11,8 @@
   cache (:mod:`clip4vla.models.hub`), a model folder or an open_clip repository;
 * **our older one-file export** ``model.pt`` (clip4vla 0.2): the same records in a torch file;
 * **a trainer checkpoint** ``checkpoints/ckpt_<step>.pt`` or ``best.pt`` (same contents plus the
-  optimiser state, which is ignored here);
+  optimiser state, which is ignored here; an FSDP run's sharded ``ckpt_<step>/`` folders are for
+  resuming, its ``best.pt`` and model folder are whole);
 * **an OpenAI CLIP file** (``ViT-B-32.pt``, TorchScript archive or state dict) of any ViT size and
   resolution: the audio encoder is initialised from the vision tower (paper "+Initial");
 * **an open_clip checkpoint** of an OpenAI-architecture ViT (``open_clip_model.safetensors``,

@@ -352,11 +352,38 @@ def activation_module(activation: str) -> nn.Module:
     raise ValueError(f"unknown activation {activation!r}; choose one of {list(ACTIVATIONS)}")
 
 
+# On a CPU, for sequences as short as CLIP's (50 patches, 77 tokens), two batched matmuls and a
+# softmax beat the fused SDPA kernel, whose backward is slow there: a ViT-B/32 pre-training step
+# 9 % faster in bf16, 7 % with activation checkpointing (benchmarks/RESULTS.md, "Pre-training
+# step"). The [N, H, Lq, Lk] score tensor is what SDPA avoids materialising; up to this many keys it
+# is smaller than the block's MLP activations, beyond it (and on GPUs) SDPA stays.
+EXPLICIT_ATTENTION_MAX_KEYS = 256
+
+
+def _explicit_attention_wins(q: torch.Tensor, k: torch.Tensor, causal: bool, attn_mask: torch.Tensor | None) -> bool:
+    return (q.device.type == "cpu" and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
+            and (not causal or q.shape[-2] == k.shape[-2])
+            and (attn_mask is None or attn_mask.dtype == torch.bool))
+
+
+def _attention_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                         attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q kᵀ / √d) v`` with SDPA's masking rules (bool mask: True attends; causal: square)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [N, H, Lq, Lk]
+    if causal:
+        length = q.shape[-2]
+        scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
 
     Keeping ``in_proj_weight`` / ``in_proj_bias`` / ``out_proj`` lets OpenAI weights load as
-    they are, while the math goes through ``scaled_dot_product_attention`` (fused kernels).
+    they are, while the math goes through ``scaled_dot_product_attention`` (fused kernels), or on a
+    CPU with short sequences through explicit matmuls (faster there, see ``EXPLICIT_ATTENTION_MAX_KEYS``).
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -382,7 +409,10 @@ class SelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Queries ``[N, H, Lq, d]`` over keys/values ``[N, H, Lk, d]`` -> ``[N, Lq, W]`` (output projection applied)."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)  # [N, H, Lq, d]
+        if _explicit_attention_wins(q, k, causal, attn_mask):
+            out = _attention_by_matmul(q, k, v, causal, attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)  # [N, H, Lq, d]
         n, heads, length, width = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(n, length, heads * width))
 

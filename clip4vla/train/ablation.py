@@ -324,7 +324,7 @@ def check_folders(plan: Plan) -> None:
         if folder.exists() and not folder.is_dir():
             raise AblationError(f"{run.label}: {folder} is a file, not the row's folder: move it away, or give "
                                 "another --output-dir")
-        if _finished(folder) or any((folder / "checkpoints").glob("ckpt_*.pt")):
+        if _finished(folder) or any((folder / "checkpoints").glob("ckpt_*")):
             _check_same_config(folder, run.config, run.label)
             _stored_evaluations(run)
 
@@ -428,7 +428,7 @@ def train_run(run: PlannedRun, decodes: _SharedDecodes) -> str:
     if _finished(folder):
         _say(f"{run.label}: finished earlier, skipped ({folder})")
         return "skipped"
-    resume = any((folder / "checkpoints").glob("ckpt_*.pt"))
+    resume = any((folder / "checkpoints").glob("ckpt_*"))
     _say(f"{run.label}: {'resuming' if resume else 'training'} in {folder}")
     again = "re-run the same command to continue (finished rows are skipped, this one resumes from its checkpoint)"
     try:

@@ -1,5 +1,9 @@
 """Training checkpoints: keep-last-N rotation, fallback past corrupt files, RNG capture.
 
+A checkpoint is a file ``ckpt_<step>.pt`` (DDP and single-process runs) or, for FSDP runs, a folder
+``ckpt_<step>/`` of per-rank shards (:mod:`clip4vla.train.sharded_checkpoint`); both rotate, fall
+back and resume the same way.
+
 A checkpoint is untrusted input, so it is read with ``torch.load(weights_only=True)``; everything
 we write must survive that: tensors, numbers, strings, bytes, None and dict/list/tuple containers
 only. RNG states are therefore stored as tensors and plain tuples. Writes are atomic
@@ -38,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+_CKPT_RE = re.compile(r"^ckpt_(\d+)(\.pt)?$")
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; any failure is a :class:`CheckpointError`
@@ -68,7 +72,7 @@ class CheckpointManager:
         """Leftovers of a writer that was killed mid-save (never valid checkpoints)."""
         for tmp in self.directory.glob(f"{TMP_PREFIX}ckpt_*"):
             logger.warning("removing incomplete checkpoint write %s", tmp)
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
 
     def path_for(self, step: int) -> Path:
         if step < 0:
@@ -80,7 +84,7 @@ class CheckpointManager:
         found = []
         for p in self.directory.iterdir():
             match = _CKPT_RE.match(p.name)
-            if match and p.is_file():
+            if match and (p.is_file() if match.group(2) else p.is_dir()):
                 found.append((int(match.group(1)), p))
         return sorted(found)
 
@@ -104,11 +108,37 @@ class CheckpointManager:
         self._prune()
         return path
 
+    def save_sharded(self, step: int, state: dict, is_main: bool, device: torch.device) -> Path:
+        """Write the folder ``ckpt_<step>/`` with every rank's shard (a collective), then prune.
+
+        Raises on every rank when a shard has non-finite weights or a rank's write fails; only the
+        main rank's own write of ``trainer.pt`` can fail on it alone (the caller agrees on that).
+        """
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.tensor import DTensor
+
+        from clip4vla.train.distributed import all_reduce_mean
+        from clip4vla.train.sharded_checkpoint import save_sharded
+
+        local = {k: v.to_local() if isinstance(v, DTensor) else v for k, v in state["weights"].items()}
+        bad = nonfinite_tensors(local)
+        if all_reduce_mean(torch.tensor(0.0 if bad else 1.0, device=device)).item() < 1.0:
+            raise FloatingPointError(f"refusing to write checkpoint of step {step}: weight tensors are not finite"
+                                     + (f" (e.g. {', '.join(bad[:3])})" if bad else " on another rank"))
+        path = self.directory / f"ckpt_{step:06d}"
+        try:
+            save_sharded(path, state, is_main)
+        except (OSError, RuntimeError, CheckpointException) as err:  # DCP's: every rank's failures, on every rank
+            raise CheckpointWriteError(describe_write_failure(self.directory, state_bytes(state), err)) from err
+        if is_main:
+            self._prune()
+        return path
+
     def _prune(self) -> None:
         if self.keep_last is None:
             return
         for _, old in self.checkpoints()[: -self.keep_last]:
-            old.unlink(missing_ok=True)
+            _remove(old)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:
         """The newest readable checkpoint with finite weights as ``(state, path)``; ``None`` if none.
@@ -120,7 +150,12 @@ class CheckpointManager:
         failures = []
         for _, path in reversed(self.checkpoints()):
             try:
-                state = load_checkpoint(path, map_location)
+                if path.is_dir():  # sharded: the tensors are read once the model is built
+                    from clip4vla.train.sharded_checkpoint import read_sharded_head
+
+                    state = {**read_sharded_head(path), "sharded_path": str(path)}
+                else:
+                    state = load_checkpoint(path, map_location)
                 bad = nonfinite_tensors(state.get("model", {}))
                 if bad:
                     raise CheckpointError(f"{path}: {len(bad)} weight tensors are not finite (e.g. {', '.join(bad[:3])})")
@@ -131,6 +166,13 @@ class CheckpointManager:
         if failures:
             raise CheckpointError("no usable checkpoint in {}:\n  {}".format(self.directory, "\n  ".join(failures)))
         return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class CheckpointWriteError(OSError):

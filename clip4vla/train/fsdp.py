@@ -18,10 +18,11 @@ The gathered NCE losses and the feature-cached accumulation keep their meaning: 
 same features as under DDP, and accumulation micro-steps skip the reduce-scatter
 (``set_requires_gradient_sync(False)``) until the last, like DDP's ``no_sync``.
 
-Checkpoints are the same single file as DDP's (full tensors, gathered to every rank and written
-by the main one), so a run resumes on another world size or strategy. Evaluation runs on the main
-rank alone, which cannot run sharded blocks; it gets an unsharded copy built from the gathered
-weights (:func:`unsharded_copy`).
+Checkpoints are written by every rank, each its shard (``torch.distributed.checkpoint``, see
+:mod:`clip4vla.train.sharded_checkpoint`), and resume on another world size or strategy; a DDP
+run's single file resumes under FSDP too (:func:`load_full_model_state`). Evaluation runs on the
+main rank alone, which cannot run sharded blocks; it gets an unsharded copy built from the gathered
+weights (:func:`unsharded_copy`), as do ``best.pt`` and the exported model folder.
 """
 
 from __future__ import annotations
@@ -188,17 +189,6 @@ def full_model_state(module: nn.Module) -> dict[str, Tensor]:
     it, in the same order) and moved to the CPU."""
     return {name: (value.full_tensor() if _is_dtensor(value) else value).detach().cpu()
             for name, value in module.state_dict().items()}
-
-
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with the moments of sharded parameters gathered: the same layout
-    as a DDP run's, so either strategy, at any world size, resumes it (a collective)."""
-    state = optimizer.state_dict()
-    gathered = {}
-    for index in sorted(state["state"]):
-        gathered[index] = {k: (v.full_tensor() if _is_dtensor(v) else v).detach().cpu() if isinstance(v, Tensor) else v
-                           for k, v in state["state"][index].items()}
-    return {**state, "state": gathered}
 
 
 def load_full_model_state(module: nn.Module, state: Mapping[str, Tensor]) -> None:

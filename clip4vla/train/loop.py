@@ -9,7 +9,8 @@ the validation cadence, best-checkpoint selection, the progress bar, ``metrics.j
 plots and the exported model folder ``model/``.
 
 Outputs under ``train.output_dir``: ``config.yaml``, ``metrics.jsonl``, ``loss_curves.png``,
-``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``), ``checkpoints/best.pt`` (weights of
+``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``; FSDP runs write folders of per-rank shards
+``checkpoints/ckpt_<step>/`` instead), ``checkpoints/best.pt`` (weights of
 the best validation so far) and ``model/`` (the model folder with its card, ``clip4vla.from_pretrained``).
 """
 
@@ -63,7 +64,6 @@ from clip4vla.train.fsdp import (
     ShardedGradScaler,
     all_finite,
     full_model_state,
-    full_optimizer_state,
     load_full_model_state,
     load_full_optimizer_state,
     unsharded_copy,
@@ -73,6 +73,7 @@ from clip4vla.train.grad_cache import cached_accumulation_step
 from clip4vla.train.model_card import run_card
 from clip4vla.train.optim import WarmupCosine, build_optimizer, warmup_cosine_factor
 from clip4vla.train.resume import check_architecture
+from clip4vla.train.sharded_checkpoint import load_sharded, read_sharded_model, sharded_state
 from clip4vla.train.run_folder import RunFolder
 from clip4vla.train.selection import BestWeights, selection
 from clip4vla.train.task import Batch, Features, Task
@@ -154,7 +155,10 @@ def start_file(config: RunConfig, task: Task, resume_from: tuple[dict[str, Any],
     mc = config.model
     if resume_from is not None:
         state, path, _ = resume_from
-        return ModelFile(kind="trainer checkpoint", architecture=state["architecture"], state_dict=state["model"],
+        # a sharded checkpoint's full weights, read here to build the model; its shards and moments
+        # are read again by every rank once the model is sharded (Stepper.load_state_dict)
+        weights = read_sharded_model(path) if state.get("sharded") else state["model"]
+        return ModelFile(kind="trainer checkpoint", architecture=state["architecture"], state_dict=weights,
                          preprocessing=None, source=str(path))
     if task.requires_init and not mc.init_from:
         raise ConfigError(
@@ -265,6 +269,7 @@ class Stepper:
         self.device = dist.device
         self.model = model
         self.loss_module = task.loss_module.to(self.device)
+        self._trained = nn.ModuleDict({"model": model, "loss": self.loss_module})  # what the optimiser steps, by name
         # parameters the loss trains (the L2L head) may also sit inside the forward module: DDP must
         # leave them alone, the loop all-reduces their gradients itself
         in_loss = {id(p) for p in self.loss_module.parameters()}
@@ -305,15 +310,13 @@ class Stepper:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue the optimisation bitwise (with the RNG state). With
-        FSDP the sharded tensors are gathered (every rank calls this), so the file is a DDP one."""
-        if self.sharding:
-            model, optimizer = full_model_state(self.model), full_optimizer_state(self.optimizer)
-        else:
-            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        FSDP the weights and moments stay shards, for a sharded checkpoint
+        (:mod:`clip4vla.train.sharded_checkpoint`); every rank calls this."""
+        tensors = sharded_state(self._trained, self.optimizer) if self.sharding else {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         return {
-            "model": model,
+            **tensors,
             "loss": self.loss_module.state_dict(),
-            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self._scaler_state(),
             "step": self.step,
@@ -328,7 +331,9 @@ class Stepper:
         # which kernels this optimiser runs (fused, multi-tensor) is this process's choice, not the
         # checkpoint's: a DDP run's fused AdamW cannot step FSDP's shards, and the reverse is slow
         kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in self.optimizer.param_groups]
-        if self.sharding:  # full tensors (either strategy wrote them): each rank takes its part
+        if state.get("sharded"):  # a sharded checkpoint (FSDP wrote it), at any world size, either strategy
+            load_sharded(Path(state["sharded_path"]), self._trained, self.optimizer, state["optimizer_groups"])
+        elif self.sharding:  # full tensors (a DDP run's file): each rank takes its part
             load_full_model_state(self.model, state["model"])
             load_full_optimizer_state(self.optimizer, state["optimizer"])
         else:
@@ -804,10 +809,10 @@ class Trainer:
                     self._validate(epoch)
                 saved = self._due(tc.checkpoint_every_steps, epoch_end, 1, epoch)
                 if saved:
-                    self.folder.save_checkpoint(self.step, self._state, collective=self.stepper.sharding is not None)
+                    self.folder.save_checkpoint(self.step, self._state, sharded=self.stepper.sharding is not None)
                 if self.sigterm.requested(self.device):
                     if not saved:
-                        self.folder.save_checkpoint(self.step, self._state, collective=self.stepper.sharding is not None)
+                        self.folder.save_checkpoint(self.step, self._state, sharded=self.stepper.sharding is not None)
                     raise TrainingInterrupted(
                         f"SIGTERM: stopped after step {self.step} of {self.total_steps}; its checkpoint is in "
                         f"{self.folder.checkpoints.directory}. Continue with --resume", self.step, self.total_steps

@@ -2,7 +2,8 @@
 
 ``<train.output_dir>/``: ``config.yaml`` (what the run uses), ``metrics.jsonl`` (one row per
 logged step, validation and resume; rewritten from the checkpointed history on resume, so it
-always agrees with the checkpoint), ``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``),
+always agrees with the checkpoint), ``checkpoints/ckpt_<step>.pt`` (the newest ``keep_last``; a
+folder ``ckpt_<step>/`` of per-rank shards for FSDP runs, :mod:`clip4vla.train.sharded_checkpoint`),
 ``checkpoints/best.pt`` (the best validation's weights), ``model/`` (the model folder: weights,
 ``config.json`` and the model card, :mod:`clip4vla.models.model_folder`) and, while a run is alive,
 ``.run.lock``. Runs of clip4vla 0.2 left ``model.pt`` instead; it stays readable.
@@ -330,14 +331,18 @@ class RunFolder:
     def load_best(self) -> dict[str, Any]:
         return load_checkpoint(self.best_path)
 
-    def save_checkpoint(self, step: int, state: Callable[[], dict[str, Any]], collective: bool = False) -> None:
+    def save_checkpoint(self, step: int, state: Callable[[], dict[str, Any]], sharded: bool = False) -> None:
         """The main rank writes ``state()``; every rank learns whether it worked (so none waits on a
-        dead peer). ``collective``: building the state takes every rank (FSDP gathers its shards)."""
+        dead peer). ``sharded`` (FSDP): every rank writes its shard of ``state()`` as well."""
         failure: BaseException | None = None
-        snapshot = state() if collective else None
-        if self.dist.is_main:
+        if sharded:
             try:
-                self.checkpoints.save(step, snapshot if collective else state())
+                self.checkpoints.save_sharded(step, state(), self.dist.is_main, self.dist.device)
+            except (CheckpointWriteError, FloatingPointError) as err:
+                failure = err
+        elif self.dist.is_main:
+            try:
+                self.checkpoints.save(step, state())
             except (CheckpointWriteError, FloatingPointError) as err:
                 failure = err
         ok = all_reduce_mean(torch.tensor(0.0 if failure else 1.0, device=self.dist.device)).item()
