@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -172,7 +173,7 @@ def build(args, precision: str, ckpt: bool, compiled: bool = False):
     config = load_config(PretrainConfig, None, [
         f"train.precision={precision}", f"train.batch_size={args.batch}", f"data.max_frames={args.frames}",
         f"audio.max_segments={args.segments}", "optim.lr=1e-7", "pretrain.intra_modal=true",
-        f"train.compile={str(compiled).lower()}",
+        f"train.compile={str(compiled).lower()}", f"model.grad_checkpointing={str(ckpt).lower()}",
     ])
     torch.manual_seed(0)
     model = CLIP4VLA.from_config(CLIPConfig.vit_b_32(), audio_init="vision", use_type_token=True)
@@ -186,6 +187,29 @@ def build(args, precision: str, ckpt: bool, compiled: bool = False):
     return stepper, batch
 
 
+def measured(step: Callable[[], dict], threads: int) -> dict:
+    """``step()``'s result with what the process spent on it: cpu share (CPU time / (wall x
+    threads)), user and kernel seconds, page faults (fresh activation memory is mapped and zeroed
+    by the kernel)."""
+    use0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+    result = step()
+    wall = time.perf_counter() - wall0
+    use1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {**result, "cpu_share": (time.process_time() - cpu0) / (wall * threads),
+            "user_s": use1.ru_utime - use0.ru_utime, "sys_s": use1.ru_stime - use0.ru_stime,
+            "minor_faults": use1.ru_minflt - use0.ru_minflt}
+
+
+def run_steps(step: Callable[[], dict], warmup: int, timed: int, threads: int,
+              describe: Callable[[dict], str]) -> list[dict]:
+    """``warmup`` + ``timed`` calls of ``step``, each :func:`measured` and reported on stderr."""
+    steps = []
+    for i in range(warmup + timed):
+        steps.append({**measured(step, threads), "warmup": i < warmup})
+        print(f"  step {i} ({'warm-up' if i < warmup else 'timed'}): {describe(steps[-1])}", file=sys.stderr, flush=True)
+    return steps
+
+
 def one_step(stepper, batch) -> dict:
     """One optimiser step, exactly as training runs it (``Stepper.train_step``); its time (s)."""
     t0 = time.perf_counter()
@@ -197,33 +221,14 @@ def one_step(stepper, batch) -> dict:
 # Speed-up experiments, applied only with --prototypes (monkeypatches; the package is untouched).
 # The default run measures the package code as it is.
 
-PROTOTYPES = ("attn-matmul", "frozen-bf16")
-
-
-def _attention_by_matmul(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-    """SelfAttention.forward with explicit ``softmax(q k^T / sqrt(d)) v`` instead of SDPA.
-
-    For 51-token sequences the CPU flash-attention kernel's backward is slow (bf16 especially);
-    two batched matmuls + softmax are faster there.
-    """
-    import torch.nn.functional as F
-
-    n, length, width = x.shape
-    qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-    q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-    scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)  # [N, H, L, L]
-    if causal:
-        scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
-    out = scores.softmax(dim=-1) @ v
-    return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+# adopted since: "attn-matmul" (clip4vla.models.clip, for bf16/fp16 on a CPU) and the allocator
+# settings (clip4vla.train.cpu_memory); "frozen-bf16" was not (3 %, and checkpoints would hold bf16
+# copies of the frozen towers)
+PROTOTYPES = ("frozen-bf16",)
 
 
 def apply_prototypes(names: list[str], stepper, precision: str) -> list[str]:
-    from clip4vla.models.clip import SelfAttention
-
     applied = [n for n in names if not (n == "frozen-bf16" and precision != "bf16")]
-    if "attn-matmul" in names:
-        SelfAttention.forward = _attention_by_matmul
     if "frozen-bf16" in names and precision == "bf16":
         # frozen towers never update: cast their weights once instead of on every autocast call
         stepper.model.clip.to(torch.bfloat16)
@@ -243,21 +248,9 @@ def run_config(args) -> None:
     # the matmul peak of this dtype once more, right before the steps: on a shared machine the
     # parent keeps the best of all measurements
     peak = matmul_peak(DTYPES[precision], args.peak_size, reps=3)
-    steps = []
-    for i in range(args.warmup + args.steps):
-        use0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
-        phases = one_step(stepper, batch)
-        phases["cpu_share"] = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * args.threads)
-        use1 = resource.getrusage(resource.RUSAGE_SELF)
-        # page faults and kernel time: fresh activation memory is mmapped and zeroed by the kernel
-        phases["minor_faults"] = use1.ru_minflt - use0.ru_minflt
-        phases["sys_s"] = use1.ru_stime - use0.ru_stime
-        phases["warmup"] = i < args.warmup
-        steps.append(phases)
-        print(f"  [{args.config}] step {i} ({'warm-up' if i < args.warmup else 'timed'}): "
-              f"{phases['step']:.1f} s, cpu share {phases['cpu_share']:.2f}, "
-              f"{phases['minor_faults'] / 1e6:.2f} M page faults, {phases['sys_s']:.1f} s system time",
-              file=sys.stderr, flush=True)
+    steps = run_steps(lambda: one_step(stepper, batch), args.warmup, args.steps, args.threads, lambda s: (
+        f"[{args.config}] {s['step']:.1f} s, cpu share {s['cpu_share']:.2f}, "
+        f"{s['minor_faults'] / 1e6:.2f} M page faults, {s['sys_s']:.1f} s system time"))
     result = {
         "config": args.config + "".join(f" [{p}]" for p in prototypes),
         "matmul_peak": peak,

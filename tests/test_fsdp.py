@@ -198,3 +198,30 @@ def test_a_rank_without_frames_does_not_stall_the_sharded_towers(tmp_path):
     mp.spawn(_empty_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}").read_text()) == {"sharded_grad": True, "conv1_grad": True}
+
+
+def test_fsdp_fine_tuning_with_a_loss_trained_head_resumes_bitwise(synthetic_root, micro_export, tmp_path):
+    """L2L retrieval: the loss trains a head that also sits in the model (one parameter, two
+    names); its sharded checkpoint keeps one set of moments and a resume at step 1 trains the
+    straight run's weights bitwise."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(REPO)
+    settings = {"model.arch": "null", "model.init_from": micro_export, "model.train_clip": True,
+                "data.synthetic.root": synthetic_root, "data.synthetic.clips": 24, "data.num_workers": 0,
+                "data.max_frames": 2, "audio.max_segments": 2, "train.batch_size": 4, "train.max_steps": 2,
+                "train.eval_every_steps": 2, "train.keep_last": 10, "train.precision": "fp32",
+                "train.device": "cpu", "train.strategy": "fsdp", "retrieval.fusion": "l2l",
+                "retrieval.fusion_layers": 1}
+
+    def finetune(name: str, resume: bool = False) -> None:
+        args = [a for k, v in {**settings, "train.output_dir": tmp_path / name}.items() for a in ("--set", f"{k}={v}")]
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(REPO / "scripts" / "finetune_retrieval.py"), *args, *(["--resume"] if resume else [])],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, f"{name} failed:\n{done.stderr[-4000:]}"
+
+    finetune("straight")
+    copy_run(tmp_path / "straight", tmp_path / "resumed", 1)
+    finetune("resumed", resume=True)
+    assert worst(weights(tmp_path / "resumed", 2), weights(tmp_path / "straight", 2)) == 0.0

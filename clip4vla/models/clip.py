@@ -352,16 +352,18 @@ def activation_module(activation: str) -> nn.Module:
     raise ValueError(f"unknown activation {activation!r}; choose one of {list(ACTIVATIONS)}")
 
 
-# On a CPU, for sequences as short as CLIP's (50 patches, 77 tokens), two batched matmuls and a
-# softmax beat the fused SDPA kernel, whose backward is slow there: a ViT-B/32 pre-training step
-# 9 % faster in bf16, 7 % with activation checkpointing (benchmarks/RESULTS.md, "Pre-training
-# step"). The [N, H, Lq, Lk] score tensor is what SDPA avoids materialising; up to this many keys it
-# is smaller than the block's MLP activations, beyond it (and on GPUs) SDPA stays.
+# On a CPU in bf16, for sequences as short as CLIP's (50 patches, 77 tokens), two batched matmuls
+# and a softmax beat the fused SDPA kernel, whose bf16 backward is slow there: the ViT-B/32
+# pre-training step 9 % faster (benchmarks/RESULTS.md, "Pre-training step"). In fp32 the two run
+# alike and SDPA keeps less for the backward (it saves no [N, H, L, L] scores: +6 % peak RSS
+# measured); in fp16 the scores' gradients overflow the loss scale where SDPA's fp32 accumulators do
+# not (tests/test_fp16.py). So those stay on SDPA, as do GPUs and sequences over this many keys.
 EXPLICIT_ATTENTION_MAX_KEYS = 256
 
 
 def _explicit_attention_wins(q: torch.Tensor, k: torch.Tensor, causal: bool, attn_mask: torch.Tensor | None) -> bool:
-    return (q.device.type == "cpu" and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
             and (not causal or q.shape[-2] == k.shape[-2])
             and (attn_mask is None or attn_mask.dtype == torch.bool))
 
@@ -382,8 +384,9 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
 
     Keeping ``in_proj_weight`` / ``in_proj_bias`` / ``out_proj`` lets OpenAI weights load as
-    they are, while the math goes through ``scaled_dot_product_attention`` (fused kernels), or on a
-    CPU with short sequences through explicit matmuls (faster there, see ``EXPLICIT_ATTENTION_MAX_KEYS``).
+    they are, while the math goes through ``scaled_dot_product_attention`` (fused kernels), or for
+    bf16 on a CPU with short sequences through explicit matmuls (faster there, see
+    ``EXPLICIT_ATTENTION_MAX_KEYS``).
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -482,6 +485,22 @@ class Transformer(nn.Module):
 # --------------------------------------------------------------------------- towers
 
 
+class PatchConv(nn.Conv2d):
+    """OpenAI's patch convolution (kernel = stride, no padding, no bias), computed as one matmul
+    over flattened patches: the same products (summed in another order, within 4e-6 in fp32), and
+    its weight gradient is a GEMM, where the CPU's bf16 convolution backward took 16 % of a
+    pre-training step (benchmarks/RESULTS.md). Weight layout, parameter name and output
+    ``[N, W, g, g]`` are ``nn.Conv2d``'s."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, channels, height, width = images.shape
+        p = self.kernel_size[0]
+        gh, gw = height // p, width // p
+        patches = images[..., : gh * p, : gw * p].reshape(n, channels, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
+        out = F.linear(patches.reshape(n, gh * gw, channels * p * p), self.weight.flatten(1))  # [N, P, W]
+        return out.transpose(1, 2).reshape(n, -1, gh, gw)
+
+
 class VisionTransformer(nn.Module):
     """CLIP's ViT image tower, split into patch embedding, token encoding and the head.
 
@@ -504,7 +523,7 @@ class VisionTransformer(nn.Module):
         width = config.width
 
         scale = width**-0.5
-        self.conv1 = nn.Conv2d(3, width, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
+        self.conv1 = PatchConv(3, width, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(
             scale * torch.randn(1 + self.num_patches + extra_positions, width)

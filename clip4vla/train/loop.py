@@ -59,6 +59,7 @@ from clip4vla.train.distributed import (
     wrap_ddp,
 )
 from clip4vla.train.compile import check_compiler, compile_tower_blocks
+from clip4vla.train.cpu_memory import keep_freed_memory
 from clip4vla.train.fsdp import (
     Sharding,
     ShardedGradScaler,
@@ -269,6 +270,9 @@ class Stepper:
         self.device = dist.device
         self.model = model
         self.loss_module = task.loss_module.to(self.device)
+        if self.device.type == "cpu" and not config.model.grad_checkpointing:
+            # each step reuses the last one's activation memory (clip4vla.train.cpu_memory)
+            keep_freed_memory(large_blocks=config.train.precision != "fp32")
         self._trained = nn.ModuleDict({"model": model, "loss": self.loss_module})  # what the optimiser steps, by name
         # parameters the loss trains (the L2L head) may also sit inside the forward module: DDP must
         # leave them alone, the loop all-reduces their gradients itself
