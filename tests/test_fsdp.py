@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip4vla.train.sharded_checkpoint import read_sharded_model
+from clip4vla.models.sharded_reader import read_sharded_model
 from conftest import micro_pretrain_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,6 +121,10 @@ def test_fsdp_checkpoints_resume_bitwise_and_on_another_world_size(synthetic_roo
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "trainer.pt"} <= {p.name for p in first.iterdir()}
     head = torch.load(first / "trainer.pt", weights_only=True)
     assert "model" not in head and "optimizer" not in head and head["step"] == 1
+    # a checkpoint folder is a model file too: the shards' full weights, in this one process
+    from clip4vla import from_pretrained
+
+    assert worst(from_pretrained(first).state_dict(), weights(tmp_path / "straight", 1)) == 0.0
     assert not list((tmp_path / "straight" / "checkpoints").glob(".tmp-*"))
     # killed after step 2, whose folder then lost a shard: refused, naming it; resume falls back to
     # step 1 and, at the same world size, trains bitwise the straight run's weights

@@ -20,7 +20,8 @@ from torch import nn
 
 from clip4vla.models.loading import CheckpointError
 from clip4vla.train.checkpoint import CheckpointManager
-from clip4vla.train.sharded_checkpoint import load_sharded, read_sharded_head, read_sharded_model, sharded_state
+from clip4vla.models.sharded_reader import read_sharded_model, read_trainer_state
+from clip4vla.train.sharded_checkpoint import load_sharded, sharded_state
 
 
 def trained_pair(seed: int = 0) -> tuple[nn.ModuleDict, torch.optim.Optimizer]:
@@ -51,7 +52,7 @@ def test_round_trip_keeps_weights_and_only_the_moments_the_run_had(tmp_path):
     assert folder.name == "ckpt_000001" and {p.name for p in folder.iterdir()} == {".metadata", "__0_0.distcp",
                                                                                    "trainer.pt"}
     assert not list(tmp_path.glob(".tmp-*"))
-    head = read_sharded_head(folder)
+    head = read_trainer_state(folder)
     assert head["step"] == 1 and head["sharded"] and "weights" not in head and "optimizer_state" not in head
     fresh, fresh_optimizer = trained_pair(seed=1)  # other random weights
     with warnings.catch_warnings():
@@ -90,11 +91,11 @@ def test_missing_or_truncated_shards_and_foreign_metadata_are_refused_and_resume
 
     (tmp_path / "ckpt_000002" / ".metadata").write_bytes(pickle.dumps(Attack()))
     with pytest.raises(CheckpointError, match="shard __0_0.distcp is missing"):
-        read_sharded_head(tmp_path / "ckpt_000004")
+        read_trainer_state(tmp_path / "ckpt_000004")
     with pytest.raises(CheckpointError, match=r"truncated \(\d+ of \d+ bytes\)"):
-        read_sharded_head(tmp_path / "ckpt_000003")
+        read_trainer_state(tmp_path / "ckpt_000003")
     with pytest.raises(CheckpointError, match="posix.system is not part of a checkpoint's metadata"):
-        read_sharded_head(tmp_path / "ckpt_000002")
+        read_trainer_state(tmp_path / "ckpt_000002")
     assert not marker.exists()  # the pickle's code never ran
     with pytest.warns(RuntimeWarning, match="falling back to the previous checkpoint"):
         state, path = manager.load_latest()

@@ -11,8 +11,8 @@
   cache (:mod:`clip4vla.models.hub`), a model folder or an open_clip repository;
 * **our older one-file export** ``model.pt`` (clip4vla 0.2): the same records in a torch file;
 * **a trainer checkpoint** ``checkpoints/ckpt_<step>.pt`` or ``best.pt`` (same contents plus the
-  optimiser state, which is ignored here; an FSDP run's sharded ``ckpt_<step>/`` folders are for
-  resuming, its ``best.pt`` and model folder are whole);
+  optimiser state, which is ignored here), or an FSDP run's folder ``ckpt_<step>/`` (its shards' full
+  weights, read in this process: :mod:`clip4vla.models.sharded_reader`);
 * **an OpenAI CLIP file** (``ViT-B-32.pt``, TorchScript archive or state dict) of any ViT size and
   resolution: the audio encoder is initialised from the vision tower (paper "+Initial");
 * **an open_clip checkpoint** of an OpenAI-architecture ViT (``open_clip_model.safetensors``,
@@ -72,6 +72,7 @@ from clip4vla.models.open_clip_format import (
     stored_model_name,
 )
 from clip4vla.models.preprocessing import Preprocessing
+from clip4vla.models.sharded_reader import is_sharded_checkpoint, read_sharded_model, read_trainer_state
 
 __all__ = [
     "MODEL_FORMAT",
@@ -267,6 +268,9 @@ def _folder_file(folder: Path) -> ModelFile:
 
 def _read_model_file(path: Path) -> ModelFile:
     source = str(path)
+    if is_sharded_checkpoint(path):  # an FSDP run's checkpoint folder: its records, the shards' full weights
+        raw = {**read_trainer_state(path), "model": read_sharded_model(path)}
+        return _record_file(raw, "trainer checkpoint", "model", source)
     if path.is_dir() or (path.name == WEIGHTS_NAME and is_model_folder(path.parent)):
         folder = path if path.is_dir() else path.parent
         ours = any((folder / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME))

@@ -28,6 +28,7 @@ import torch
 
 from clip4vla.files import TMP_PREFIX, save_checkpoint
 from clip4vla.models.loading import CheckpointError, nonfinite_tensors, read_weights_only
+from clip4vla.models.sharded_reader import read_trainer_state
 
 __all__ = [
     "CheckpointError",
@@ -151,9 +152,7 @@ class CheckpointManager:
         for _, path in reversed(self.checkpoints()):
             try:
                 if path.is_dir():  # sharded: the tensors are read once the model is built
-                    from clip4vla.train.sharded_checkpoint import read_sharded_head
-
-                    state = {**read_sharded_head(path), "sharded_path": str(path)}
+                    state = {**read_trainer_state(path), "sharded_path": str(path)}
                 else:
                     state = load_checkpoint(path, map_location)
                 bad = nonfinite_tensors(state.get("model", {}))

@@ -42,6 +42,7 @@ from clip4vla.models.factory import build_model, inputs_for_model, read_init_fil
 from clip4vla.models.hub import locate_model
 from clip4vla.models.loading import CheckpointError
 from clip4vla.models.pooling import encode_empty_batches
+from clip4vla.models.sharded_reader import read_sharded_model
 from clip4vla.plotting import plot_metrics
 from clip4vla.precision import autocast
 from clip4vla.train.checkpoint import capture_rng_state, check_writable, restore_rng_state, state_bytes
@@ -74,7 +75,7 @@ from clip4vla.train.grad_cache import cached_accumulation_step
 from clip4vla.train.model_card import run_card
 from clip4vla.train.optim import WarmupCosine, build_optimizer, warmup_cosine_factor
 from clip4vla.train.resume import check_architecture
-from clip4vla.train.sharded_checkpoint import load_sharded, read_sharded_model, sharded_state
+from clip4vla.train.sharded_checkpoint import load_sharded, sharded_state
 from clip4vla.train.run_folder import RunFolder
 from clip4vla.train.selection import BestWeights, selection
 from clip4vla.train.task import Batch, Features, Task

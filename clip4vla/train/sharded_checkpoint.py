@@ -10,8 +10,9 @@ A sharded checkpoint is a folder ``ckpt_<step:06d>/`` beside the single-file one
   parameter groups), written by rank 0 with ``torch.save`` and read with ``weights_only=True``.
 
 Only tensors go into DCP's files, so reading them runs no pickled code; DCP's own ``.metadata`` is a
-pickle, read here by an unpickler that admits only DCP's metadata classes (a checkpoint is
-untrusted input, as everywhere in clip4vla).
+pickle, read by an unpickler that admits only DCP's metadata classes (a checkpoint is untrusted
+input, as everywhere in clip4vla; :mod:`clip4vla.models.sharded_reader`, which also reads a folder's
+full weights in one process, e.g. for ``clip4vla.from_pretrained``).
 
 Atomic as the single files are: every rank writes into a hidden ``.tmp-ckpt_<step>`` folder, and
 rank 0 gives it its name in one rename once every shard and ``trainer.pt`` are on disk. A folder
@@ -24,9 +25,7 @@ DCP reshards on load: a folder written by N ranks resumes on M ranks with FSDP, 
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,10 @@ from torch import nn
 
 from clip4vla.files import TMP_PREFIX, fsync_dir, save_checkpoint
 from clip4vla.models.loading import CheckpointError
+from clip4vla.models.sharded_reader import METADATA, TRAINER_STATE, metadata_reader
 
-__all__ = ["TRAINER_STATE", "sharded_state", "save_sharded", "read_sharded_head", "load_sharded",
-           "read_sharded_model"]
+__all__ = ["sharded_state", "save_sharded", "load_sharded"]
 
-TRAINER_STATE = "trainer.pt"
-_METADATA = ".metadata"
 SHARDED_KEYS = ("weights", "optimizer_state")  # what DCP holds; the rest of a trainer state is in trainer.pt
 
 
@@ -56,68 +53,6 @@ def sharded_state(trained: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     weights, optim_state = get_state_dict(trained, optimizer)
     return {"weights": weights, "optimizer_state": optim_state["state"],
             "optimizer_groups": optim_state["param_groups"]}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """DCP's ``.metadata`` without running arbitrary code: DCP's record classes (no functions),
-    torch's sizes, dtypes and layouts, and paths; anything else is refused."""
-
-    _ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-                ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
-                ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = super().find_class(module, name) if (module, name) in self._ALLOWED or module in (
-            "torch", "torch.distributed.checkpoint.metadata") else None
-        if (module, name) in self._ALLOWED or isinstance(found, torch.dtype) or (
-                module == "torch.distributed.checkpoint.metadata" and isinstance(found, type)):
-            return found
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
-
-
-def _reader(folder: Path):
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
-    class SafeReader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any):
-            with open(Path(self.path) / _METADATA, "rb") as fh:
-                metadata = _MetadataUnpickler(io.BytesIO(fh.read())).load()
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-
-    return SafeReader(folder)
-
-
-def _check_complete(folder: Path) -> None:
-    """Every file the metadata names exists and holds the bytes it should."""
-    if not (folder / _METADATA).is_file():
-        raise CheckpointError(f"{folder}: no {_METADATA} (not a complete sharded checkpoint)")
-    try:
-        metadata = _reader(folder).read_metadata()
-    except Exception as err:
-        raise CheckpointError(f"{folder}/{_METADATA}: unreadable ({type(err).__name__}: {err})") from err
-    needed: dict[str, int] = {}
-    for info in (metadata.storage_data or {}).values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
-    for name, size in sorted(needed.items()):
-        shard = folder / name
-        if not shard.is_file():
-            raise CheckpointError(f"{folder}: shard {name} is missing ({len(needed)} shard files recorded)")
-        if shard.stat().st_size < size:
-            raise CheckpointError(f"{shard}: truncated ({shard.stat().st_size} of {size} bytes)")
-
-
-def read_sharded_head(folder: Path) -> dict[str, Any]:
-    """``trainer.pt`` of a sharded checkpoint (all but the tensors), after checking that its shards
-    are all there; the tensors are read by :func:`load_sharded` once the model is built."""
-    from clip4vla.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(folder / TRAINER_STATE)
-    _check_complete(folder)
-    return state
 
 
 def save_sharded(final: Path, state: dict[str, Any], is_main: bool) -> None:
@@ -148,16 +83,16 @@ def load_sharded(folder: Path, trained: nn.Module, optimizer: torch.optim.Optimi
 
     target = sharded_state(trained, optimizer)  # moments for every parameter (torch makes them up)
     try:
-        stored = set(_reader(folder).read_metadata().state_dict_metadata)
+        stored = set(metadata_reader(folder).read_metadata().state_dict_metadata)
     except Exception as err:
-        raise CheckpointError(f"{folder}/{_METADATA}: unreadable ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{folder}/{METADATA}: unreadable ({type(err).__name__}: {err})") from err
     # only the moments the run had: a parameter that never had a gradient (e.g. CLIP's own
     # temperature in pre-training) has none, and must not start its steps from a made-up count
     moments = {name: entry for name, entry in target["optimizer_state"].items()
                if any(key.startswith(f"optimizer_state.{name}.") for key in stored)}
     tensors = {"weights": target["weights"], "optimizer_state": moments}
     try:
-        dcp.load(tensors, storage_reader=_reader(folder))
+        dcp.load(tensors, storage_reader=metadata_reader(folder))
     except Exception as err:
         raise CheckpointError(f"{folder}: the sharded checkpoint does not fit this model or cannot be read "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
@@ -165,20 +100,3 @@ def load_sharded(folder: Path, trained: nn.Module, optimizer: torch.optim.Optimi
     set_state_dict(trained, optimizer, model_state_dict=tensors["weights"],
                    optim_state_dict={"state": tensors["optimizer_state"], "param_groups": groups},
                    options=StateDictOptions(strict=False))
-
-
-def read_sharded_model(folder: Path) -> dict[str, torch.Tensor]:
-    """The full model weights of a sharded checkpoint, read in this process alone (no process
-    group): what a test compares or a user inspects."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    _check_complete(folder)
-    metadata = _reader(folder).read_metadata()
-    prefix = "weights.model."
-    model = {key[len(prefix):]: torch.empty(entry.size, dtype=entry.properties.dtype)
-             for key, entry in metadata.state_dict_metadata.items()
-             if key.startswith(prefix) and isinstance(entry, TensorStorageMetadata)}
-    dcp.load({"weights": {f"model.{key}": value for key, value in model.items()}}, storage_reader=_reader(folder),
-             no_dist=True)
-    return model
