@@ -221,7 +221,7 @@ def one_step(stepper, batch) -> dict:
 # Speed-up experiments, applied only with --prototypes (monkeypatches; the package is untouched).
 # The default run measures the package code as it is.
 
-# adopted since: "attn-matmul" (clip4vla.models.clip, for bf16/fp16 on a CPU) and the allocator
+# adopted since: "attn-matmul" (clip4vla.models.clip, for bf16 on a CPU) and the allocator
 # settings (clip4vla.train.cpu_memory); "frozen-bf16" was not (3 %, and checkpoints would hold bf16
 # copies of the frozen towers)
 PROTOTYPES = ("frozen-bf16",)

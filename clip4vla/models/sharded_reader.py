@@ -72,8 +72,9 @@ def metadata_reader(folder: Path):
     return SafeReader(folder)
 
 
-def check_complete(folder: Path) -> None:
-    """Every file the metadata names exists and holds the bytes it should."""
+def check_complete(folder: Path) -> Any:
+    """Every file the metadata names exists and holds the bytes it should; the metadata (DCP's
+    ``Metadata``) for the caller's own use."""
     if not (folder / METADATA).is_file():
         raise CheckpointError(f"{folder}: no {METADATA} (not a complete sharded checkpoint)")
     try:
@@ -89,6 +90,7 @@ def check_complete(folder: Path) -> None:
             raise CheckpointError(f"{folder}: shard {name} is missing ({len(needed)} shard files recorded)")
         if shard.stat().st_size < size:
             raise CheckpointError(f"{shard}: truncated ({shard.stat().st_size} of {size} bytes)")
+    return metadata
 
 
 def read_sharded_model(folder: Path) -> dict[str, torch.Tensor]:
@@ -97,8 +99,7 @@ def read_sharded_model(folder: Path) -> dict[str, torch.Tensor]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    check_complete(folder)
-    metadata = metadata_reader(folder).read_metadata()
+    metadata = check_complete(folder)
     prefix = "weights.model."
     model = {key[len(prefix):]: torch.empty(entry.size, dtype=entry.properties.dtype)
              for key, entry in metadata.state_dict_metadata.items()

@@ -35,7 +35,7 @@ from torch import nn
 
 from clip4vla.files import TMP_PREFIX, fsync_dir, save_checkpoint
 from clip4vla.models.loading import CheckpointError
-from clip4vla.models.sharded_reader import METADATA, TRAINER_STATE, metadata_reader
+from clip4vla.models.sharded_reader import TRAINER_STATE, check_complete, metadata_reader
 
 __all__ = ["sharded_state", "save_sharded", "load_sharded"]
 
@@ -82,10 +82,7 @@ def load_sharded(folder: Path, trained: nn.Module, optimizer: torch.optim.Optimi
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     target = sharded_state(trained, optimizer)  # moments for every parameter (torch makes them up)
-    try:
-        stored = set(metadata_reader(folder).read_metadata().state_dict_metadata)
-    except Exception as err:
-        raise CheckpointError(f"{folder}/{METADATA}: unreadable ({type(err).__name__}: {err})") from err
+    stored = set(check_complete(folder).state_dict_metadata)
     # only the moments the run had: a parameter that never had a gradient (e.g. CLIP's own
     # temperature in pre-training) has none, and must not start its steps from a made-up count
     moments = {name: entry for name, entry in target["optimizer_state"].items()
